@@ -1,0 +1,468 @@
+//! [`Document`]: one Automerge document holding a JSON object, with its schema.
+//!
+//! Every write is one Automerge change made in a transaction isolated at the writer's base
+//! version, then merged into the present: what others wrote since that version survives.
+//! The change records the agent (in its message, as `{"agent": …}`) and the time.
+
+use automerge::transaction::{CommitOptions, Transaction};
+use automerge::{Automerge, Change, ChangeHash, LoadOptions, PatchLog, ReadDoc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::patch::{apply_merge_patch, apply_patch, PatchOp};
+use crate::pointer::Pointer;
+use crate::reconcile::{reconcile_root, ENCODING};
+use crate::schema::{CompiledSchema, Schema};
+use crate::storage::StoredChange;
+use crate::value::{conflicts, read_pointer, Conflict};
+use crate::version::Version;
+
+/// Who writes, when, and why: recorded in the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteMeta {
+    /// The agent's name (`Concord-Agent`).
+    pub agent: String,
+    /// Milliseconds since the Unix epoch; Automerge keeps whole seconds.
+    pub time_ms: i64,
+    /// An optional description of the change.
+    pub message: Option<String>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// The document's version after the write.
+    pub version: Version,
+    /// The new changes to store (none if the write changed nothing).
+    pub changes: Vec<Change>,
+}
+
+impl WriteOutcome {
+    /// The new changes in storage form.
+    pub fn stored_changes(&self) -> Vec<StoredChange> {
+        self.changes.iter().map(stored).collect()
+    }
+}
+
+/// A change in storage form.
+pub fn stored(change: &Change) -> StoredChange {
+    StoredChange {
+        hash: change.hash().0,
+        bytes: change.raw_bytes().to_vec(),
+    }
+}
+
+/// One change of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// The change hash (hex).
+    pub hash: String,
+    /// The agent recorded in the change, if any.
+    pub agent: Option<String>,
+    /// Seconds since the Unix epoch, as recorded.
+    pub time: i64,
+    /// The message recorded besides the agent, if any.
+    pub message: Option<String>,
+    /// The hashes this change depends on.
+    pub deps: Vec<String>,
+    /// How many operations it holds.
+    pub ops: u64,
+    /// The Automerge actor (hex) and its sequence number.
+    pub actor: String,
+    /// Sequence number of the change for its actor.
+    pub seq: u64,
+}
+
+/// The JSON object Concord writes as a change message.
+#[derive(Serialize, Deserialize)]
+struct Note {
+    agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// Reads a change message: `(agent, message)`. Messages not written by Concord (raw changes
+/// from other clients) have no agent and are kept whole.
+pub fn decode_note(message: Option<&str>) -> (Option<String>, Option<String>) {
+    match message {
+        None => (None, None),
+        Some(m) => match serde_json::from_str::<Note>(m) {
+            Ok(note) => (Some(note.agent), note.message),
+            Err(_) => (None, Some(m.to_owned())),
+        },
+    }
+}
+
+fn encode_note(meta: &WriteMeta) -> String {
+    serde_json::to_string(&Note {
+        agent: meta.agent.clone(),
+        message: meta.message.clone(),
+    })
+    .expect("a note always serializes")
+}
+
+/// A JSON document kept as an Automerge CRDT.
+pub struct Document {
+    doc: Automerge,
+    schema: Schema,
+    compiled: CompiledSchema,
+    /// Kept here because Automerge can only count changes by walking the history.
+    change_count: usize,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("version", &self.version().to_string())
+            .field("changes", &self.change_count)
+            .finish()
+    }
+}
+
+/// What loading stored bytes skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// One line per stored record that could not be loaded.
+    pub skipped: Vec<String>,
+}
+
+impl Document {
+    /// A new document whose root is `value` (a JSON object), as one change.
+    pub fn create(value: &Value, schema: Schema, meta: &WriteMeta) -> Result<(Self, WriteOutcome)> {
+        let compiled = schema.compile()?;
+        let mut doc = Document {
+            doc: Automerge::new_with_encoding(ENCODING),
+            schema,
+            compiled,
+            change_count: 0,
+        };
+        let mut outcome = doc.write(None, meta, |tx, schema| reconcile_root(tx, schema, value))?;
+        if outcome.changes.is_empty() {
+            // An empty object still gets a first change, so that every document has a version.
+            let hash = doc.doc.empty_commit(commit_options(meta));
+            doc.change_count += 1;
+            outcome = WriteOutcome {
+                version: doc.version(),
+                changes: doc.doc.get_change_by_hash(&hash).into_iter().collect(),
+            };
+        }
+        Ok((doc, outcome))
+    }
+
+    /// Rebuilds a document from storage: an optional snapshot, then each stored change.
+    /// A record that does not load is skipped and reported; the rest still loads.
+    pub fn load(
+        schema: Schema,
+        snapshot: Option<&[u8]>,
+        changes: &[Vec<u8>],
+    ) -> Result<(Self, LoadReport)> {
+        let compiled = schema.compile()?;
+        let mut report = LoadReport::default();
+        let mut doc = match snapshot {
+            Some(bytes) => {
+                Automerge::load_with_options(bytes, LoadOptions::new().text_encoding(ENCODING))
+                    .map_err(|e| Error::Load(format!("snapshot: {e}")))?
+            }
+            None => Automerge::new_with_encoding(ENCODING),
+        };
+        for (i, bytes) in changes.iter().enumerate() {
+            let applied = parse_changes(bytes).and_then(|c| {
+                doc.apply_changes(c)
+                    .map_err(|e| Error::InvalidChanges(e.to_string()))
+            });
+            if let Err(e) = applied {
+                report.skipped.push(format!("change record {i}: {e}"));
+            }
+        }
+        let missing = doc.get_missing_deps(&[]);
+        if !missing.is_empty() {
+            report.skipped.push(format!(
+                "{} change(s) wait for missing dependencies",
+                missing.len()
+            ));
+        }
+        let change_count = doc.get_changes_meta(&[]).len();
+        Ok((
+            Document {
+                doc,
+                schema,
+                compiled,
+                change_count,
+            },
+            report,
+        ))
+    }
+
+    /// The current version.
+    pub fn version(&self) -> Version {
+        Version::new(self.doc.get_heads())
+    }
+
+    /// The schema fixed at creation.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// How many changes the document holds.
+    pub fn change_count(&self) -> usize {
+        self.change_count
+    }
+
+    /// The underlying Automerge document, read-only.
+    pub fn automerge(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// Checks that this document has every head of `version`.
+    pub fn check_version(&self, version: &Version) -> Result<()> {
+        match version
+            .heads()
+            .iter()
+            .find(|h| self.doc.get_change_meta_by_hash(h).is_none())
+        {
+            Some(missing) => Err(Error::UnknownVersion(missing.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The whole value, now or at `at`.
+    pub fn read(&self, at: Option<&Version>) -> Result<Value> {
+        self.read_path(at, &Pointer::root())?
+            .ok_or_else(|| Error::PathNotFound {
+                path: String::new(),
+            })
+    }
+
+    /// The value at `pointer`, now or at `at`; `None` if nothing is there.
+    pub fn read_path(&self, at: Option<&Version>, pointer: &Pointer) -> Result<Option<Value>> {
+        let heads = self.heads_for(at)?;
+        read_pointer(&self.doc, pointer, heads.as_deref())
+    }
+
+    /// Every place holding concurrent values, now or at `at`.
+    pub fn conflicts(&self, at: Option<&Version>) -> Result<Vec<Conflict>> {
+        let heads = self.heads_for(at)?;
+        conflicts(&self.doc, heads.as_deref())
+    }
+
+    fn heads_for(&self, at: Option<&Version>) -> Result<Option<Vec<ChangeHash>>> {
+        match at {
+            None => Ok(None),
+            Some(v) => {
+                self.check_version(v)?;
+                Ok(Some(v.heads().to_vec()))
+            }
+        }
+    }
+
+    /// Makes the value equal to `value` as of `base` (the version the writer read; `None`
+    /// for the present) and merges that difference into the present.
+    pub fn put(
+        &mut self,
+        base: Option<&Version>,
+        value: &Value,
+        meta: &WriteMeta,
+    ) -> Result<WriteOutcome> {
+        self.write(base, meta, |tx, schema| reconcile_root(tx, schema, value))
+    }
+
+    /// Applies JSON Patch operations as of `base`, atomically.
+    pub fn patch(
+        &mut self,
+        base: Option<&Version>,
+        ops: &[PatchOp],
+        meta: &WriteMeta,
+    ) -> Result<WriteOutcome> {
+        self.write(base, meta, |tx, schema| apply_patch(tx, schema, ops))
+    }
+
+    /// Applies an RFC 7396 merge patch as of `base`.
+    pub fn merge_patch(
+        &mut self,
+        base: Option<&Version>,
+        patch: &Value,
+        meta: &WriteMeta,
+    ) -> Result<WriteOutcome> {
+        self.write(base, meta, |tx, schema| {
+            apply_merge_patch(tx, schema, patch)
+        })
+    }
+
+    /// Replaces the present value with `value`, ignoring concurrent history: the
+    /// last-writer-wins baseline. Written at the current version, so it overwrites.
+    pub fn overwrite(&mut self, value: &Value, meta: &WriteMeta) -> Result<WriteOutcome> {
+        self.put(None, value, meta)
+    }
+
+    fn write(
+        &mut self,
+        base: Option<&Version>,
+        meta: &WriteMeta,
+        edit: impl FnOnce(&mut Transaction<'_>, &CompiledSchema) -> Result<()>,
+    ) -> Result<WriteOutcome> {
+        let heads = match base {
+            Some(v) => {
+                self.check_version(v)?;
+                v.heads().to_vec()
+            }
+            None => self.doc.get_heads(),
+        };
+        let mut tx = self
+            .doc
+            .transaction_at(PatchLog::inactive(), &heads)
+            .expect("an inactive patch log belongs to any document");
+        if let Err(e) = edit(&mut tx, &self.compiled) {
+            tx.rollback();
+            return Err(e);
+        }
+        if automerge::transaction::Transactable::pending_ops(&tx) == 0 {
+            tx.rollback();
+            return Ok(WriteOutcome {
+                version: self.version(),
+                changes: Vec::new(),
+            });
+        }
+        let (hash, _) = tx.commit_with(commit_options(meta));
+        let changes: Vec<Change> = hash
+            .and_then(|h| self.doc.get_change_by_hash(&h))
+            .into_iter()
+            .collect();
+        self.change_count += changes.len();
+        Ok(WriteOutcome {
+            version: self.version(),
+            changes,
+        })
+    }
+
+    /// Applies raw Automerge changes (one or more encoded changes, or a saved document).
+    /// Changes the document already has are ignored, so this is idempotent. Bytes that do
+    /// not decode change nothing. If Automerge refuses a decoded change (a reused sequence
+    /// number, say), the changes before it may have been applied: the caller should reload
+    /// the document from storage.
+    pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<WriteOutcome> {
+        let incoming = parse_changes(bytes)?;
+        let before = self.doc.get_heads();
+        self.doc
+            .apply_changes(incoming)
+            .map_err(|e| Error::InvalidChanges(e.to_string()))?;
+        let changes = self.doc.get_changes(&before);
+        self.change_count += changes.len();
+        Ok(WriteOutcome {
+            version: self.version(),
+            changes,
+        })
+    }
+
+    /// Hashes of changes that arrived but wait for dependencies this document lacks.
+    pub fn missing_deps(&self) -> Vec<ChangeHash> {
+        self.doc.get_missing_deps(&[])
+    }
+
+    /// Raw changes after `since` (all of them if `None`), concatenated: loadable with
+    /// `Automerge::load_incremental` or [`Document::apply_changes`].
+    pub fn changes_since(&self, since: Option<&Version>) -> Result<Vec<u8>> {
+        let have = match since {
+            Some(v) => {
+                self.check_version(v)?;
+                v.heads().to_vec()
+            }
+            None => Vec::new(),
+        };
+        Ok(self
+            .doc
+            .get_changes(&have)
+            .iter()
+            .flat_map(|c| c.raw_bytes().to_vec())
+            .collect())
+    }
+
+    /// The change graph in causal order.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| {
+                let (agent, message) = decode_note(m.message.as_deref());
+                HistoryEntry {
+                    hash: m.hash.to_string(),
+                    agent,
+                    time: m.timestamp,
+                    message,
+                    deps: m.deps.iter().map(|d| d.to_string()).collect(),
+                    ops: (m.max_op + 1).saturating_sub(m.start_op),
+                    actor: m.actor.to_hex_string(),
+                    seq: m.seq,
+                }
+            })
+            .collect()
+    }
+
+    /// The whole document in Automerge's compact format (a snapshot).
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+}
+
+fn commit_options(meta: &WriteMeta) -> CommitOptions {
+    CommitOptions::default()
+        .with_message(encode_note(meta))
+        .with_time(meta.time_ms.div_euclid(1000))
+}
+
+/// The first bytes of every Automerge storage chunk.
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Decodes bytes holding one or more Automerge chunks: changes (plain or compressed) or
+/// saved documents. Every byte must belong to a valid chunk, so a garbage or torn tail is an
+/// error rather than silently ignored (as `load_incremental` would).
+pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
+    let invalid =
+        |offset: usize, what: &str| Error::InvalidChanges(format!("at byte {offset}: {what}"));
+    if bytes.is_empty() {
+        return Err(Error::InvalidChanges("no bytes".into()));
+    }
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        if rest.len() < 9 || rest[..4] != MAGIC {
+            return Err(invalid(offset, "not an Automerge chunk"));
+        }
+        let chunk_type = rest[8];
+        let (len, len_size) =
+            read_uleb(&rest[9..]).ok_or_else(|| invalid(offset, "malformed chunk length"))?;
+        let end = 9usize
+            .checked_add(len_size)
+            .and_then(|h| h.checked_add(usize::try_from(len).ok()?))
+            .filter(|end| *end <= rest.len())
+            .ok_or_else(|| invalid(offset, "chunk runs past the end of the bytes"))?;
+        let chunk = &rest[..end];
+        match chunk_type {
+            1 | 2 => {
+                out.push(Change::try_from(chunk).map_err(|e| invalid(offset, &e.to_string()))?)
+            }
+            0 => {
+                let doc =
+                    Automerge::load_with_options(chunk, LoadOptions::new().text_encoding(ENCODING))
+                        .map_err(|e| invalid(offset, &e.to_string()))?;
+                out.extend(doc.get_changes(&[]));
+            }
+            other => return Err(invalid(offset, &format!("unsupported chunk type {other}"))),
+        }
+        offset += end;
+    }
+    Ok(out)
+}
+
+/// An unsigned LEB128 number and how many bytes it took.
+fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}

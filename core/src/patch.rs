@@ -1,0 +1,383 @@
+//! RFC 6902 JSON Patch, with two extension operations, and RFC 7396 merge patch.
+//!
+//! A patch is applied inside one transaction at the writer's base version, so its paths and
+//! list indexes mean what they meant at that version, and it applies whole or not at all.
+//! Extensions: `{"op":"increment","path","value":n}` adds to a counter (creating it at a
+//! missing map key), and `{"op":"splice","path","pos","del","insert"}` edits collaborative
+//! text at a position counted in Unicode code points.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, Prop, ReadDoc, ScalarValue};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::pointer::Pointer;
+use crate::reconcile::{json_equal, reconcile_prop, reconcile_root, write_new};
+use crate::schema::CompiledSchema;
+use crate::value::{get, len, locate, parse_index, prop_for, read_pointer, Place};
+
+/// One JSON Patch operation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PatchOp {
+    /// Adds a member, inserts a list element (`-` appends), or replaces the root.
+    Add {
+        /// Where.
+        path: String,
+        /// What.
+        value: Value,
+    },
+    /// Removes a member or list element, which must exist.
+    Remove {
+        /// Where.
+        path: String,
+    },
+    /// Replaces a value, which must exist; the change is reconciled, not rewritten.
+    Replace {
+        /// Where.
+        path: String,
+        /// The new value.
+        value: Value,
+    },
+    /// Removes the value at `from` and adds it at `path`.
+    Move {
+        /// Where the value is.
+        from: String,
+        /// Where it goes.
+        path: String,
+    },
+    /// Adds a copy of the value at `from` at `path`.
+    Copy {
+        /// Where the value is.
+        from: String,
+        /// Where the copy goes.
+        path: String,
+    },
+    /// Fails the whole patch unless the value at `path` equals `value`.
+    Test {
+        /// Where.
+        path: String,
+        /// The expected value.
+        value: Value,
+    },
+    /// Adds `value` to the counter at `path`.
+    Increment {
+        /// Where.
+        path: String,
+        /// How much (may be negative).
+        value: i64,
+    },
+    /// Deletes `del` characters at `pos` of the text at `path` and inserts `insert` there.
+    Splice {
+        /// Where.
+        path: String,
+        /// Position, in Unicode code points.
+        pos: usize,
+        /// How many characters to delete.
+        #[serde(default)]
+        del: usize,
+        /// What to insert.
+        #[serde(default)]
+        insert: String,
+    },
+}
+
+/// Parses a JSON Patch document: an array of operations.
+pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
+    let Value::Array(ops) = doc else {
+        return Err(Error::InvalidPatch(
+            "a JSON Patch is an array of operations".into(),
+        ));
+    };
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            PatchOp::deserialize(op).map_err(|e| Error::InvalidPatch(format!("operation {i}: {e}")))
+        })
+        .collect()
+}
+
+/// Applies every operation in order; the caller rolls back on error.
+pub(crate) fn apply_patch<T: Transactable>(
+    tx: &mut T,
+    schema: &CompiledSchema,
+    ops: &[PatchOp],
+) -> Result<()> {
+    for op in ops {
+        apply_op(tx, schema, op)?;
+    }
+    Ok(())
+}
+
+fn apply_op<T: Transactable>(tx: &mut T, schema: &CompiledSchema, op: &PatchOp) -> Result<()> {
+    match op {
+        PatchOp::Add { path, value } => add(tx, schema, &Pointer::parse(path)?, value),
+        PatchOp::Remove { path } => remove(tx, &Pointer::parse(path)?),
+        PatchOp::Replace { path, value } => {
+            let pointer = Pointer::parse(path)?;
+            let Some(place) = locate(tx, &pointer, None)? else {
+                return reconcile_root(tx, schema, value);
+            };
+            let prop = existing_prop(tx, &place, &pointer)?;
+            reconcile_prop(
+                tx,
+                schema,
+                &place.parent,
+                prop,
+                &mut pointer.tokens().to_vec(),
+                value,
+            )
+        }
+        PatchOp::Move { from, path } => {
+            let (from, to) = (Pointer::parse(from)?, Pointer::parse(path)?);
+            let value = must_read(tx, &from)?;
+            if from == to {
+                return Ok(());
+            }
+            if to.starts_with(&from) {
+                return Err(Error::InvalidPatch(format!(
+                    "cannot move {from} into its own child {to}"
+                )));
+            }
+            remove(tx, &from)?;
+            add(tx, schema, &to, &value)
+        }
+        PatchOp::Copy { from, path } => {
+            let value = must_read(tx, &Pointer::parse(from)?)?;
+            add(tx, schema, &Pointer::parse(path)?, &value)
+        }
+        PatchOp::Test { path, value } => {
+            let pointer = Pointer::parse(path)?;
+            match read_pointer(tx, &pointer, None)? {
+                Some(current) if json_equal(&current, value) => Ok(()),
+                _ => Err(Error::TestFailed { path: path.clone() }),
+            }
+        }
+        PatchOp::Increment { path, value } => increment(tx, &Pointer::parse(path)?, *value),
+        PatchOp::Splice {
+            path,
+            pos,
+            del,
+            insert,
+        } => splice(tx, &Pointer::parse(path)?, *pos, *del, insert),
+    }
+}
+
+fn must_read<T: ReadDoc>(tx: &T, pointer: &Pointer) -> Result<Value> {
+    read_pointer(tx, pointer, None)?.ok_or_else(|| Error::PathNotFound {
+        path: pointer.to_string(),
+    })
+}
+
+/// The property of an existing value at `place`; `PathNotFound` if there is none.
+fn existing_prop<T: ReadDoc>(tx: &T, place: &Place, pointer: &Pointer) -> Result<Prop> {
+    let length = len(tx, &place.parent, None);
+    let prop = prop_for(place.parent_type, &place.token, length, pointer)?;
+    if get(tx, &place.parent, prop.clone(), None)?.is_none() {
+        return Err(Error::PathNotFound {
+            path: pointer.to_string(),
+        });
+    }
+    Ok(prop)
+}
+
+fn add<T: Transactable>(
+    tx: &mut T,
+    schema: &CompiledSchema,
+    pointer: &Pointer,
+    value: &Value,
+) -> Result<()> {
+    let Some(place) = locate(tx, pointer, None)? else {
+        return reconcile_root(tx, schema, value);
+    };
+    let mut path = pointer.tokens().to_vec();
+    match place.parent_type {
+        ObjType::Map | ObjType::Table => reconcile_prop(
+            tx,
+            schema,
+            &place.parent,
+            Prop::Map(place.token.clone()),
+            &mut path,
+            value,
+        ),
+        ObjType::List => {
+            let length = len(tx, &place.parent, None);
+            let index = if place.token == "-" {
+                length
+            } else {
+                match parse_index(&place.token) {
+                    Some(i) if i <= length => i,
+                    Some(_) => {
+                        return Err(Error::PathNotFound {
+                            path: pointer.to_string(),
+                        })
+                    }
+                    None => {
+                        return Err(Error::WrongType {
+                            path: pointer.to_string(),
+                            reason: format!("{:?} is not a list index", place.token),
+                        })
+                    }
+                }
+            };
+            if let Some(last) = path.last_mut() {
+                *last = index.to_string();
+            }
+            write_new(
+                tx,
+                schema,
+                &place.parent,
+                Prop::Seq(index),
+                true,
+                &mut path,
+                value,
+            )
+        }
+        ObjType::Text => Err(Error::WrongType {
+            path: pointer.to_string(),
+            reason: "a text string has no children; use the splice operation".into(),
+        }),
+    }
+}
+
+fn remove<T: Transactable>(tx: &mut T, pointer: &Pointer) -> Result<()> {
+    let Some(place) = locate(tx, pointer, None)? else {
+        return Err(Error::InvalidPatch(
+            "cannot remove the document root".into(),
+        ));
+    };
+    let prop = existing_prop(tx, &place, pointer)?;
+    tx.delete(&place.parent, prop)?;
+    Ok(())
+}
+
+fn increment<T: Transactable>(tx: &mut T, pointer: &Pointer, by: i64) -> Result<()> {
+    let Some(place) = locate(tx, pointer, None)? else {
+        return Err(not_counter(pointer, "the document root"));
+    };
+    let length = len(tx, &place.parent, None);
+    let prop = prop_for(place.parent_type, &place.token, length, pointer)?;
+    match get(tx, &place.parent, prop.clone(), None)? {
+        Some((automerge::Value::Scalar(s), _)) if s.is_counter() => {
+            tx.increment(&place.parent, prop, by)?;
+        }
+        None => tx.put(&place.parent, prop, ScalarValue::counter(by))?,
+        Some((automerge::Value::Scalar(s), _)) if s.is_int() || s.is_uint() || s.is_f64() => {
+            return Err(not_counter(
+                pointer,
+                "a plain number (declare the path in the document's counters)",
+            ))
+        }
+        Some(_) => return Err(not_counter(pointer, "not a number")),
+    }
+    Ok(())
+}
+
+fn not_counter(pointer: &Pointer, found: &str) -> Error {
+    Error::WrongType {
+        path: pointer.to_string(),
+        reason: format!("increment needs a counter, found {found}"),
+    }
+}
+
+fn splice<T: Transactable>(
+    tx: &mut T,
+    pointer: &Pointer,
+    pos: usize,
+    del: usize,
+    insert: &str,
+) -> Result<()> {
+    let wrong = |found: &str| Error::WrongType {
+        path: pointer.to_string(),
+        reason: format!("splice needs collaborative text, found {found}"),
+    };
+    let Some(place) = locate(tx, pointer, None)? else {
+        return Err(wrong("the document root"));
+    };
+    let prop = existing_prop(tx, &place, pointer)?;
+    match get(tx, &place.parent, prop, None)? {
+        Some((automerge::Value::Object(ObjType::Text), text)) => {
+            let length = tx.length(&text);
+            if pos > length || del > length - pos {
+                return Err(Error::WrongType {
+                    path: pointer.to_string(),
+                    reason: format!(
+                        "splice at {pos} deleting {del} is outside the text's {length} characters"
+                    ),
+                });
+            }
+            tx.splice_text(&text, pos, del as isize, insert)?;
+            Ok(())
+        }
+        Some((automerge::Value::Scalar(s), _)) if s.is_str() => Err(wrong(
+            "an atomic string (declare the path in the document's text patterns)",
+        )),
+        _ => Err(wrong("another kind of value")),
+    }
+}
+
+/// Applies an RFC 7396 merge patch to the root: `null` deletes, objects merge recursively,
+/// anything else replaces (reconciled, so text and lists merge as a PUT would).
+pub(crate) fn apply_merge_patch<T: Transactable>(
+    tx: &mut T,
+    schema: &CompiledSchema,
+    patch: &Value,
+) -> Result<()> {
+    let Value::Object(_) = patch else {
+        return Err(Error::InvalidValue(
+            "a merge patch for a document must be a JSON object (the root stays an object)".into(),
+        ));
+    };
+    merge_into(tx, schema, &automerge::ROOT, &mut Vec::new(), patch)
+}
+
+fn merge_into<T: Transactable>(
+    tx: &mut T,
+    schema: &CompiledSchema,
+    obj: &automerge::ObjId,
+    path: &mut Vec<String>,
+    patch: &Value,
+) -> Result<()> {
+    let Value::Object(members) = patch else {
+        return Ok(());
+    };
+    for (key, value) in members {
+        let existing = tx
+            .get(obj, key.as_str())?
+            .map(|(v, id)| (v.into_owned(), id));
+        path.push(key.clone());
+        let result = match (value, existing) {
+            (Value::Null, Some(_)) => tx.delete(obj, key.as_str()).map_err(Error::from),
+            (Value::Null, None) => Ok(()),
+            (
+                Value::Object(_),
+                Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)),
+            ) => merge_into(tx, schema, &id, path, value),
+            (value, _) => reconcile_prop(
+                tx,
+                schema,
+                obj,
+                Prop::Map(key.clone()),
+                path,
+                &strip_nulls(value),
+            ),
+        };
+        path.pop();
+        result?;
+    }
+    Ok(())
+}
+
+/// A merge patch's object applied to nothing: its `null` members mean "absent".
+fn strip_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}

@@ -1,0 +1,611 @@
+//! Merge behaviour of concord-core: table-driven cases of two writers from one base, the
+//! list traps (shrink, grow, reorder), and property tests for reconcile and convergence.
+
+use concord_core::patch::parse_patch;
+use concord_core::{Document, Schema, Version, WriteMeta};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn meta(agent: &str) -> WriteMeta {
+    WriteMeta {
+        agent: agent.into(),
+        time_ms: 1_700_000_000_000,
+        message: None,
+    }
+}
+
+fn schema(text: &[&str], counters: &[&str]) -> Schema {
+    Schema {
+        text: text.iter().map(|s| s.to_string()).collect(),
+        counters: counters.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// B and A both read `base`; B writes `b`, then A writes `a` from its stale copy.
+fn check(schema: Schema, base: Value, b: Value, a: Value, expected: Value) {
+    let (mut doc, _) = Document::create(&base, schema, &meta("setup")).unwrap();
+    let v1 = doc.version();
+    doc.put(Some(&v1), &b, &meta("B")).unwrap();
+    doc.put(Some(&v1), &a, &meta("A")).unwrap();
+    assert_eq!(
+        doc.read(None).unwrap(),
+        expected,
+        "base {base}, B {b}, A {a}"
+    );
+    // The earlier version still reads as it was.
+    assert_eq!(doc.read(Some(&v1)).unwrap(), base);
+}
+
+#[test]
+fn two_writers_from_one_base() {
+    let none = || Schema::default();
+    // The seed scenario: both appends survive.
+    let (mut doc, _) = Document::create(&json!({"items": []}), none(), &meta("setup")).unwrap();
+    let v1 = doc.version();
+    doc.put(Some(&v1), &json!({"items": ["b"]}), &meta("B"))
+        .unwrap();
+    doc.put(Some(&v1), &json!({"items": ["a"]}), &meta("A"))
+        .unwrap();
+    let mut items: Vec<String> =
+        serde_json::from_value(doc.read(None).unwrap()["items"].clone()).unwrap();
+    items.sort();
+    assert_eq!(items, ["a", "b"]);
+
+    // Edits to different keys merge.
+    check(
+        none(),
+        json!({"x": 1, "y": 1}),
+        json!({"x": 2, "y": 1}),
+        json!({"x": 1, "y": 3}),
+        json!({"x": 2, "y": 3}),
+    );
+    // A delete and an append to one list both apply.
+    check(
+        none(),
+        json!({"l": ["a", "b", "c"]}),
+        json!({"l": ["a", "c"]}),
+        json!({"l": ["a", "b", "c", "d"]}),
+        json!({"l": ["a", "c", "d"]}),
+    );
+    // Edits inside one list element and a new element both survive.
+    check(
+        none(),
+        json!({"tasks": [{"t": "x", "done": false}]}),
+        json!({"tasks": [{"t": "x", "done": true}]}),
+        json!({"tasks": [{"t": "x", "done": false}, {"t": "y", "done": false}]}),
+        json!({"tasks": [{"t": "x", "done": true}, {"t": "y", "done": false}]}),
+    );
+    // Counters add up: B adds 5, A adds 3.
+    check(
+        schema(&[], &["/n"]),
+        json!({"n": 0}),
+        json!({"n": 5}),
+        json!({"n": 3}),
+        json!({"n": 8}),
+    );
+    // Counters inside list elements, by pattern.
+    check(
+        schema(&[], &["/votes/*"]),
+        json!({"votes": [1, 1]}),
+        json!({"votes": [2, 1]}),
+        json!({"votes": [3, 2]}),
+        json!({"votes": [4, 2]}),
+    );
+    // Collaborative text merges by character.
+    check(
+        schema(&["/t"], &[]),
+        json!({"t": "hello world"}),
+        json!({"t": "Hello world"}),
+        json!({"t": "hello world!"}),
+        json!({"t": "Hello world!"}),
+    );
+    // A new key from each side.
+    check(
+        none(),
+        json!({}),
+        json!({"b": {"x": 1}}),
+        json!({"a": [1]}),
+        json!({"a": [1], "b": {"x": 1}}),
+    );
+    // Deleting a map holding something the other side edited: the delete of the key stands.
+    check(
+        none(),
+        json!({"a": {"x": 1}, "k": 0}),
+        json!({"k": 0}),
+        json!({"a": {"x": 2}, "k": 0}),
+        json!({"k": 0}),
+    );
+}
+
+#[test]
+fn same_field_conflict_keeps_both_values() {
+    let (mut doc, _) =
+        Document::create(&json!({"s": "x"}), Schema::default(), &meta("setup")).unwrap();
+    let v1 = doc.version();
+    doc.put(Some(&v1), &json!({"s": "b"}), &meta("B")).unwrap();
+    doc.put(Some(&v1), &json!({"s": "a"}), &meta("A")).unwrap();
+    let shown = doc.read(None).unwrap()["s"].clone();
+    assert!(shown == json!("a") || shown == json!("b"));
+    let conflicts = doc.conflicts(None).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].path, "/s");
+    let mut seen: Vec<(Value, Option<String>)> = conflicts[0]
+        .values
+        .iter()
+        .map(|v| (v.value.clone(), v.agent.clone()))
+        .collect();
+    seen.sort_by_key(|(v, _)| v.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            (json!("a"), Some("A".into())),
+            (json!("b"), Some("B".into()))
+        ]
+    );
+    assert_eq!(
+        conflicts[0].values[0].value, shown,
+        "the shown value is listed first"
+    );
+    assert!(conflicts[0].values[0].shown && !conflicts[0].values[1].shown);
+
+    // Writing one value resolves the conflict.
+    doc.put(None, &json!({"s": "settled"}), &meta("C")).unwrap();
+    assert!(doc.conflicts(None).unwrap().is_empty());
+}
+
+/// One writer at the current version: the result is exactly the value written.
+fn check_single(schema: Schema, before: Value, after: Value) {
+    let (mut doc, _) = Document::create(&before, schema, &meta("setup")).unwrap();
+    doc.put(None, &after, &meta("w")).unwrap();
+    assert_eq!(doc.read(None).unwrap(), after, "from {before}");
+}
+
+#[test]
+fn lists_shrink_grow_and_reorder() {
+    let lists = [
+        (json!(["a", "b", "c"]), json!(["a"])),
+        (json!(["a", "b", "c"]), json!(["c"])),
+        (json!(["a", "b", "c"]), json!([])),
+        (json!([]), json!(["a", "b"])),
+        (json!(["a"]), json!(["x", "a", "y", "z"])),
+        (json!(["a", "b", "c"]), json!(["c", "a", "b"])),
+        (json!(["a", "b", "c", "d"]), json!(["d", "c", "b", "a"])),
+        (json!([1, 2, 3]), json!([1, "2", 3.5, null, true])),
+        (
+            json!([{"a": 1}, {"b": 2}]),
+            json!([{"b": 2}, {"a": 1, "c": 3}]),
+        ),
+        (json!([[1, 2], [3]]), json!([[3], [1, 2, 4]])),
+        (json!(["a", "a", "b", "a"]), json!(["a", "b", "a", "a"])),
+    ];
+    for (before, after) in lists {
+        check_single(Schema::default(), json!({"l": before}), json!({"l": after}));
+    }
+    // Types change in place.
+    check_single(
+        Schema::default(),
+        json!({"x": [1]}),
+        json!({"x": {"a": [1]}}),
+    );
+    check_single(Schema::default(), json!({"x": {"a": 1}}), json!({"x": "s"}));
+    check_single(schema(&["/t"], &[]), json!({"t": "abc"}), json!({"t": 5}));
+    check_single(
+        schema(&["/t"], &["/n"]),
+        json!({"t": "abc", "n": 4}),
+        json!({"t": "xbcd", "n": -2}),
+    );
+}
+
+#[test]
+fn shrinking_a_list_keeps_the_right_elements_under_concurrency() {
+    // The update_object trap: [a,b,c] -> [a] must delete b and c, not a and b.
+    check(
+        Schema::default(),
+        json!({"l": ["a", "b", "c"], "k": 0}),
+        json!({"l": ["a", "b", "c"], "k": 1}),
+        json!({"l": ["a"], "k": 0}),
+        json!({"l": ["a"], "k": 1}),
+    );
+}
+
+#[test]
+fn a_small_edit_makes_a_small_change() {
+    let items: Vec<Value> = (0..200).map(|i| json!({"id": i, "done": false})).collect();
+    let (mut doc, _) =
+        Document::create(&json!({"items": items}), Schema::default(), &meta("s")).unwrap();
+    let mut edited = doc.read(None).unwrap();
+    edited["items"][100]["done"] = json!(true);
+    let out = doc.put(None, &edited, &meta("w")).unwrap();
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(doc.history().last().unwrap().ops, 1);
+    // Writing the same value again changes nothing.
+    let again = doc.put(None, &edited, &meta("w")).unwrap();
+    assert!(again.changes.is_empty());
+}
+
+#[test]
+fn history_records_agents_and_time() {
+    let (mut doc, _) =
+        Document::create(&json!({"a": 1}), Schema::default(), &meta("setup")).unwrap();
+    doc.put(None, &json!({"a": 2}), &meta("alice")).unwrap();
+    let h = doc.history();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].agent.as_deref(), Some("setup"));
+    assert_eq!(h[1].agent.as_deref(), Some("alice"));
+    assert_eq!(h[1].time, 1_700_000_000);
+    assert_eq!(h[1].deps, vec![h[0].hash.clone()]);
+    assert_eq!(doc.change_count(), 2);
+}
+
+/// `(patch, expected)` applied to one starting document; `expected` `Err` holds a piece of
+/// the error message, and the document must be unchanged.
+fn check_patch(start: Value, patch: Value, expected: Result<Value, &str>) {
+    let s = schema(&["/text"], &["/count"]);
+    let (mut doc, _) = Document::create(&start, s, &meta("setup")).unwrap();
+    let before = doc.version();
+    let result = parse_patch(&patch).and_then(|ops| doc.patch(None, &ops, &meta("p")));
+    match expected {
+        Ok(value) => {
+            result.unwrap_or_else(|e| panic!("{patch}: {e}"));
+            assert_eq!(doc.read(None).unwrap(), value, "{patch}");
+        }
+        Err(piece) => {
+            let err = result.expect_err(&patch.to_string()).to_string();
+            assert!(err.contains(piece), "{patch}: {err:?} lacks {piece:?}");
+            assert_eq!(doc.version(), before, "{patch} changed the document");
+        }
+    }
+}
+
+#[test]
+fn json_patch_operations() {
+    let start = json!({"a": 1, "l": [1, 2, 3], "o": {"x": "y"}, "text": "hello", "count": 1});
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = start.clone();
+        f(&mut v);
+        Ok(v)
+    };
+    let cases: Vec<(Value, Result<Value, &str>)> = vec![
+        (
+            json!([{"op": "add", "path": "/b", "value": [1]}]),
+            with(&|v| v["b"] = json!([1])),
+        ),
+        (
+            json!([{"op": "add", "path": "/l/1", "value": 9}]),
+            with(&|v| v["l"] = json!([1, 9, 2, 3])),
+        ),
+        (
+            json!([{"op": "add", "path": "/l/-", "value": 4}]),
+            with(&|v| v["l"] = json!([1, 2, 3, 4])),
+        ),
+        (
+            json!([{"op": "add", "path": "/l/3", "value": 4}]),
+            with(&|v| v["l"] = json!([1, 2, 3, 4])),
+        ),
+        (
+            json!([{"op": "remove", "path": "/l/0"}]),
+            with(&|v| v["l"] = json!([2, 3])),
+        ),
+        (
+            json!([{"op": "remove", "path": "/o/x"}]),
+            with(&|v| v["o"] = json!({})),
+        ),
+        (
+            json!([{"op": "replace", "path": "/a", "value": {"z": 1}}]),
+            with(&|v| v["a"] = json!({"z": 1})),
+        ),
+        (
+            json!([{"op": "replace", "path": "/l/2", "value": 30}]),
+            with(&|v| v["l"] = json!([1, 2, 30])),
+        ),
+        (
+            json!([{"op": "move", "from": "/o/x", "path": "/m"}]),
+            with(&|v| {
+                v["o"] = json!({});
+                v["m"] = json!("y");
+            }),
+        ),
+        (
+            json!([{"op": "move", "from": "/l/0", "path": "/l/-"}]),
+            with(&|v| v["l"] = json!([2, 3, 1])),
+        ),
+        (
+            json!([{"op": "copy", "from": "/o", "path": "/p"}]),
+            with(&|v| v["p"] = json!({"x": "y"})),
+        ),
+        (
+            json!([{"op": "test", "path": "/a", "value": 1.0}, {"op": "add", "path": "/t", "value": true}]),
+            with(&|v| v["t"] = json!(true)),
+        ),
+        (
+            json!([{"op": "increment", "path": "/count", "value": 4}]),
+            with(&|v| v["count"] = json!(5)),
+        ),
+        (
+            json!([{"op": "increment", "path": "/fresh", "value": 2}]),
+            with(&|v| v["fresh"] = json!(2)),
+        ),
+        (
+            json!([{"op": "splice", "path": "/text", "pos": 5, "insert": " world"}]),
+            with(&|v| v["text"] = json!("hello world")),
+        ),
+        (
+            json!([{"op": "splice", "path": "/text", "pos": 0, "del": 1, "insert": "J"}]),
+            with(&|v| v["text"] = json!("jello".replace('j', "J"))),
+        ),
+        (
+            json!([{"op": "replace", "path": "", "value": {"only": 1}}]),
+            Ok(json!({"only": 1})),
+        ),
+        (
+            json!([{"op": "add", "path": "/o/x~1y", "value": 1}]),
+            with(&|v| v["o"]["x/y"] = json!(1)),
+        ),
+        // Failures: nothing applied, not even the operations before the failing one.
+        (
+            json!([{"op": "add", "path": "/b", "value": 1}, {"op": "test", "path": "/a", "value": 2}]),
+            Err("test failed at /a"),
+        ),
+        (
+            json!([{"op": "remove", "path": "/nope"}]),
+            Err("no value at /nope"),
+        ),
+        (
+            json!([{"op": "replace", "path": "/l/3", "value": 1}]),
+            Err("no value at /l/3"),
+        ),
+        (
+            json!([{"op": "add", "path": "/l/5", "value": 1}]),
+            Err("no value at /l/5"),
+        ),
+        (
+            json!([{"op": "add", "path": "/l/01", "value": 1}]),
+            Err("not a list index"),
+        ),
+        (
+            json!([{"op": "add", "path": "/missing/x", "value": 1}]),
+            Err("no value at /missing/x"),
+        ),
+        (
+            json!([{"op": "add", "path": "/a/x", "value": 1}]),
+            Err("scalar value has no children"),
+        ),
+        (
+            json!([{"op": "add", "path": "x", "value": 1}]),
+            Err("invalid JSON Pointer"),
+        ),
+        (
+            json!([{"op": "remove", "path": ""}]),
+            Err("cannot remove the document root"),
+        ),
+        (
+            json!([{"op": "move", "from": "/o", "path": "/o/inner"}]),
+            Err("own child"),
+        ),
+        (
+            json!([{"op": "increment", "path": "/a", "value": 1}]),
+            Err("plain number"),
+        ),
+        (
+            json!([{"op": "splice", "path": "/o/x", "pos": 0, "insert": "z"}]),
+            Err("atomic string"),
+        ),
+        (
+            json!([{"op": "splice", "path": "/text", "pos": 9, "insert": "z"}]),
+            Err("outside the text"),
+        ),
+        (
+            json!([{"op": "replace", "path": "", "value": [1]}]),
+            Err("root must be a JSON object"),
+        ),
+        (json!([{"op": "jump", "path": "/a"}]), Err("operation 0")),
+        (
+            json!([{"op": "add", "path": "/a"}]),
+            Err("missing field `value`"),
+        ),
+        (
+            json!([{"op": "remove", "path": "/a", "extra": 1}]),
+            Err("unknown field"),
+        ),
+        (
+            json!({"op": "remove", "path": "/a"}),
+            Err("array of operations"),
+        ),
+    ];
+    for (patch, expected) in cases {
+        check_patch(start.clone(), patch, expected);
+    }
+}
+
+#[test]
+fn patch_paths_mean_what_they_meant_at_the_base() {
+    let (mut doc, _) = Document::create(
+        &json!({"l": ["a", "b", "c"]}),
+        Schema::default(),
+        &meta("s"),
+    )
+    .unwrap();
+    let v1 = doc.version();
+    // Someone inserts at the front; a patch made against v1 still removes "b".
+    doc.patch(
+        None,
+        &parse_patch(&json!([{"op": "add", "path": "/l/0", "value": "z"}])).unwrap(),
+        &meta("x"),
+    )
+    .unwrap();
+    doc.patch(
+        Some(&v1),
+        &parse_patch(&json!([{"op": "remove", "path": "/l/1"}])).unwrap(),
+        &meta("y"),
+    )
+    .unwrap();
+    assert_eq!(doc.read(None).unwrap(), json!({"l": ["z", "a", "c"]}));
+}
+
+#[test]
+fn merge_patch() {
+    let (mut doc, _) = Document::create(
+        &json!({"a": 1, "o": {"x": 1, "y": 2}, "k": "v"}),
+        Schema::default(),
+        &meta("s"),
+    )
+    .unwrap();
+    doc.merge_patch(
+        None,
+        &json!({"a": null, "o": {"y": null, "z": {"deep": null, "w": 1}}, "n": [1]}),
+        &meta("m"),
+    )
+    .unwrap();
+    assert_eq!(
+        doc.read(None).unwrap(),
+        json!({"o": {"x": 1, "z": {"w": 1}}, "k": "v", "n": [1]})
+    );
+    assert!(doc.merge_patch(None, &json!([1]), &meta("m")).is_err());
+}
+
+#[test]
+fn unknown_and_malformed_versions_are_refused() {
+    let (mut doc, _) = Document::create(&json!({"a": 1}), Schema::default(), &meta("s")).unwrap();
+    let unknown: Version = "ab".repeat(32).parse().unwrap();
+    assert!(doc
+        .put(Some(&unknown), &json!({}), &meta("x"))
+        .unwrap_err()
+        .to_string()
+        .contains("unknown version"));
+    assert!(doc.read(Some(&unknown)).is_err());
+    assert!("nothex".parse::<Version>().is_err());
+}
+
+#[test]
+fn raw_changes_are_idempotent_and_garbage_is_refused() {
+    let (mut a, _) = Document::create(&json!({"a": 1}), Schema::default(), &meta("s")).unwrap();
+    let all = a.changes_since(None).unwrap();
+    let (mut b, _) = Document::load(Schema::default(), None, &[all.clone()]).unwrap();
+    a.put(None, &json!({"a": 2}), &meta("x")).unwrap();
+    let v = b.version();
+    let delta = a.changes_since(Some(&v)).unwrap();
+    assert_eq!(b.apply_changes(&delta).unwrap().changes.len(), 1);
+    assert_eq!(
+        b.apply_changes(&delta).unwrap().changes.len(),
+        0,
+        "second delivery adds nothing"
+    );
+    assert_eq!(b.read(None).unwrap(), json!({"a": 2}));
+    let before = b.version();
+    assert!(b.apply_changes(b"definitely not automerge").is_err());
+    let mut torn = delta.clone();
+    torn.extend_from_slice(b"garbage tail");
+    assert!(b.apply_changes(&torn).is_err());
+    assert_eq!(b.version(), before);
+}
+
+#[test]
+fn loading_skips_a_corrupt_record_and_reports_it() {
+    let (mut doc, first) =
+        Document::create(&json!({"a": 1}), Schema::default(), &meta("s")).unwrap();
+    let second = doc.put(None, &json!({"a": 2}), &meta("x")).unwrap();
+    let mut records: Vec<Vec<u8>> = first
+        .stored_changes()
+        .into_iter()
+        .chain(second.stored_changes())
+        .map(|c| c.bytes)
+        .collect();
+    let good = records.clone();
+    let last = records.last_mut().unwrap();
+    last.truncate(last.len() / 2);
+    let (loaded, report) = Document::load(Schema::default(), None, &records).unwrap();
+    assert_eq!(loaded.read(None).unwrap(), json!({"a": 1}));
+    assert_eq!(report.skipped.len(), 1);
+    let (loaded, report) = Document::load(Schema::default(), None, &good).unwrap();
+    assert_eq!(loaded.read(None).unwrap(), json!({"a": 2}));
+    assert!(report.skipped.is_empty());
+}
+
+// ---- properties ----
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-5i64..5).prop_map(Value::from),
+        "[a-c]{0,3}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+            prop::collection::btree_map("[a-d]", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_root() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::btree_map("[a-d]", arb_json(), 0..4),
+        prop::option::of("[a-c ]{0,8}"),
+        prop::option::of(-10i64..10),
+    )
+        .prop_map(|(m, text, count)| {
+            let mut v: serde_json::Map<String, Value> = m.into_iter().collect();
+            if let Some(t) = text {
+                v.insert("text".into(), t.into());
+            }
+            if let Some(c) = count {
+                v.insert("count".into(), c.into());
+            }
+            Value::Object(v)
+        })
+}
+
+fn prop_schema() -> Schema {
+    schema(&["/text"], &["/count"])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A write at the current version makes the document exactly the value written.
+    #[test]
+    fn reconcile_reaches_the_target(before in arb_root(), after in arb_root()) {
+        let (mut doc, _) = Document::create(&before, prop_schema(), &meta("s")).unwrap();
+        prop_assert_eq!(doc.read(None).unwrap(), before);
+        doc.put(None, &after, &meta("w")).unwrap();
+        prop_assert_eq!(doc.read(None).unwrap(), after);
+    }
+
+    /// Writers from random earlier versions, their changes delivered to replicas in random
+    /// orders with duplicates: every replica ends equal to the origin.
+    #[test]
+    fn concurrent_writes_converge_in_any_order(
+        start in arb_root(),
+        writes in prop::collection::vec((arb_root(), any::<prop::sample::Index>()), 1..6),
+        orders in prop::collection::vec(Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()), 2..4),
+    ) {
+        let (mut origin, first) = Document::create(&start, prop_schema(), &meta("s")).unwrap();
+        let mut versions = vec![origin.version()];
+        let mut changes: Vec<Vec<u8>> = first.stored_changes().into_iter().map(|c| c.bytes).collect();
+        for (i, (value, base)) in writes.iter().enumerate() {
+            let base = base.get(&versions).clone();
+            let out = origin.put(Some(&base), value, &meta(&format!("w{i}"))).unwrap();
+            changes.extend(out.stored_changes().into_iter().map(|c| c.bytes));
+            versions.push(out.version);
+        }
+        let expected = origin.read(None).unwrap();
+        for seed in orders {
+            // A deterministic shuffle with duplicates, from the seed.
+            let mut order: Vec<usize> = (0..changes.len()).chain(0..changes.len() / 2).collect();
+            let mut s = seed | 1;
+            for i in (1..order.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                order.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            let (mut replica, _) = Document::load(prop_schema(), None, &[]).unwrap();
+            for i in order {
+                replica.apply_changes(&changes[i]).unwrap();
+            }
+            prop_assert!(replica.missing_deps().is_empty());
+            prop_assert_eq!(replica.read(None).unwrap(), expected.clone());
+            prop_assert_eq!(replica.version(), origin.version());
+        }
+    }
+}
