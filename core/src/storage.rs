@@ -6,6 +6,8 @@
 //! that is the point at which the server acknowledges the write to the client.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -121,13 +123,20 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A write on its way to disk: resolves once the batch is durable (or has failed).
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
 /// A durable home for documents. Implementations must make [`Store::write`] atomic and
 /// durable (on disk, fsynced) before returning `Ok`, and should let concurrent writes share
 /// one sync (group commit).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a batch atomically; returns once it is durable.
-    async fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Queues a batch, to be stored atomically, and returns a future that resolves once it
+    /// is durable. The queueing happens in this call, not when the future is first polled:
+    /// batches become durable in the order `write` was called, so a caller that calls it
+    /// under a document's lock orders that document's writes without holding the lock
+    /// while the disk syncs.
+    fn write(&self, batch: WriteBatch) -> Durable;
     /// Reads a document back, or `None` if it is not stored.
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError>;
     /// Lists every stored document, oldest first.
@@ -167,11 +176,8 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    fn write_now(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut guard = self.docs.lock().expect("memory store poisoned");
         let (order, docs) = &mut *guard;
         if let Some(meta) = &batch.create {
@@ -203,6 +209,14 @@ impl Store for MemoryStore {
                 .insert(record.key.clone(), record);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn write(&self, batch: WriteBatch) -> Durable {
+        let result = self.write_now(batch);
+        Box::pin(std::future::ready(result))
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError> {

@@ -480,7 +480,7 @@ fn unknown_and_malformed_versions_are_refused() {
 fn raw_changes_are_idempotent_and_garbage_is_refused() {
     let (mut a, _) = Document::create(&json!({"a": 1}), Schema::default(), &meta("s")).unwrap();
     let all = a.changes_since(None).unwrap();
-    let (mut b, _) = Document::load(Schema::default(), None, &[all.clone()]).unwrap();
+    let (mut b, _) = Document::load(Schema::default(), None, std::slice::from_ref(&all)).unwrap();
     a.put(None, &json!({"a": 2}), &meta("x")).unwrap();
     let v = b.version();
     let delta = a.changes_since(Some(&v)).unwrap();

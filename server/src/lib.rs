@@ -1,1 +1,210 @@
+//! Concord's server: the HTTP API over the document registry, storage backends, and the
+//! `concord` binary's building blocks.
+//!
+//! # Layout
+//! - [`Config`], [`Server`]: start a server on an address with a data folder; stop it.
+//! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router.
+//! - [`registry`]: documents in memory, one writer each, queued for storage in order.
+//! - [`policy`]: write strategies as policies on the base version of a write.
+//! - [`idempotency`]: `Idempotency-Key` handling.
+//! - [`problem`]: RFC 9457 problem+json errors.
+//! - [`sqlite`]: the embedded durable store with group commit.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod api;
+pub mod idempotency;
+pub mod policy;
+pub mod problem;
+pub mod registry;
 pub mod sqlite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use concord_core::storage::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::idempotency::Idempotency;
+use crate::registry::Registry;
+use crate::sqlite::SqliteStore;
+
+/// How a server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// The data folder (created if missing).
+    pub data: PathBuf,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl: Duration,
+    /// How long a graceful shutdown may take before in-flight requests are abandoned.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data: PathBuf::from("concord-data"),
+            body_limit: 8 * 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The documents.
+    pub registry: Registry,
+    /// Keys of requests in flight.
+    pub idempotency: Idempotency,
+    /// The configuration the server started with.
+    pub config: Config,
+}
+
+impl AppState {
+    /// State over a store.
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
+        Arc::new(AppState {
+            registry: Registry::new(store),
+            idempotency: Idempotency::new(config.idempotency_ttl.as_millis() as i64),
+            config,
+        })
+    }
+}
+
+/// The whole HTTP application over `state`: use it in-process in tests, or serve it.
+pub fn app(state: Arc<AppState>) -> Router {
+    api::router(state)
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data folder's store could not be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The data folder.
+        path: PathBuf,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the store in `config.data`, binds `config.addr` and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let data = config.data.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
+            .await
+            .expect("opening the store does not panic")
+            .map_err(|source| StartError::Store {
+                path: config.data.clone(),
+                source,
+            })?;
+        Self::start_with_store(Arc::new(store), config).await
+    }
+
+    /// Starts serving over an already opened store.
+    pub async fn start_with_store(
+        store: Arc<dyn Store>,
+        config: Config,
+    ) -> Result<Server, StartError> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let state = AppState::new(store, config);
+        let purge = tokio::spawn(purge_idempotency_keys(Arc::clone(&state)));
+        let (stop, mut stopped) = watch::channel(false);
+        let router = app(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+            purge.abort();
+            result
+        });
+        tracing::info!(%addr, "concord is listening");
+        Ok(Server {
+            addr,
+            stop,
+            task,
+            state,
+        })
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (for in-process inspection).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (each acknowledged
+    /// write is durable before it is answered) within the shutdown timeout, then returns.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let timeout = self.state.config.shutdown_timeout;
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(std::io::Error::other(join)),
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "shutdown timed out; abandoning in-flight requests"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Forgets expired idempotency keys, at start and then hourly.
+async fn purge_idempotency_keys(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let before = api::now_ms() - state.idempotency.ttl_ms();
+        match state.registry.store().purge_idempotency(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "forgot expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+    }
+}

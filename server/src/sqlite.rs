@@ -56,7 +56,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, Store, StoreError, WriteBatch,
+    DocMeta, DocState, DocSummary, Durable, IdempotencyRecord, LoadedDoc, Store, StoreError,
+    WriteBatch,
 };
 use concord_core::strategy::Strategy;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -302,24 +303,25 @@ impl SqliteStore {
         }
     }
 
+    /// Queues an operation for the writer thread, now; the receiver gets its answer.
+    fn enqueue(&self, op: Op) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
+        let name = op.name();
+        let (reply, answer) = oneshot::channel();
+        let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
+        let sender = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend(format!("{name} refused: the store is closed")))?;
+        sender.send(Job { op, reply }).map_err(|_| {
+            StoreError::Backend(format!("{name} refused: the writer thread has stopped"))
+        })?;
+        Ok(answer)
+    }
+
     /// Queues an operation for the writer thread and waits for its answer.
     async fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let name = op.name();
-        let (reply, answer) = oneshot::channel();
-        {
-            let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
-            let sender = guard.as_ref().ok_or_else(|| {
-                StoreError::Backend(format!("{name} refused: the store is closed"))
-            })?;
-            sender.send(Job { op, reply }).map_err(|_| {
-                StoreError::Backend(format!("{name} refused: the writer thread has stopped"))
-            })?;
-        }
-        answer.await.map_err(|_| {
-            StoreError::Backend(format!(
-                "{name} failed: the writer thread stopped before answering"
-            ))
-        })?
+        let answer = self.enqueue(op)?;
+        wait(name, answer).await
     }
 
     /// Runs a read on a pooled read connection, on a blocking thread.
@@ -341,6 +343,18 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Waits for the writer's answer to a queued operation.
+async fn wait(
+    name: &'static str,
+    answer: oneshot::Receiver<Result<Done, StoreError>>,
+) -> Result<Done, StoreError> {
+    answer.await.map_err(|_| {
+        StoreError::Backend(format!(
+            "{name} failed: the writer thread stopped before answering"
+        ))
+    })?
+}
+
 fn unexpected(op: &str, done: Done) -> StoreError {
     StoreError::Backend(format!(
         "internal error: the writer answered {done:?} to {op}"
@@ -349,11 +363,14 @@ fn unexpected(op: &str, done: Done) -> StoreError {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        match self.submit(Op::Write(Box::new(batch))).await? {
-            Done::Written => Ok(()),
-            other => Err(unexpected("write", other)),
-        }
+    fn write(&self, batch: WriteBatch) -> Durable {
+        let answer = self.enqueue(Op::Write(Box::new(batch)));
+        Box::pin(async move {
+            match wait("write", answer?).await? {
+                Done::Written => Ok(()),
+                other => Err(unexpected("write", other)),
+            }
+        })
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError> {

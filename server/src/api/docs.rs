@@ -1,0 +1,434 @@
+//! Document handlers: create, list, read, write (PUT, PATCH), delete, history, raw changes.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use concord_core::patch::parse_patch;
+use concord_core::pointer::Pointer;
+use concord_core::storage::DocMeta;
+use concord_core::{Schema, Strategy, WriteMeta};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
+use crate::idempotency::{respond, Begin};
+use crate::policy::{base_for, etag, WriteKind};
+use crate::problem::ApiError;
+use crate::registry::{IdempotencyDraft, Responder, Written};
+use crate::AppState;
+
+type Shared = State<Arc<AppState>>;
+
+/// The body of `POST /v1/docs`; every field optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    id: Option<Uuid>,
+    value: Option<Value>,
+    strategy: Option<String>,
+    #[serde(default)]
+    text: Vec<String>,
+    #[serde(default)]
+    counters: Vec<String>,
+}
+
+/// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
+/// `Location` on create).
+fn doc_response(written: &Written, status: StatusCode) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("etag".to_owned(), format!("\"{}\"", written.version)),
+    ];
+    if status == StatusCode::CREATED {
+        headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
+    }
+    let body = json!({
+        "id": written.id,
+        "version": written.version.to_string(),
+        "strategy": written.strategy,
+        "value": written.value,
+        "new_changes": written.new_changes,
+    });
+    (headers, serde_json::to_vec(&body).expect("JSON serializes"))
+}
+
+const DOC_RESPONSE: Responder = doc_response;
+
+/// Runs a write with `Idempotency-Key` handling around it.
+#[allow(clippy::too_many_arguments)]
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    status: StatusCode,
+    now: i64,
+    run: F,
+) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(Option<(IdempotencyDraft, Responder)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Written, ApiError>>,
+{
+    let store = state.registry.store().as_ref();
+    match state
+        .idempotency
+        .begin(store, headers, method, path, body, status, now)
+        .await?
+    {
+        Begin::Replay(response) => Ok(response),
+        Begin::Plain => Ok(respond(&run(None).await?, status, DOC_RESPONSE)),
+        Begin::Record(in_flight, draft) => {
+            let written = run(Some((draft, DOC_RESPONSE))).await;
+            drop(in_flight);
+            Ok(respond(&written?, status, DOC_RESPONSE))
+        }
+    }
+}
+
+fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, ApiError> {
+    Ok(WriteMeta {
+        agent: agent(headers)?,
+        time_ms: now,
+        message: None,
+    })
+}
+
+pub(super) async fn create(
+    State(state): Shared,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let request: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody::default()
+    } else {
+        serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-body",
+                format!("invalid document: {e}"),
+            )
+        })?
+    };
+    let strategy = match request.strategy.as_deref() {
+        None => Strategy::Crdt,
+        Some(s) => s.parse::<Strategy>().map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-strategy",
+                e.to_string(),
+            )
+        })?,
+    };
+    let schema = Schema {
+        text: request.text,
+        counters: request.counters,
+    };
+    schema.validate()?;
+    let value = request.value.unwrap_or_else(|| json!({}));
+    let client_chose_id = request.id.is_some();
+    let doc = DocMeta {
+        id: request.id.unwrap_or_else(Uuid::new_v4),
+        strategy,
+        schema,
+        created_at_ms: now,
+    };
+    let registry = &state.registry;
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        "/v1/docs",
+        &body,
+        StatusCode::CREATED,
+        now,
+        |idem| registry.create(doc, &value, &meta, client_chose_id, idem),
+    )
+    .await
+}
+
+pub(super) async fn list(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let docs = state.registry.store().list().await?;
+    let docs: Vec<Value> = docs
+        .into_iter()
+        .map(|d| {
+            json!({
+                "id": d.meta.id,
+                "strategy": d.meta.strategy,
+                "version": d.state.version,
+                "changes": d.state.change_count,
+                "created_at": d.meta.created_at_ms,
+                "updated_at": d.state.updated_at_ms,
+                "last_agent": d.state.last_agent,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "docs": docs })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadQuery {
+    at: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    conflicts: Option<String>,
+}
+
+pub(super) async fn read(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let at = query.at.as_deref().map(parse_version).transpose()?;
+    let pointer = query.path.as_deref().map(Pointer::parse).transpose()?;
+    let conflicts = match query.conflicts.as_deref() {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid-query",
+                format!("conflicts must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    state
+        .registry
+        .read(id, |loaded| {
+            let doc = &loaded.doc;
+            if let Some(at) = &at {
+                doc.check_version(at).map_err(|e| {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
+                })?;
+            }
+            let version = at.clone().unwrap_or_else(|| doc.version());
+            let value = match &pointer {
+                None => doc.read(at.as_ref())?,
+                Some(p) => doc.read_path(at.as_ref(), p)?.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "path-not-found",
+                        format!("no value at {p}"),
+                    )
+                })?,
+            };
+            let mut body = json!({
+                "id": id,
+                "version": version.to_string(),
+                "strategy": loaded.meta.strategy,
+                "value": value,
+            });
+            if let Some(p) = &pointer {
+                body["path"] = json!(p.to_string());
+            }
+            if conflicts {
+                body["conflicts"] = serde_json::to_value(doc.conflicts(at.as_ref())?)
+                    .map_err(ApiError::internal)?;
+            }
+            let mut response = Json(body).into_response();
+            response.headers_mut().insert(header::ETAG, etag(&version));
+            Ok(response)
+        })
+        .await
+}
+
+pub(super) async fn put(
+    State(state): Shared,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let if_match = if_match(&headers)?;
+    let value = json_body(&headers, &body, &["application/json"])?;
+    let path = format!("/v1/docs/{id}");
+    let registry = &state.registry;
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        &body,
+        StatusCode::OK,
+        now,
+        |idem| {
+            registry.write(id, &meta, idem, |loaded| {
+                let base = base_for(
+                    loaded.meta.strategy,
+                    WriteKind::Put,
+                    if_match.as_ref(),
+                    &loaded.doc.version(),
+                )?;
+                Ok(loaded.doc.put(base.as_ref(), &value, &meta)?)
+            })
+        },
+    )
+    .await
+}
+
+pub(super) async fn patch(
+    State(state): Shared,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let if_match = if_match(&headers)?;
+    let accepted = [
+        "application/json-patch+json",
+        "application/merge-patch+json",
+    ];
+    let document = json_body(&headers, &body, &accepted)?;
+    let merge = super::content_type(&headers).as_deref() == Some("application/merge-patch+json");
+    let ops = if merge {
+        None
+    } else {
+        Some(parse_patch(&document)?)
+    };
+    let path = format!("/v1/docs/{id}");
+    let registry = &state.registry;
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        &body,
+        StatusCode::OK,
+        now,
+        |idem| {
+            registry.write(id, &meta, idem, |loaded| {
+                let base = base_for(
+                    loaded.meta.strategy,
+                    WriteKind::Patch,
+                    if_match.as_ref(),
+                    &loaded.doc.version(),
+                )?;
+                Ok(match &ops {
+                    Some(ops) => loaded.doc.patch(base.as_ref(), ops, &meta)?,
+                    None => loaded.doc.merge_patch(base.as_ref(), &document, &meta)?,
+                })
+            })
+        },
+    )
+    .await
+}
+
+pub(super) async fn delete(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = doc_id(&id)?;
+    state.registry.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn history(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = doc_id(&id)?;
+    state
+        .registry
+        .read(id, |loaded| {
+            Ok(Json(json!({
+                "id": id,
+                "version": loaded.doc.version().to_string(),
+                "changes": loaded.doc.history(),
+            })))
+        })
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChangesQuery {
+    since: Option<String>,
+}
+
+pub(super) async fn get_changes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Query(query): Query<ChangesQuery>,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let since = query.since.as_deref().map(parse_version).transpose()?;
+    state
+        .registry
+        .read(id, |loaded| {
+            if let Some(since) = &since {
+                loaded.doc.check_version(since).map_err(|e| {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
+                })?;
+            }
+            let bytes = loaded.doc.changes_since(since.as_ref())?;
+            let mut response = Response::new(Body::from(bytes));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(header::ETAG, etag(&loaded.doc.version()));
+            Ok(response)
+        })
+        .await
+}
+
+pub(super) async fn post_changes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    match super::content_type(&headers).as_deref() {
+        None | Some("application/octet-stream") => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!("expected application/octet-stream (raw Automerge changes), got {other}"),
+            ))
+        }
+    }
+    let path = format!("/v1/docs/{id}/changes");
+    let registry = &state.registry;
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        &body,
+        StatusCode::OK,
+        now,
+        |idem| {
+            registry.write(id, &meta, idem, |loaded| {
+                base_for(
+                    loaded.meta.strategy,
+                    WriteKind::Changes,
+                    None,
+                    &loaded.doc.version(),
+                )?;
+                Ok(loaded.doc.apply_changes(&body)?)
+            })
+        },
+    )
+    .await
+}

@@ -1,0 +1,159 @@
+//! The HTTP API (v1): routes and the pieces every handler shares.
+
+mod docs;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use concord_core::Version;
+use serde_json::{json, Value};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::policy::IfMatch;
+use crate::problem::{ensure_problem_json, ApiError};
+use crate::AppState;
+
+/// The router over shared state: every route of the API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/docs", get(docs::list).post(docs::create))
+        .route(
+            "/v1/docs/{id}",
+            get(docs::read)
+                .put(docs::put)
+                .patch(docs::patch)
+                .delete(docs::delete),
+        )
+        .route("/v1/docs/{id}/history", get(docs::history))
+        .route(
+            "/v1/docs/{id}/changes",
+            get(docs::get_changes).post(docs::post_changes),
+        )
+        .fallback(not_found)
+        .with_state(state)
+        .layer(middleware::map_response(ensure_problem_json))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such resource")
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A document id from the path.
+pub(crate) fn doc_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid-id",
+            format!(
+                "{:?} is not a document id (a UUID such as 7f1c1c9e-3b8e-4c43-9a55-0d6f3f3c2a10)",
+                raw.chars().take(100).collect::<String>()
+            ),
+        )
+    })
+}
+
+/// The agent named by `Concord-Agent`, or `anonymous`.
+pub(crate) fn agent(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get("concord-agent") else {
+        return Ok("anonymous".into());
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && a.len() <= 128)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-agent",
+                "Concord-Agent must be 1 to 128 visible ASCII characters",
+            )
+        })
+}
+
+/// Parses a version given in a query parameter.
+pub(crate) fn parse_version(raw: &str) -> Result<Version, ApiError> {
+    let raw = raw.trim().trim_start_matches("W/").trim_matches('"');
+    raw.parse::<Version>().map_err(ApiError::from)
+}
+
+/// The request's `If-Match`, if any.
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid-version", "If-Match is not visible ASCII"))?;
+    if text.trim() == "*" {
+        return Ok(Some(IfMatch::Any));
+    }
+    parse_version(text).map(|v| Some(IfMatch::Version(v)))
+}
+
+/// The media type of the request body, lowercased, without parameters.
+pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+/// Parses a JSON body whose media type must be one of `accepted` (a body without a
+/// Content-Type is taken as `application/json`).
+pub(crate) fn json_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    accepted: &[&str],
+) -> Result<Value, ApiError> {
+    let media = match content_type(headers) {
+        Some(media) => media,
+        None if accepted.contains(&"application/json") => "application/json".into(),
+        None => "no Content-Type".into(),
+    };
+    if !accepted.contains(&media.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("expected {}, got {media}", accepted.join(" or ")),
+        ));
+    }
+    parse_json(body)
+}
+
+/// Parses JSON bytes with a precise error.
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid-json", format!("the body is not UTF-8: {e}"))
+    })?;
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request("invalid-json", format!("the body is not valid JSON: {e}"))
+    })
+}

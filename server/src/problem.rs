@@ -1,0 +1,194 @@
+//! RFC 9457 problem details: every error the server answers is `application/problem+json`.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use axum::response::IntoResponse;
+use concord_core::storage::StoreError;
+use serde::Serialize;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answered over HTTP: a status, a short stable kind, and a useful detail.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A short slug naming the kind of problem; the `type` is `urn:concord:problem:<kind>`.
+    pub kind: &'static str,
+    /// What went wrong, for a person reading it.
+    pub detail: String,
+    /// Extra headers (the current `ETag` on a 412, say).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl ApiError {
+    /// An error with this status, kind and detail.
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, detail)
+    }
+
+    /// 404: no such document.
+    pub fn doc_not_found(id: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no document {id}"),
+        )
+    }
+
+    /// 500: something broke inside; the detail is logged, not shown.
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle this request; see its log",
+        )
+    }
+
+    /// Adds a header to the response.
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        problem_body(self.status, self.kind, &self.detail)
+    }
+}
+
+/// The problem+json body for a status, kind and detail.
+pub fn problem_body(status: StatusCode, kind: &str, detail: &str) -> Vec<u8> {
+    serde_json::to_vec(&Problem {
+        kind: format!("urn:concord:problem:{kind}"),
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+    })
+    .expect("a problem always serializes")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let mut response = Response::new(Body::from(self.body()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<concord_core::Error> for ApiError {
+    fn from(e: concord_core::Error) -> Self {
+        use concord_core::Error as E;
+        let detail = e.to_string();
+        match e {
+            E::InvalidPointer { .. } => ApiError::bad_request("invalid-pointer", detail),
+            E::InvalidVersion(_) => ApiError::bad_request("invalid-version", detail),
+            E::UnknownVersion(_) => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "unknown-version", detail)
+            }
+            E::PathNotFound { .. } => ApiError::new(StatusCode::CONFLICT, "path-not-found", detail),
+            E::TestFailed { .. } => ApiError::new(StatusCode::CONFLICT, "test-failed", detail),
+            E::WrongType { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong-type", detail)
+            }
+            E::InvalidPatch(_) => ApiError::bad_request("invalid-patch", detail),
+            E::InvalidValue(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", detail)
+            }
+            E::InvalidChanges(_) => ApiError::bad_request("invalid-changes", detail),
+            E::Load(_) | E::Automerge(_) => ApiError::internal(detail),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::doc_not_found(id),
+            StoreError::AlreadyExists(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                format!("document {id} already exists"),
+            ),
+            StoreError::Corrupt(_) | StoreError::Backend(_) => {
+                tracing::error!(error = %e, "storage failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    "storage failed; the write may or may not have been applied (retry with the same Idempotency-Key)",
+                )
+            }
+        }
+    }
+}
+
+/// Middleware: turns any error response that is not yet problem+json (a 404 for an unknown
+/// route, a 405, a 413 from the body limit, an extractor rejection) into one, keeping its
+/// status and using its text as the detail.
+pub async fn ensure_problem_json(response: axum::response::Response) -> axum::response::Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        match status {
+            StatusCode::NOT_FOUND => "no such resource".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED => "this method is not allowed here".to_owned(),
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is over the size limit".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_owned(),
+        }
+    } else {
+        text
+    };
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        s if s.is_server_error() => "internal",
+        _ => "bad-request",
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, Body::from(problem_body(status, kind, &detail)))
+}

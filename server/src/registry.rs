@@ -1,0 +1,382 @@
+//! The documents in memory: loaded from storage on first use, one writer at a time each,
+//! and every write queued for storage before its document is unlocked.
+//!
+//! # The write path
+//! A write takes the document's lock, applies the edit to the in-memory [`Document`] (one
+//! Automerge change), queues a [`WriteBatch`] with the store, and releases the lock; only
+//! then does it wait for the batch to be durable, and only then is the write acknowledged.
+//! So writes to one document are ordered by its lock, writes to different documents proceed
+//! in parallel, and many writes (to one document or many) share one fsync.
+//!
+//! A batch carries every change of its document that is not yet known to be durable, not
+//! only its own: if an earlier batch failed, a later acknowledged change can never be
+//! stored without the changes it depends on. Storing a change twice is harmless.
+//!
+//! Readers may see a change a moment before it is acknowledged (while its batch syncs).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::http::StatusCode;
+use concord_core::storage::{
+    DocMeta, DocState, IdempotencyRecord, Store, StoredChange, WriteBatch,
+};
+use concord_core::{Document, Version, WriteMeta, WriteOutcome};
+use serde_json::Value;
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+
+/// One document in memory.
+pub struct Loaded {
+    /// Creation-time facts.
+    pub meta: DocMeta,
+    /// The CRDT.
+    pub doc: Document,
+    /// Agent of the last write.
+    pub last_agent: Option<String>,
+    /// Time of the last write, ms since the epoch.
+    pub updated_at_ms: i64,
+}
+
+enum SlotState {
+    Live(Box<Loaded>),
+    /// Deleted or dropped from memory: whoever still holds this slot must look again.
+    Retired,
+}
+
+/// Changes queued for storage but not yet confirmed durable, numbered in queue order.
+#[derive(Default)]
+struct Pending {
+    last: u64,
+    queue: VecDeque<(u64, StoredChange)>,
+}
+
+impl Pending {
+    /// Adds new changes; returns the number of the last one and every unconfirmed change.
+    fn push(&mut self, changes: Vec<StoredChange>) -> (u64, Vec<StoredChange>) {
+        for change in changes {
+            self.last += 1;
+            self.queue.push_back((self.last, change));
+        }
+        (
+            self.last,
+            self.queue.iter().map(|(_, c)| c.clone()).collect(),
+        )
+    }
+
+    /// Everything up to `upto` is durable.
+    fn confirm(&mut self, upto: u64) {
+        while self.queue.front().is_some_and(|(n, _)| *n <= upto) {
+            self.queue.pop_front();
+        }
+    }
+}
+
+struct Slot {
+    state: Arc<RwLock<SlotState>>,
+    pending: Mutex<Pending>,
+}
+
+impl Slot {
+    fn new(loaded: Loaded) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Arc::new(RwLock::new(SlotState::Live(Box::new(loaded)))),
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+}
+
+/// The outcome of a write, ready to answer.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The document.
+    pub id: Uuid,
+    /// Its version after the write.
+    pub version: Version,
+    /// Its value after the write (the merged present).
+    pub value: Value,
+    /// Its strategy.
+    pub strategy: concord_core::Strategy,
+    /// How many new changes the write made.
+    pub new_changes: usize,
+}
+
+/// What an idempotent request needs recorded with its write.
+#[derive(Debug, Clone)]
+pub struct IdempotencyDraft {
+    /// The client's key.
+    pub key: String,
+    /// Digest of the request.
+    pub fingerprint: String,
+    /// The status the response will have.
+    pub status: StatusCode,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// Builds the response (status, headers, body) for a write; the same function makes the
+/// live answer and the one recorded for idempotent replay.
+pub type Responder = fn(&Written, StatusCode) -> (Vec<(String, String)>, Vec<u8>);
+
+/// Every document in memory, and the store behind them.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
+}
+
+/// A document locked for writing.
+struct WriteGuard {
+    slot: Arc<Slot>,
+    state: OwnedRwLockWriteGuard<SlotState>,
+}
+
+impl WriteGuard {
+    fn loaded(&mut self) -> &mut Loaded {
+        match &mut *self.state {
+            SlotState::Live(loaded) => loaded,
+            SlotState::Retired => unreachable!("a guard is only handed out for a live slot"),
+        }
+    }
+}
+
+impl Registry {
+    /// A registry over `store`, with nothing loaded.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Registry {
+            store,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// How many documents are in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.slots().len()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of a document, loading it from storage if it is not in memory.
+    async fn slot(&self, id: Uuid) -> Result<Arc<Slot>, ApiError> {
+        if let Some(slot) = self.slots().get(&id) {
+            return Ok(Arc::clone(slot));
+        }
+        let stored = self
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| ApiError::doc_not_found(id))?;
+        let (doc, report) = Document::load(
+            stored.meta.schema.clone(),
+            stored.snapshot.as_deref(),
+            &stored.changes,
+        )
+        .map_err(ApiError::internal)?;
+        for problem in &report.skipped {
+            tracing::warn!(doc = %id, %problem, "skipped a stored record while loading");
+        }
+        let loaded = Loaded {
+            meta: stored.meta,
+            doc,
+            last_agent: stored.state.last_agent,
+            updated_at_ms: stored.state.updated_at_ms,
+        };
+        // Another request may have loaded it meanwhile: keep the first.
+        Ok(Arc::clone(
+            self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),
+        ))
+    }
+
+    /// Runs `f` on the document, read-only.
+    pub async fn read<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&Loaded) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        loop {
+            let slot = self.slot(id).await?;
+            let state = slot.state.read().await;
+            if let SlotState::Live(loaded) = &*state {
+                return f(loaded);
+            }
+        }
+    }
+
+    async fn lock(&self, id: Uuid) -> Result<WriteGuard, ApiError> {
+        loop {
+            let slot = self.slot(id).await?;
+            let state = Arc::clone(&slot.state).write_owned().await;
+            if let SlotState::Live(_) = &*state {
+                return Ok(WriteGuard { slot, state });
+            }
+        }
+    }
+
+    /// Creates a document. `client_chose_id` says the id came from the request (and so
+    /// may already exist).
+    pub async fn create(
+        &self,
+        meta: DocMeta,
+        value: &Value,
+        write: &WriteMeta,
+        client_chose_id: bool,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let id = meta.id;
+        let exists = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                format!("document {id} already exists"),
+            )
+        };
+        if self.slots().contains_key(&id)
+            || (client_chose_id && self.store.load(id).await?.is_some())
+        {
+            return Err(exists());
+        }
+        let (doc, outcome) = Document::create(value, meta.schema.clone(), write)?;
+        let slot = Slot::new(Loaded {
+            meta: meta.clone(),
+            doc,
+            last_agent: Some(write.agent.clone()),
+            updated_at_ms: write.time_ms,
+        });
+        let guard = WriteGuard {
+            state: Arc::clone(&slot.state)
+                .try_write_owned()
+                .expect("a new slot is unlocked"),
+            slot: Arc::clone(&slot),
+        };
+        {
+            let mut slots = self.slots();
+            if slots.contains_key(&id) {
+                return Err(exists());
+            }
+            slots.insert(id, Arc::clone(&slot));
+        }
+        let result = self
+            .commit(guard, Some(meta), outcome, write, idempotency)
+            .await;
+        if result.is_err() {
+            // Nothing durable: forget the document again.
+            let mut guard = Arc::clone(&slot.state).write_owned().await;
+            *guard = SlotState::Retired;
+            self.retire(id, &slot);
+        }
+        result
+    }
+
+    /// Applies `edit` to the document and stores what it changed; returns once durable.
+    pub async fn write(
+        &self,
+        id: Uuid,
+        write: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+        edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, ApiError>,
+    ) -> Result<Written, ApiError> {
+        let mut guard = self.lock(id).await?;
+        let before = guard.loaded().doc.version();
+        let outcome = match edit(guard.loaded()) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if guard.loaded().doc.version() != before {
+                    // A failed edit left changes in memory that are not stored (raw changes
+                    // refused halfway): drop the copy; the next use reloads from storage.
+                    *guard.state = SlotState::Retired;
+                    self.retire(id, &guard.slot);
+                }
+                return Err(e);
+            }
+        };
+        self.commit(guard, None, outcome, write, idempotency).await
+    }
+
+    /// Queues the batch for a write under the lock, then releases the lock and waits for
+    /// the disk.
+    async fn commit(
+        &self,
+        mut guard: WriteGuard,
+        create: Option<DocMeta>,
+        outcome: WriteOutcome,
+        write: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let slot = Arc::clone(&guard.slot);
+        let new_changes = outcome.changes.len();
+        let loaded = guard.loaded();
+        if new_changes > 0 || create.is_some() {
+            loaded.last_agent = Some(write.agent.clone());
+            loaded.updated_at_ms = write.time_ms;
+        }
+        let written = Written {
+            id: loaded.meta.id,
+            version: outcome.version.clone(),
+            value: loaded.doc.read(None)?,
+            strategy: loaded.meta.strategy,
+            new_changes,
+        };
+        let record = idempotency.map(|(draft, respond)| {
+            let (headers, body) = respond(&written, draft.status);
+            IdempotencyRecord {
+                key: draft.key,
+                fingerprint: draft.fingerprint,
+                status: draft.status.as_u16(),
+                headers,
+                body,
+                created_at_ms: draft.now_ms,
+            }
+        });
+        let (upto, changes) = slot
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(outcome.stored_changes());
+        let batch = WriteBatch {
+            doc: written.id,
+            create,
+            changes,
+            state: DocState {
+                version: written.version.to_string(),
+                change_count: loaded.doc.change_count() as u64,
+                updated_at_ms: loaded.updated_at_ms,
+                last_agent: loaded.last_agent.clone(),
+            },
+            idempotency: record,
+        };
+        let durable = self.store.write(batch);
+        // Unlock the document before waiting for the disk (see the module docs).
+        drop(guard);
+        durable.await.map_err(ApiError::from)?;
+        slot.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .confirm(upto);
+        Ok(written)
+    }
+
+    /// Deletes a document from memory and storage.
+    pub async fn delete(&self, id: Uuid) -> Result<(), ApiError> {
+        let mut guard = self.lock(id).await?;
+        self.store.delete(id).await?;
+        *guard.state = SlotState::Retired;
+        self.retire(id, &guard.slot);
+        Ok(())
+    }
+
+    /// Removes `slot` from the map if it is still the one for `id`.
+    fn retire(&self, id: Uuid, slot: &Arc<Slot>) {
+        let mut slots = self.slots();
+        if slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&id);
+        }
+    }
+}
