@@ -39,9 +39,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
-        .layer(middleware::map_response(ensure_problem_json))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(body_limit))
+        // Outside the body limit, so that its 413 becomes problem+json too.
+        .layer(middleware::map_response(ensure_problem_json))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -1,0 +1,460 @@
+//! End-to-end tests of the HTTP API: the real server on 127.0.0.1:0 with a temporary data
+//! folder, driven over HTTP.
+
+use std::sync::Arc;
+
+use concord_tests::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+/// The lost-update scenario: A reads at v1, B reads at v1, B writes, A writes from its stale
+/// copy. Both items survive and the history names both agents.
+#[tokio::test]
+async fn seed_scenario_keeps_both_writes() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"items": []}})).await;
+    let (a_copy, a_version) = s.get(&id).await; // A reads at T=1
+    let (b_copy, b_version) = s.get(&id).await; // B reads at T=2
+    assert_eq!((a_copy.clone(), &a_version), (b_copy.clone(), &v1));
+
+    let mut b_edit = b_copy;
+    b_edit["items"] = json!(["B's finding"]);
+    let reply = s.put(&id, "agent-b", &b_version, &b_edit).await; // B writes at T=4
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let mut a_edit = a_copy;
+    a_edit["items"] = json!(["A's finding"]);
+    let reply = s.put(&id, "agent-a", &a_version, &a_edit).await; // A writes at T=5
+    assert_eq!(reply.status, StatusCode::OK);
+    let merged = reply.json()["value"]["items"].clone();
+    let mut items: Vec<String> = serde_json::from_value(merged).unwrap();
+    items.sort();
+    assert_eq!(items, ["A's finding", "B's finding"]);
+    assert_eq!(reply.etag(), reply.json()["version"].as_str().unwrap());
+
+    let history = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}/history")))
+        .await
+        .json();
+    let agents: Vec<&str> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["agent"].as_str())
+        .collect();
+    assert!(
+        agents.contains(&"agent-a") && agents.contains(&"agent-b"),
+        "{agents:?}"
+    );
+    assert!(history["changes"][1]["time"].as_i64().unwrap() > 1_600_000_000);
+}
+
+/// Many agents write at once, all from the same stale version.
+async fn concurrent_from_stale_base(
+    s: &Arc<TestServer>,
+    create: Value,
+    n: usize,
+    edit: impl Fn(usize, &mut Value),
+) -> Value {
+    let (id, v1) = s.create(create).await;
+    let (base, _) = s.get(&id).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let mut value = base.clone();
+        edit(i, &mut value);
+        let (s, id, v1) = (Arc::clone(s), id.clone(), v1.clone());
+        tasks.spawn(async move {
+            let reply = s.put(&id, &format!("agent-{i}"), &v1, &value).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    s.get(&id).await.0
+}
+
+#[tokio::test]
+async fn concurrent_stale_writes_all_survive() {
+    let s = Arc::new(TestServer::start().await);
+    const N: usize = 12;
+
+    let lists = concurrent_from_stale_base(&s, json!({"value": {"l": ["seed"]}}), N, |i, v| {
+        v["l"].as_array_mut().unwrap().push(json!(i));
+    })
+    .await;
+    let l = lists["l"].as_array().unwrap();
+    assert_eq!(l.len(), N + 1);
+    assert_eq!(l[0], "seed");
+    for i in 0..N {
+        assert!(l.contains(&json!(i)), "item {i} lost: {l:?}");
+    }
+
+    let maps = concurrent_from_stale_base(&s, json!({"value": {"m": {}}}), N, |i, v| {
+        v["m"][format!("k{i}")] = json!(i);
+    })
+    .await;
+    assert_eq!(maps["m"].as_object().unwrap().len(), N);
+
+    let counters = concurrent_from_stale_base(
+        &s,
+        json!({"value": {"n": 10}, "counters": ["/n"]}),
+        N,
+        |i, v| v["n"] = json!(10 + i as i64 + 1),
+    )
+    .await;
+    assert_eq!(counters["n"], json!(10 + (1..=N as i64).sum::<i64>()));
+
+    let texts = concurrent_from_stale_base(
+        &s,
+        json!({"value": {"t": "|"}, "text": ["/t"]}),
+        N,
+        |i, v| v["t"] = json!(format!("|{}", char::from(b'a' + i as u8))),
+    )
+    .await;
+    let t = texts["t"].as_str().unwrap();
+    assert_eq!(t.len(), N + 1);
+    for i in 0..N {
+        assert!(t.contains(char::from(b'a' + i as u8)), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn same_field_conflict_keeps_both_values() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"title": "draft"}})).await;
+    s.put(&id, "alice", &v1, &json!({"title": "Alice's"})).await;
+    s.put(&id, "bob", &v1, &json!({"title": "Bob's"})).await;
+    let reply = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}?conflicts=true")))
+        .await
+        .json();
+    let shown = reply["value"]["title"].clone();
+    let conflict = &reply["conflicts"][0];
+    assert_eq!(conflict["path"], "/title");
+    let values = conflict["values"].as_array().unwrap();
+    assert_eq!(values.len(), 2);
+    assert_eq!(values[0]["value"], shown);
+    let mut pairs: Vec<(String, String)> = values
+        .iter()
+        .map(|v| {
+            (
+                v["value"].as_str().unwrap().to_owned(),
+                v["agent"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("Alice's".into(), "alice".into()),
+            ("Bob's".into(), "bob".into())
+        ]
+    );
+    // Without the flag, no conflicts key.
+    let plain = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}")))
+        .await
+        .json();
+    assert!(plain.get("conflicts").is_none());
+}
+
+#[tokio::test]
+async fn idempotency_key_applies_once() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"l": []}})).await;
+    let send = |body: Value, key: &str| {
+        s.send(
+            s.request(Method::PATCH, &format!("/v1/docs/{id}"))
+                .header("content-type", "application/json-patch+json")
+                .header("idempotency-key", key)
+                .body(body.to_string()),
+        )
+    };
+    let append = json!([{"op": "add", "path": "/l/-", "value": "once"}]);
+    let first = send(append.clone(), "key-1").await;
+    assert_eq!(first.status, StatusCode::OK);
+    for _ in 0..3 {
+        let retry = send(append.clone(), "key-1").await;
+        assert_eq!(retry.status, StatusCode::OK);
+        assert_eq!(retry.bytes, first.bytes, "the first response is replayed");
+        assert_eq!(retry.header("idempotent-replayed").as_deref(), Some("true"));
+        assert_eq!(retry.etag(), first.etag());
+    }
+    assert_eq!(s.get(&id).await.0, json!({"l": ["once"]}));
+    // The same key with another body is refused, and applies nothing.
+    let other = send(
+        json!([{"op": "add", "path": "/l/-", "value": "twice"}]),
+        "key-1",
+    )
+    .await;
+    other.assert_problem(422);
+    assert_eq!(s.get(&id).await.0, json!({"l": ["once"]}));
+
+    // PUT and create honour keys too.
+    let put = || {
+        s.send(
+            s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                .header("if-match", format!("\"{v1}\""))
+                .header("idempotency-key", "key-put")
+                .json(&json!({"l": ["p"]})),
+        )
+    };
+    let (a, b) = (put().await, put().await);
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(a.bytes, b.bytes);
+    let create = || {
+        s.send(
+            s.request(Method::POST, "/v1/docs")
+                .header("idempotency-key", "key-create")
+                .json(&json!({"value": {"x": 1}})),
+        )
+    };
+    let (a, b) = (create().await, create().await);
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(a.json()["id"], b.json()["id"]);
+    assert_eq!(a.header("location"), b.header("location"));
+    let docs = s.send(s.request(Method::GET, "/v1/docs")).await.json();
+    assert_eq!(
+        docs["docs"].as_array().unwrap().len(),
+        2,
+        "one create, not two"
+    );
+
+    // Keys survive a restart.
+    let mut s = s;
+    s.restart().await;
+    let retry = s
+        .send(
+            s.request(Method::PATCH, &format!("/v1/docs/{id}"))
+                .header("content-type", "application/json-patch+json")
+                .header("idempotency-key", "key-1")
+                .body(append.to_string()),
+        )
+        .await;
+    assert_eq!(retry.header("idempotent-replayed").as_deref(), Some("true"));
+}
+
+#[tokio::test]
+async fn restart_keeps_every_acknowledged_write() {
+    let mut s = TestServer::start().await;
+    let (id, _) = s
+        .create(json!({"value": {"log": [], "t": ""}, "text": ["/t"], "counters": ["/n"]}))
+        .await;
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        let reply = s
+            .patch(
+                &id,
+                "writer",
+                None,
+                &json!([
+                    {"op": "add", "path": "/log/-", "value": format!("mark-{i}")},
+                    {"op": "increment", "path": "/n", "value": 1},
+                    {"op": "splice", "path": "/t", "pos": i, "insert": "x"}
+                ]),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        expected.push(json!(format!("mark-{i}")));
+    }
+    let (before, version) = s.get(&id).await;
+    let history = s.raw(&id).await;
+    s.restart().await;
+    let (after, version_after) = s.get(&id).await;
+    assert_eq!(after, before);
+    assert_eq!(after["log"], Value::Array(expected));
+    assert_eq!(after["n"], 25);
+    assert_eq!(after["t"], "x".repeat(25));
+    assert_eq!(version_after, version);
+    assert_eq!(s.raw(&id).await, history, "the same changes, byte for byte");
+    // And it still takes writes and merges after the restart.
+    let reply = s
+        .put(&id, "late", &version, &json!({"log": [], "t": "", "n": 0}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn reads_at_versions_and_paths() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"a": {"b": [1, 2]}}})).await;
+    let v2 = s
+        .patch(
+            &id,
+            "x",
+            None,
+            &json!([{"op": "add", "path": "/a/b/-", "value": 3}]),
+        )
+        .await
+        .etag();
+    let at = |v: &str, extra: &str| {
+        s.send(s.request(Method::GET, &format!("/v1/docs/{id}?at={v}{extra}")))
+    };
+    let old = at(&v1, "").await;
+    assert_eq!(old.json()["value"], json!({"a": {"b": [1, 2]}}));
+    assert_eq!(old.etag(), v1);
+    assert_eq!(
+        at(&v2, "&path=/a/b").await.json()["value"],
+        json!([1, 2, 3])
+    );
+    assert_eq!(at(&v1, "&path=/a/b/1").await.json()["value"], json!(2));
+    at(&v1, "&path=/a/b/2").await.assert_problem(404);
+    // Raw changes since v1 are exactly the one change made after it.
+    let since = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}/changes?since={v1}")))
+        .await;
+    assert!(!since.bytes.is_empty());
+    let all = s.raw(&id).await;
+    assert!(all.len() > since.bytes.len());
+}
+
+#[tokio::test]
+async fn lists_reconcile_shrink_grow_and_reorder() {
+    let s = TestServer::start().await;
+    let (id, _) = s
+        .create(json!({"value": {"l": ["a", "b", "c", "d"]}}))
+        .await;
+    for target in [
+        json!(["a"]),
+        json!(["a", "b", "c"]),
+        json!(["c", "a", "b"]),
+        json!([]),
+        json!([{"x": 1}, "y", ["z"]]),
+    ] {
+        let (_, v) = s.get(&id).await;
+        let reply = s.put(&id, "w", &v, &json!({"l": target})).await;
+        assert_eq!(reply.json()["value"]["l"], target);
+        assert_eq!(s.get(&id).await.0["l"], target);
+    }
+}
+
+#[tokio::test]
+async fn raw_changes_round_trip_and_are_idempotent() {
+    let s = TestServer::start().await;
+    let (source, _) = s.create(json!({"value": {"k": "v"}})).await;
+    let (target, _) = s.create(json!({"value": {}})).await;
+    // Applying a document's full history to another merges it in, once.
+    let bytes = s.raw(&source).await;
+    let post = || {
+        s.send(
+            s.request(Method::POST, &format!("/v1/docs/{target}/changes"))
+                .header("content-type", "application/octet-stream")
+                .body(bytes.clone()),
+        )
+    };
+    let first = post().await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json()["new_changes"], 1);
+    assert_eq!(first.json()["value"], json!({"k": "v"}));
+    let second = post().await;
+    assert_eq!(second.json()["new_changes"], 0);
+    assert_eq!(second.etag(), first.etag());
+}
+
+#[tokio::test]
+async fn merge_patch_and_json_patch_with_base() {
+    let s = TestServer::start().await;
+    let (id, v1) = s
+        .create(json!({"value": {"l": ["a", "b"], "o": {"x": 1}}}))
+        .await;
+    s.patch(
+        &id,
+        "p",
+        None,
+        &json!([{"op": "add", "path": "/l/0", "value": "z"}]),
+    )
+    .await;
+    // Index 1 means "b" as of v1, even though "z" was inserted since.
+    let reply = s
+        .patch(
+            &id,
+            "q",
+            Some(&v1),
+            &json!([{"op": "remove", "path": "/l/1"}]),
+        )
+        .await;
+    assert_eq!(reply.json()["value"]["l"], json!(["z", "a"]));
+    let merged = s
+        .send(
+            s.request(Method::PATCH, &format!("/v1/docs/{id}"))
+                .header("content-type", "application/merge-patch+json")
+                .body(r#"{"o": {"x": null, "y": 2}}"#),
+        )
+        .await;
+    assert_eq!(merged.json()["value"]["o"], json!({"y": 2}));
+}
+
+#[tokio::test]
+async fn strategies_lww_and_optimistic() {
+    let s = TestServer::start().await;
+    // lww: the stale write replaces B's work.
+    let (id, v1) = s
+        .create(json!({"value": {"items": []}, "strategy": "lww"}))
+        .await;
+    s.put(&id, "B", &v1, &json!({"items": ["b"]})).await;
+    s.put(&id, "A", &v1, &json!({"items": ["a"]})).await;
+    assert_eq!(s.get(&id).await.0, json!({"items": ["a"]}));
+
+    // optimistic: the stale write is refused with 412 and the current ETag.
+    let (id, v1) = s
+        .create(json!({"value": {"items": []}, "strategy": "optimistic"}))
+        .await;
+    let b = s.put(&id, "B", &v1, &json!({"items": ["b"]})).await;
+    assert_eq!(b.status, StatusCode::OK);
+    let a = s.put(&id, "A", &v1, &json!({"items": ["a"]})).await;
+    a.assert_problem(412);
+    assert_eq!(a.etag(), b.etag());
+    let (current, v2) = s.get(&id).await;
+    let mut retry = current;
+    retry["items"].as_array_mut().unwrap().push(json!("a"));
+    assert_eq!(s.put(&id, "A", &v2, &retry).await.status, StatusCode::OK);
+    assert_eq!(s.get(&id).await.0, json!({"items": ["b", "a"]}));
+    // Raw changes would bypass the policy.
+    let raw = s.raw(&id).await;
+    s.send(
+        s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+            .body(raw),
+    )
+    .await
+    .assert_problem(409);
+}
+
+#[tokio::test]
+async fn list_delete_and_health() {
+    let s = TestServer::start().await;
+    let health = s.send(s.request(Method::GET, "/healthz")).await;
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    let (a, _) = s.create(json!({})).await;
+    let (b, _) = s
+        .create(json!({"id": "0d6f3f3c-3b8e-4c43-9a55-7f1c1c9e2a10", "strategy": "lww"}))
+        .await;
+    assert_eq!(b, "0d6f3f3c-3b8e-4c43-9a55-7f1c1c9e2a10");
+    let list = s.send(s.request(Method::GET, "/v1/docs")).await.json();
+    let docs = list["docs"].as_array().unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[0]["id"], a);
+    assert_eq!(docs[1]["strategy"], "lww");
+    assert_eq!(docs[0]["changes"], 1);
+    // The same id again is a conflict.
+    s.send(s.request(Method::POST, "/v1/docs").json(&json!({"id": b})))
+        .await
+        .assert_problem(409);
+    let deleted = s
+        .send(s.request(Method::DELETE, &format!("/v1/docs/{a}")))
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    s.send(s.request(Method::GET, &format!("/v1/docs/{a}")))
+        .await
+        .assert_problem(404);
+    s.send(s.request(Method::DELETE, &format!("/v1/docs/{a}")))
+        .await
+        .assert_problem(404);
+    let list = s.send(s.request(Method::GET, "/v1/docs")).await.json();
+    assert_eq!(list["docs"].as_array().unwrap().len(), 1);
+}
