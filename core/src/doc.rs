@@ -354,6 +354,51 @@ impl Document {
         })
     }
 
+    /// An independent copy with the same history and schema (a branch), writing under a
+    /// fresh actor; the outcome lists every change, for storing the copy.
+    pub fn fork(&self) -> (Document, WriteOutcome) {
+        let doc = self.doc.fork();
+        let changes = doc.get_changes(&[]);
+        let copy = Document {
+            doc,
+            schema: self.schema.clone(),
+            compiled: self.compiled.clone(),
+            change_count: self.change_count,
+        };
+        let outcome = WriteOutcome {
+            version: copy.version(),
+            changes,
+        };
+        (copy, outcome)
+    }
+
+    /// True if `other` descends from the same first change as this document (a fork of
+    /// it, or it of a fork), so that merging them is meaningful.
+    pub fn shares_origin(&self, other: &Document) -> bool {
+        let root = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .find(|m| m.deps.is_empty())
+            .map(|m| m.hash);
+        root.is_some_and(|h| other.doc.get_change_meta_by_hash(&h).is_some())
+    }
+
+    /// Merges every change of `other` that this document lacks.
+    pub fn merge_from(&mut self, other: &Document) -> Result<WriteOutcome> {
+        let before = self.doc.get_heads();
+        let missing = self.doc.get_changes_added(&other.doc);
+        self.doc
+            .apply_changes(missing)
+            .map_err(|e| Error::InvalidChanges(e.to_string()))?;
+        let changes = self.doc.get_changes(&before);
+        self.change_count += changes.len();
+        Ok(WriteOutcome {
+            version: self.version(),
+            changes,
+        })
+    }
+
     /// Hashes of changes that arrived but wait for dependencies this document lacks.
     pub fn missing_deps(&self) -> Vec<ChangeHash> {
         self.doc.get_missing_deps(&[])

@@ -24,15 +24,19 @@ pub enum Strategy {
     Lock,
     /// Only intents (patches without a base) are accepted, applied in arrival order.
     Queue,
+    /// Isolated copies: agents fork the document, edit their fork, and forks are merged
+    /// back at the end; the document itself takes no direct writes.
+    Branches,
 }
 
 impl Strategy {
     /// Every strategy, in the order the comparison reports them.
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Lww,
         Strategy::Optimistic,
         Strategy::Lock,
         Strategy::Queue,
+        Strategy::Branches,
         Strategy::Crdt,
     ];
 
@@ -44,6 +48,7 @@ impl Strategy {
             Strategy::Optimistic => "optimistic",
             Strategy::Lock => "lock",
             Strategy::Queue => "queue",
+            Strategy::Branches => "branches",
         }
     }
 }
@@ -56,7 +61,7 @@ impl fmt::Display for Strategy {
 
 /// The name is not one of the strategies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown strategy {0:?} (expected crdt, lww, optimistic, lock or queue)")]
+#[error("unknown strategy {0:?} (expected crdt, lww, optimistic, lock, queue or branches)")]
 pub struct UnknownStrategy(pub String);
 
 impl FromStr for Strategy {

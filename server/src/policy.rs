@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use concord_core::{Strategy, Version};
 
 use crate::problem::ApiError;
+use crate::registry::Lease;
 
 /// The `If-Match` of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +80,56 @@ pub fn base_for(
             Some(IfMatch::Version(v)) if v == current => Ok(None),
             Some(IfMatch::Version(_)) => Err(stale(current)),
         },
-        Strategy::Lock | Strategy::Queue => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "strategy-unavailable",
-            format!("the {strategy} strategy is not available in this build"),
+        // The lease was checked by `check_lease`; the holder read after locking.
+        Strategy::Lock => Ok(None),
+        Strategy::Queue => match (kind, if_match) {
+            (WriteKind::Patch, None) => Ok(None),
+            _ => Err(refuse(
+                "a queue document accepts only intents: PATCH operations without If-Match, applied in arrival order",
+            )),
+        },
+        Strategy::Branches => Err(refuse(
+            "a branches document takes no direct writes: fork it (POST /v1/docs/{id}/fork), edit the fork, then merge the fork back (POST /v1/docs/{id}/merge)",
+        )),
+    }
+}
+
+fn refuse(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "strategy-refuses", detail)
+}
+
+/// The request header carrying a lock token.
+pub const LOCK_HEADER: &str = "concord-lock";
+
+/// Checks a lock-strategy write's token: it must be the newest token issued and its lease
+/// must not have expired (fencing: a writer that paused past its lease cannot write).
+pub fn check_lease(lease: Option<&Lease>, token: Option<u64>, now_ms: i64) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "lock-required",
+            "a lock document needs the token of a lease: POST /v1/docs/{id}/lock, then send Concord-Lock: <token>",
+        ));
+    };
+    match lease {
+        Some(lease) if lease.token == token && lease.expires_at_ms > now_ms => Ok(()),
+        Some(lease) if lease.token == token => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lease-expired",
+            format!("the lease of token {token} expired; take the lock again"),
+        )),
+        Some(lease) if lease.token > token => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "fenced",
+            format!(
+                "token {token} is fenced off: a newer lease (token {}) was issued since",
+                lease.token
+            ),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "fenced",
+            format!("token {token} is not the token of the current lease"),
         )),
     }
 }
@@ -125,10 +172,43 @@ mod tests {
             (Optimistic, Put, Some(&old), Err(412)),
             (Optimistic, Put, Some(&now), Ok(None)),
             (Optimistic, Patch, Some(&IfMatch::Any), Ok(None)),
+            (Lock, Put, Some(&old), Ok(None)),
+            (Queue, Patch, None, Ok(None)),
+            (Queue, Patch, Some(&old), Err(409)),
+            (Queue, Put, Some(&IfMatch::Any), Err(409)),
+            (Branches, Put, Some(&IfMatch::Any), Err(409)),
+            (Branches, Patch, None, Err(409)),
+            (Branches, Changes, None, Err(409)),
         ];
         for (strategy, kind, if_match, expected) in cases {
             let got = base_for(strategy, kind, if_match, &current).map_err(|e| e.status.as_u16());
             assert_eq!(got, expected, "{strategy} {kind:?} {if_match:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn fencing_table() {
+        let lease = Lease {
+            token: 10,
+            expires_at_ms: 1000,
+            agent: "a".into(),
+        };
+        let cases = [
+            (Some(&lease), Some(10), 999, Ok(())),
+            (Some(&lease), Some(10), 1000, Err("lease-expired")),
+            (Some(&lease), Some(9), 500, Err("fenced")),
+            (Some(&lease), Some(11), 500, Err("fenced")),
+            (None, Some(10), 500, Err("fenced")),
+            (Some(&lease), None, 500, Err("lock-required")),
+        ];
+        for (lease, token, now, expected) in cases {
+            let got = check_lease(lease, token, now).map_err(|e| e.kind);
+            assert_eq!(got, expected, "{lease:?} {token:?} {now}");
         }
     }
 }

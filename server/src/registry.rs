@@ -23,7 +23,8 @@ use concord_core::storage::{
 };
 use concord_core::{Document, Version, WriteMeta, WriteOutcome};
 use serde_json::Value;
-use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use serde::Serialize;
+use tokio::sync::{broadcast, watch, OwnedRwLockWriteGuard, RwLock};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -34,10 +35,85 @@ pub struct Loaded {
     pub meta: DocMeta,
     /// The CRDT.
     pub doc: Document,
+    /// The current value as JSON, kept so that reads and change events need no conversion.
+    pub value: Value,
+    /// The version `value` is the value of.
+    pub value_version: Version,
     /// Agent of the last write.
     pub last_agent: Option<String>,
     /// Time of the last write, ms since the epoch.
     pub updated_at_ms: i64,
+    /// The lease of the lock strategy, if one was ever taken.
+    pub lease: Option<Lease>,
+    /// The newest fencing token issued. Seeded from the clock when the document is loaded
+    /// (microseconds), so tokens keep growing across restarts.
+    pub last_token: u64,
+    /// Recent change events, for subscribers that resume from a version.
+    pub recent: VecDeque<Arc<ChangeEvent>>,
+    /// Number of the last change event.
+    pub event_seq: u64,
+}
+
+impl Loaded {
+    fn new(meta: DocMeta, doc: Document, last_agent: Option<String>, updated_at_ms: i64) -> Result<Loaded, ApiError> {
+        let value = doc.read(None)?;
+        Ok(Loaded {
+            meta,
+            value_version: doc.version(),
+            doc,
+            value,
+            last_agent,
+            updated_at_ms,
+            lease: None,
+            last_token: u64::try_from(crate::api::now_ms()).unwrap_or(0).saturating_mul(1000),
+            recent: VecDeque::new(),
+            event_seq: 0,
+        })
+    }
+}
+
+/// A lease of the lock strategy: who may write, until when, with which token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token; only the newest one may write.
+    pub token: u64,
+    /// When the lease ends, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// The agent holding it.
+    pub agent: String,
+}
+
+/// How many change events a document keeps for resuming subscribers.
+pub const RECENT_EVENTS: usize = 1024;
+
+/// One change, as subscribers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeEvent {
+    /// Event number, counted per document since it was loaded.
+    pub seq: u64,
+    /// The version before the change.
+    pub previous: String,
+    /// The version after it.
+    pub version: String,
+    /// The agent that wrote it.
+    pub agent: Option<String>,
+    /// When, ms since the epoch.
+    pub time_ms: i64,
+    /// RFC 6902 operations from the previous value to this one.
+    pub patch: Value,
+}
+
+/// What a subscriber gets first.
+pub enum Catchup {
+    /// The whole current value.
+    Snapshot {
+        /// The current version.
+        version: String,
+        /// The current value.
+        value: Value,
+    },
+    /// The events after the version the subscriber has (possibly none).
+    Events(Vec<Arc<ChangeEvent>>),
 }
 
 enum SlotState {
@@ -77,6 +153,11 @@ impl Pending {
 struct Slot {
     state: Arc<RwLock<SlotState>>,
     pending: Mutex<Pending>,
+    /// Change events of this document, for live subscribers.
+    events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// Counts lease releases, for lock requests that wait (a watch, so that a release
+    /// between a waiter's check and its wait is not missed).
+    released: watch::Sender<u64>,
 }
 
 impl Slot {
@@ -84,9 +165,14 @@ impl Slot {
         Arc::new(Slot {
             state: Arc::new(RwLock::new(SlotState::Live(Box::new(loaded)))),
             pending: Mutex::new(Pending::default()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            released: watch::channel(0).0,
         })
     }
 }
+
+/// How many events a slow subscriber may fall behind before it is told it lagged.
+pub const EVENT_BUFFER: usize = 256;
 
 /// The outcome of a write, ready to answer.
 #[derive(Debug, Clone)]
@@ -183,12 +269,12 @@ impl Registry {
         for problem in &report.skipped {
             tracing::warn!(doc = %id, %problem, "skipped a stored record while loading");
         }
-        let loaded = Loaded {
-            meta: stored.meta,
+        let loaded = Loaded::new(
+            stored.meta,
             doc,
-            last_agent: stored.state.last_agent,
-            updated_at_ms: stored.state.updated_at_ms,
-        };
+            stored.state.last_agent,
+            stored.state.updated_at_ms,
+        )?;
         // Another request may have loaded it meanwhile: keep the first.
         Ok(Arc::clone(
             self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),
@@ -220,12 +306,12 @@ impl Registry {
         }
     }
 
-    /// Creates a document. `client_chose_id` says the id came from the request (and so
-    /// may already exist).
+    /// Stores a new document made by `make` (a fresh one, or a fork). `client_chose_id`
+    /// says the id came from the request (and so may already exist).
     pub async fn create(
         &self,
         meta: DocMeta,
-        value: &Value,
+        make: impl FnOnce() -> Result<(Document, WriteOutcome), ApiError>,
         write: &WriteMeta,
         client_chose_id: bool,
         idempotency: Option<(IdempotencyDraft, Responder)>,
@@ -243,13 +329,13 @@ impl Registry {
         {
             return Err(exists());
         }
-        let (doc, outcome) = Document::create(value, meta.schema.clone(), write)?;
-        let slot = Slot::new(Loaded {
-            meta: meta.clone(),
+        let (doc, outcome) = make()?;
+        let slot = Slot::new(Loaded::new(
+            meta.clone(),
             doc,
-            last_agent: Some(write.agent.clone()),
-            updated_at_ms: write.time_ms,
-        });
+            Some(write.agent.clone()),
+            write.time_ms,
+        )?);
         let guard = WriteGuard {
             state: Arc::clone(&slot.state)
                 .try_write_owned()
@@ -317,10 +403,15 @@ impl Registry {
             loaded.last_agent = Some(write.agent.clone());
             loaded.updated_at_ms = write.time_ms;
         }
+        if new_changes > 0 {
+            let value = loaded.doc.read(None)?;
+            let previous = std::mem::replace(&mut loaded.value, value);
+            publish(&slot, loaded, &previous, write);
+        }
         let written = Written {
             id: loaded.meta.id,
             version: outcome.version.clone(),
-            value: loaded.doc.read(None)?,
+            value: loaded.value.clone(),
             strategy: loaded.meta.strategy,
             new_changes,
         };
@@ -363,12 +454,83 @@ impl Registry {
         Ok(written)
     }
 
+    /// Runs `f` on the document under its write lock, storing nothing (lease bookkeeping).
+    pub async fn update<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&mut Loaded) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.lock(id).await?;
+        f(guard.loaded())
+    }
+
+    /// Wakes lock requests waiting on this document.
+    pub fn notify_released(&self, id: Uuid) {
+        if let Some(slot) = self.slots().get(&id) {
+            slot.released.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A receiver that changes whenever a lease of this document is released. Take it
+    /// before checking the lease, then wait on it.
+    pub async fn release_watch(&self, id: Uuid) -> Result<watch::Receiver<u64>, ApiError> {
+        let slot = self.slot(id).await?;
+        let mut receiver = slot.released.subscribe();
+        receiver.borrow_and_update();
+        Ok(receiver)
+    }
+
+    /// Subscribes to a document's changes: what the subscriber missed since `since` (or a
+    /// snapshot), then every change, in order, from the returned receiver. Taken under the
+    /// document's lock, so nothing falls between the two.
+    pub async fn subscribe(
+        &self,
+        id: Uuid,
+        since: Option<&Version>,
+    ) -> Result<(Catchup, broadcast::Receiver<Arc<ChangeEvent>>), ApiError> {
+        loop {
+            let slot = self.slot(id).await?;
+            let state = slot.state.read().await;
+            let SlotState::Live(loaded) = &*state else {
+                continue;
+            };
+            let receiver = slot.events.subscribe();
+            let current = loaded.doc.version();
+            let catchup = match since {
+                None => Catchup::Snapshot {
+                    version: current.to_string(),
+                    value: loaded.value.clone(),
+                },
+                Some(since) => {
+                    loaded.doc.check_version(since).map_err(|e| {
+                        ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
+                    })?;
+                    let since_text = since.to_string();
+                    if *since == current {
+                        Catchup::Events(Vec::new())
+                    } else if let Some(i) = loaded.recent.iter().position(|e| e.version == since_text) {
+                        Catchup::Events(loaded.recent.iter().skip(i + 1).cloned().collect())
+                    } else {
+                        // Too old to replay change by change: start over from a snapshot.
+                        Catchup::Snapshot {
+                            version: current.to_string(),
+                            value: loaded.value.clone(),
+                        }
+                    }
+                }
+            };
+            return Ok((catchup, receiver));
+        }
+    }
+
     /// Deletes a document from memory and storage.
     pub async fn delete(&self, id: Uuid) -> Result<(), ApiError> {
         let mut guard = self.lock(id).await?;
         self.store.delete(id).await?;
         *guard.state = SlotState::Retired;
         self.retire(id, &guard.slot);
+        // Subscribers see their stream end.
+        drop(guard);
         Ok(())
     }
 
@@ -379,4 +541,27 @@ impl Registry {
             slots.remove(&id);
         }
     }
+}
+
+/// Records and broadcasts the change that turned `previous` into `loaded.value`.
+fn publish(slot: &Slot, loaded: &mut Loaded, previous: &Value, write: &WriteMeta) {
+    let patch = serde_json::to_value(json_patch::diff(previous, &loaded.value))
+        .unwrap_or(Value::Array(Vec::new()));
+    loaded.event_seq += 1;
+    let version = loaded.doc.version();
+    let previous_version = std::mem::replace(&mut loaded.value_version, version.clone());
+    let event = Arc::new(ChangeEvent {
+        seq: loaded.event_seq,
+        previous: previous_version.to_string(),
+        version: version.to_string(),
+        agent: Some(write.agent.clone()),
+        time_ms: write.time_ms,
+        patch,
+    });
+    if loaded.recent.len() == RECENT_EVENTS {
+        loaded.recent.pop_front();
+    }
+    loaded.recent.push_back(Arc::clone(&event));
+    // No subscribers is not an error.
+    let _ = slot.events.send(event);
 }

@@ -10,16 +10,16 @@ use axum::Json;
 use concord_core::patch::parse_patch;
 use concord_core::pointer::Pointer;
 use concord_core::storage::DocMeta;
-use concord_core::{Schema, Strategy, WriteMeta};
+use concord_core::{Document, Schema, Strategy, Version, WriteMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
 use crate::idempotency::{respond, Begin};
-use crate::policy::{base_for, etag, WriteKind};
+use crate::policy::{base_for, check_lease, etag, IfMatch, WriteKind, LOCK_HEADER};
 use crate::problem::ApiError;
-use crate::registry::{IdempotencyDraft, Responder, Written};
+use crate::registry::{IdempotencyDraft, Loaded, Responder, Written};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -61,7 +61,7 @@ const DOC_RESPONSE: Responder = doc_response;
 
 /// Runs a write with `Idempotency-Key` handling around it.
 #[allow(clippy::too_many_arguments)]
-async fn idempotent<F, Fut>(
+pub(super) async fn idempotent<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
@@ -91,7 +91,34 @@ where
     }
 }
 
-fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, ApiError> {
+/// The `Concord-Lock` token of a request, if any.
+fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(LOCK_HEADER)
+        .map(|v| {
+            v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::bad_request("invalid-lock-token", "Concord-Lock must be a lock token (a number)")
+            })
+        })
+        .transpose()
+}
+
+/// Applies the document's strategy to a write: the base version to apply it at, or why it
+/// is refused.
+fn admit(
+    loaded: &Loaded,
+    kind: WriteKind,
+    if_match: Option<&IfMatch>,
+    lock: Option<u64>,
+    now: i64,
+) -> Result<Option<Version>, ApiError> {
+    if loaded.meta.strategy == Strategy::Lock {
+        check_lease(loaded.lease.as_ref(), lock, now)?;
+    }
+    base_for(loaded.meta.strategy, kind, if_match, &loaded.doc.version())
+}
+
+pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, ApiError> {
     Ok(WriteMeta {
         agent: agent(headers)?,
         time_ms: now,
@@ -142,6 +169,7 @@ pub(super) async fn create(
         created_at_ms: now,
     };
     let registry = &state.registry;
+    let schema_copy = doc.schema.clone();
     idempotent(
         &state,
         &headers,
@@ -150,7 +178,15 @@ pub(super) async fn create(
         &body,
         StatusCode::CREATED,
         now,
-        |idem| registry.create(doc, &value, &meta, client_chose_id, idem),
+        |idem| {
+            registry.create(
+                doc,
+                || Ok(Document::create(&value, schema_copy, &meta)?),
+                &meta,
+                client_chose_id,
+                idem,
+            )
+        },
     )
     .await
 }
@@ -252,6 +288,7 @@ pub(super) async fn put(
     let now = now_ms();
     let meta = write_meta(&headers, now)?;
     let if_match = if_match(&headers)?;
+    let lock = lock_token(&headers)?;
     let value = json_body(&headers, &body, &["application/json"])?;
     let path = format!("/v1/docs/{id}");
     let registry = &state.registry;
@@ -265,12 +302,7 @@ pub(super) async fn put(
         now,
         |idem| {
             registry.write(id, &meta, idem, |loaded| {
-                let base = base_for(
-                    loaded.meta.strategy,
-                    WriteKind::Put,
-                    if_match.as_ref(),
-                    &loaded.doc.version(),
-                )?;
+                let base = admit(loaded, WriteKind::Put, if_match.as_ref(), lock, now)?;
                 Ok(loaded.doc.put(base.as_ref(), &value, &meta)?)
             })
         },
@@ -289,6 +321,7 @@ pub(super) async fn patch(
     let now = now_ms();
     let meta = write_meta(&headers, now)?;
     let if_match = if_match(&headers)?;
+    let lock = lock_token(&headers)?;
     let accepted = [
         "application/json-patch+json",
         "application/merge-patch+json",
@@ -312,12 +345,7 @@ pub(super) async fn patch(
         now,
         |idem| {
             registry.write(id, &meta, idem, |loaded| {
-                let base = base_for(
-                    loaded.meta.strategy,
-                    WriteKind::Patch,
-                    if_match.as_ref(),
-                    &loaded.doc.version(),
-                )?;
+                let base = admit(loaded, WriteKind::Patch, if_match.as_ref(), lock, now)?;
                 Ok(match &ops {
                     Some(ops) => loaded.doc.patch(base.as_ref(), ops, &meta)?,
                     None => loaded.doc.merge_patch(base.as_ref(), &document, &meta)?,
@@ -420,12 +448,7 @@ pub(super) async fn post_changes(
         now,
         |idem| {
             registry.write(id, &meta, idem, |loaded| {
-                base_for(
-                    loaded.meta.strategy,
-                    WriteKind::Changes,
-                    None,
-                    &loaded.doc.version(),
-                )?;
+                admit(loaded, WriteKind::Changes, None, None, now)?;
                 Ok(loaded.doc.apply_changes(&body)?)
             })
         },

@@ -1,5 +1,6 @@
 //! The HTTP API (v1): routes and the pieces every handler shares.
 
+mod branches;
 mod docs;
 
 use std::sync::Arc;
@@ -37,6 +38,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/docs/{id}/changes",
             get(docs::get_changes).post(docs::post_changes),
         )
+        .route(
+            "/v1/docs/{id}/lock",
+            axum::routing::post(branches::acquire).delete(branches::release),
+        )
+        .route("/v1/docs/{id}/fork", axum::routing::post(branches::fork))
+        .route("/v1/docs/{id}/merge", axum::routing::post(branches::merge))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::disable())

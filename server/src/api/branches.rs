@@ -1,0 +1,268 @@
+//! The lock strategy's leases, and the branches strategy's forks and merges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::Json;
+use concord_core::storage::DocMeta;
+use concord_core::Strategy;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::docs::{idempotent, write_meta};
+use super::{doc_id, json_body, now_ms};
+use crate::policy::LOCK_HEADER;
+use crate::problem::ApiError;
+use crate::registry::Lease;
+use crate::AppState;
+
+type Shared = State<Arc<AppState>>;
+
+/// The longest lease and the longest wait a lock request may ask for.
+const MAX_TTL_MS: u64 = 10 * 60 * 1000;
+const MAX_WAIT_MS: u64 = 60 * 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockBody {
+    /// How long the lease lasts (default 10 s).
+    #[serde(default = "default_ttl")]
+    ttl_ms: u64,
+    /// How long to wait for a held lock before giving up (default 0: answer at once).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn default_ttl() -> u64 {
+    10_000
+}
+
+/// `POST /v1/docs/{id}/lock`: takes the lease of a lock document, waiting up to `wait_ms`
+/// for the current holder to release it or for its lease to expire.
+pub(super) async fn acquire(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = doc_id(&id)?;
+    let agent = write_meta(&headers, 0)?.agent;
+    let request: LockBody = if body.iter().all(u8::is_ascii_whitespace) {
+        LockBody {
+            ttl_ms: default_ttl(),
+            wait_ms: 0,
+        }
+    } else {
+        serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", format!("invalid lock request: {e}"))
+        })?
+    };
+    if request.ttl_ms == 0 || request.ttl_ms > MAX_TTL_MS || request.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            format!("ttl_ms must be 1 to {MAX_TTL_MS} and wait_ms at most {MAX_WAIT_MS}"),
+        ));
+    }
+    let deadline = now_ms() + request.wait_ms as i64;
+    loop {
+        let mut released = state.registry.release_watch(id).await?;
+        let now = now_ms();
+        let outcome = state
+            .registry
+            .update(id, |loaded| {
+                if loaded.meta.strategy != Strategy::Lock {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "strategy-refuses",
+                        format!("leases belong to lock documents; this one is {}", loaded.meta.strategy),
+                    ));
+                }
+                match &loaded.lease {
+                    Some(lease) if lease.expires_at_ms > now => Ok(Err(lease.clone())),
+                    _ => {
+                        loaded.last_token += 1;
+                        let lease = Lease {
+                            token: loaded.last_token,
+                            expires_at_ms: now + request.ttl_ms as i64,
+                            agent: agent.clone(),
+                        };
+                        loaded.lease = Some(lease.clone());
+                        Ok(Ok(lease))
+                    }
+                }
+            })
+            .await?;
+        match outcome {
+            Ok(lease) => {
+                return Ok(Json(json!({
+                    "token": lease.token.to_string(),
+                    "expires_at": lease.expires_at_ms,
+                    "ttl_ms": request.ttl_ms,
+                })))
+            }
+            Err(held) if now >= deadline => {
+                let retry = ((held.expires_at_ms - now).max(0) / 1000 + 1).to_string();
+                return Err(ApiError::new(
+                    StatusCode::LOCKED,
+                    "locked",
+                    format!(
+                        "{} holds the lock for {} ms more; retry later or send wait_ms",
+                        held.agent,
+                        held.expires_at_ms - now
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_str(&retry).expect("digits")));
+            }
+            Err(held) => {
+                // Wait for a release, the lease's expiry or our deadline, whichever is first.
+                let until = held.expires_at_ms.min(deadline);
+                let wait = Duration::from_millis((until - now).max(1) as u64);
+                let _ = tokio::time::timeout(wait, released.changed()).await;
+            }
+        }
+    }
+}
+
+/// `DELETE /v1/docs/{id}/lock` with `Concord-Lock`: releases the lease.
+pub(super) async fn release(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id = doc_id(&id)?;
+    let token = headers
+        .get(LOCK_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid-lock-token", "send the lease's token in Concord-Lock")
+        })?;
+    state
+        .registry
+        .update(id, |loaded| match &loaded.lease {
+            Some(lease) if lease.token == token => {
+                loaded.lease = None;
+                Ok(())
+            }
+            _ => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "fenced",
+                format!("token {token} does not hold the lock"),
+            )),
+        })
+        .await?;
+    state.registry.notify_released(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/docs/{id}/fork`: an isolated copy (a crdt document) with the same history.
+pub(super) async fn fork(
+    State(state): Shared,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    let parent = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let (schema, copy) = state
+        .registry
+        .read(parent, |loaded| {
+            if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "strategy-refuses",
+                    format!("only branches and crdt documents can be forked; this one is {}", loaded.meta.strategy),
+                ));
+            }
+            Ok((loaded.meta.schema.clone(), loaded.doc.fork()))
+        })
+        .await?;
+    let doc = DocMeta {
+        id: Uuid::new_v4(),
+        strategy: Strategy::Crdt,
+        schema,
+        created_at_ms: now,
+    };
+    let path = format!("/v1/docs/{parent}/fork");
+    let registry = &state.registry;
+    let mut copy = Some(copy);
+    idempotent(&state, &headers, &method, &path, b"", StatusCode::CREATED, now, |idem| {
+        registry.create(
+            doc,
+            move || copy.take().ok_or_else(|| ApiError::internal("fork made twice")),
+            &meta,
+            false,
+            idem,
+        )
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    fork: Uuid,
+}
+
+/// `POST /v1/docs/{id}/merge` `{"fork": id}`: merges a fork's changes back.
+pub(super) async fn merge(
+    State(state): Shared,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let target = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let request: MergeBody = serde_json::from_value(json_body(&headers, &body, &["application/json"])?)
+        .map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", format!("invalid merge request: {e}"))
+        })?;
+    if request.fork == target {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "a document cannot be merged into itself",
+        ));
+    }
+    let (fork, _) = state
+        .registry
+        .read(request.fork, |loaded| Ok(loaded.doc.fork()))
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-fork", format!("no fork {}", request.fork))
+            } else {
+                e
+            }
+        })?;
+    let path = format!("/v1/docs/{target}/merge");
+    let registry = &state.registry;
+    idempotent(&state, &headers, &method, &path, &body, StatusCode::OK, now, |idem| {
+        registry.write(target, &meta, idem, |loaded| {
+            if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "strategy-refuses",
+                    format!("only branches and crdt documents take merges; this one is {}", loaded.meta.strategy),
+                ));
+            }
+            if !loaded.doc.shares_origin(&fork) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not-a-fork",
+                    format!("{} is not a fork of {target}", request.fork),
+                ));
+            }
+            Ok(loaded.doc.merge_from(&fork)?)
+        })
+    })
+    .await
+}
