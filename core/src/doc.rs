@@ -104,11 +104,11 @@ fn encode_note(meta: &WriteMeta) -> String {
 
 /// A JSON document kept as an Automerge CRDT.
 pub struct Document {
-    doc: Automerge,
-    schema: Schema,
-    compiled: CompiledSchema,
+    pub(crate) doc: Automerge,
+    pub(crate) schema: Schema,
+    pub(crate) compiled: CompiledSchema,
     /// Kept here because Automerge can only count changes by walking the history.
-    change_count: usize,
+    pub(crate) change_count: usize,
 }
 
 impl std::fmt::Debug for Document {
