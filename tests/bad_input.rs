@@ -178,3 +178,49 @@ async fn every_bad_input_is_refused_cleanly() {
         .await;
     assert_eq!(reply.json()["value"]["n"], 2);
 }
+
+/// Raw changes may build nesting no JSON body could; reading it back must not crash the
+/// server. Such changes are refused and the document stays as it was.
+#[tokio::test]
+async fn raw_changes_nesting_too_deep_are_refused() {
+    use concord_core::{Document, Schema, WriteMeta};
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"k": 1}})).await;
+    let mut deep = json!(1);
+    for _ in 0..(concord_core::value::MAX_DEPTH + 10) {
+        deep = json!({ "d": deep });
+    }
+    let bytes = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || {
+            let meta = WriteMeta { agent: "deep".into(), time_ms: 0, message: None };
+            let (doc, _) = Document::create(&json!({"deep": deep}), Schema::default(), &meta).unwrap();
+            doc.changes_since(None).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let before = s.raw(&id).await;
+    let reply = s
+        .send(
+            s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                .header("content-type", "application/octet-stream")
+                .body(bytes),
+        )
+        .await;
+    reply.assert_problem(422);
+    assert_eq!(s.raw(&id).await, before);
+    assert_eq!(s.get(&id).await, (json!({"k": 1}), version));
+}
+
+/// The deepest body the JSON parser accepts is stored and read back intact.
+#[tokio::test]
+async fn deepest_legal_json_round_trips() {
+    let s = TestServer::start().await;
+    let mut deep = json!("bottom");
+    for _ in 0..120 {
+        deep = json!({ "d": deep });
+    }
+    let (id, _) = s.create(json!({ "value": { "deep": deep } })).await;
+    assert_eq!(s.get(&id).await.0["deep"], deep);
+}

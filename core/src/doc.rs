@@ -301,17 +301,24 @@ impl Document {
         meta: &WriteMeta,
         edit: impl FnOnce(&mut Transaction<'_>, &CompiledSchema) -> Result<()>,
     ) -> Result<WriteOutcome> {
-        let heads = match base {
+        let stale_heads = match base {
             Some(v) => {
                 self.check_version(v)?;
-                v.heads().to_vec()
+                let mut current = self.doc.get_heads();
+                current.sort();
+                (v.heads() != current.as_slice()).then(|| v.heads().to_vec())
             }
-            None => self.doc.get_heads(),
+            None => None,
         };
-        let mut tx = self
-            .doc
-            .transaction_at(PatchLog::inactive(), &heads)
-            .expect("an inactive patch log belongs to any document");
+        // Only a stale base needs an isolated transaction; one at the current heads is a
+        // plain transaction, which skips computing the isolation clock.
+        let mut tx = match &stale_heads {
+            Some(heads) => self
+                .doc
+                .transaction_at(PatchLog::inactive(), heads)
+                .expect("an inactive patch log belongs to any document"),
+            None => self.doc.transaction(),
+        };
         if let Err(e) = edit(&mut tx, &self.compiled) {
             tx.rollback();
             return Err(e);

@@ -11,6 +11,7 @@
 //! - [`reconcile`]: a whole new JSON value turned into the fewest Automerge operations.
 //! - [`patch`]: RFC 6902 JSON Patch (with `increment` and `splice`) and RFC 7396 merge patch.
 //! - [`strategy`]: [`Strategy`], the write policies compared by the comparison mode.
+//! - [`sync`]: the Automerge sync protocol: [`sync::SyncState`] per peer, messages in and out.
 //! - [`storage`]: the [`Store`](storage::Store) trait and an in-memory store.
 //! - [`error`]: [`Error`], every way a document operation can fail.
 //!
@@ -40,6 +41,7 @@ pub mod reconcile;
 pub mod schema;
 pub mod storage;
 pub mod strategy;
+pub mod sync;
 pub mod value;
 pub mod version;
 

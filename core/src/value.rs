@@ -35,6 +35,25 @@ pub(crate) fn value_to_json<R: ReadDoc>(
     id: &automerge::ObjId,
     heads: Option<&[ChangeHash]>,
 ) -> Result<Value> {
+    to_json_at_depth(doc, value, id, heads, 0)
+}
+
+/// How deep objects may nest. JSON bodies cannot get near it (the parser stops at 128);
+/// raw Automerge changes could, and reading them must not exhaust the stack.
+pub const MAX_DEPTH: usize = 160;
+
+fn to_json_at_depth<R: ReadDoc>(
+    doc: &R,
+    value: &automerge::Value<'_>,
+    id: &automerge::ObjId,
+    heads: Option<&[ChangeHash]>,
+    depth: usize,
+) -> Result<Value> {
+    if depth > MAX_DEPTH {
+        return Err(Error::InvalidValue(format!(
+            "objects nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
     match value {
         automerge::Value::Scalar(s) => Ok(scalar_to_json(s)),
         automerge::Value::Object(ObjType::Text) => Ok(Value::String(match heads {
@@ -46,7 +65,7 @@ pub(crate) fn value_to_json<R: ReadDoc>(
             let mut items = Vec::with_capacity(length);
             for i in 0..length {
                 if let Some((v, child)) = get(doc, id, i, heads)? {
-                    items.push(value_to_json(doc, &v, &child, heads)?);
+                    items.push(to_json_at_depth(doc, &v, &child, heads, depth + 1)?);
                 }
             }
             Ok(Value::Array(items))
@@ -59,7 +78,7 @@ pub(crate) fn value_to_json<R: ReadDoc>(
             let mut map = Map::with_capacity(keys.len());
             for key in keys {
                 if let Some((v, child)) = get(doc, id, key.as_str(), heads)? {
-                    map.insert(key, value_to_json(doc, &v, &child, heads)?);
+                    map.insert(key, to_json_at_depth(doc, &v, &child, heads, depth + 1)?);
                 }
             }
             Ok(Value::Object(map))
@@ -253,6 +272,11 @@ fn walk_conflicts(
     heads: Option<&[ChangeHash]>,
     out: &mut Vec<Conflict>,
 ) -> Result<()> {
+    if path.tokens().len() > MAX_DEPTH {
+        return Err(Error::InvalidValue(format!(
+            "objects nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let props: Vec<Prop> = match doc.object_type(obj)? {
         ObjType::Map | ObjType::Table => match heads {
             Some(h) => doc.keys_at(obj, h).map(Prop::Map).collect(),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
-use concord_core::storage::Store;
+use concord_core::storage::{IdempotencyRecord, Store};
 use sha2::{Digest, Sha256};
 
 use crate::problem::ApiError;
@@ -41,6 +41,14 @@ impl Drop for InFlight {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.key);
     }
+}
+
+/// What to do with a keyed write that did not come over HTTP ([`Idempotency::begin_keyed`]).
+pub enum Keyed {
+    /// A new key: run the write and record its outcome with it.
+    Record(InFlight, IdempotencyDraft),
+    /// A retry: this is what the first attempt recorded.
+    Replay(IdempotencyRecord),
 }
 
 /// What to do with a request.
@@ -94,6 +102,29 @@ impl Idempotency {
             })?
             .to_owned();
         let fingerprint = fingerprint(headers, method, path, body);
+        Ok(
+            match self
+                .begin_keyed(store, key, fingerprint, status, now_ms)
+                .await?
+            {
+                Keyed::Record(in_flight, draft) => Begin::Record(in_flight, draft),
+                Keyed::Replay(record) => Begin::Replay(replay(&record)),
+            },
+        )
+    }
+
+    /// The entry point for writes that do not come over HTTP (WebSocket messages): the
+    /// caller derives the key and the fingerprint of the request itself. The rules are the
+    /// HTTP ones: a recorded key with the same fingerprint is replayed, with another one it
+    /// is 422, and a key whose first request is still in flight is 409.
+    pub async fn begin_keyed(
+        &self,
+        store: &dyn Store,
+        key: String,
+        fingerprint: String,
+        status: StatusCode,
+        now_ms: i64,
+    ) -> Result<Keyed, ApiError> {
         if let Some(record) = store.idempotency(&key).await? {
             if record.created_at_ms + self.ttl_ms > now_ms {
                 if record.fingerprint != fingerprint {
@@ -103,7 +134,7 @@ impl Idempotency {
                         "this Idempotency-Key was used for a different request; use a new key for a new request",
                     ));
                 }
-                return Ok(Begin::Replay(replay(&record)));
+                return Ok(Keyed::Replay(record));
             }
         }
         let mut set = self
@@ -118,7 +149,7 @@ impl Idempotency {
             ));
         }
         drop(set);
-        Ok(Begin::Record(
+        Ok(Keyed::Record(
             InFlight {
                 key: key.clone(),
                 set: Arc::clone(&self.in_flight),
@@ -150,7 +181,7 @@ fn fingerprint(headers: &HeaderMap, method: &Method, path: &str, body: &[u8]) ->
     hex::encode(hash.finalize())
 }
 
-fn replay(record: &concord_core::storage::IdempotencyRecord) -> Response<Body> {
+fn replay(record: &IdempotencyRecord) -> Response<Body> {
     let mut response = Response::new(Body::from(record.body.clone()));
     *response.status_mut() = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
     let headers = response.headers_mut();

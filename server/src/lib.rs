@@ -3,20 +3,29 @@
 //!
 //! # Layout
 //! - [`Config`], [`Server`]: start a server on an address with a data folder; stop it.
-//! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router.
+//! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router; live sync
+//!   (WebSocket, Server-Sent Events) is in `api::live`.
+//! - [`client`]: a Rust client for agents: the HTTP API and live subscriptions.
+//! - [`compare`]: the lost-update comparison (`concord compare`, `/v1/compare`).
 //! - [`registry`]: documents in memory, one writer each, queued for storage in order.
+//! - [`repo`]: the automerge-repo network protocol (`/v1/repo`) and automerge document ids.
 //! - [`policy`]: write strategies as policies on the base version of a write.
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
 //! - [`sqlite`]: the embedded durable store with group commit.
+//! - [`web`]: the browser viewer, its files embedded in the binary, served at `/`.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod client;
+pub mod compare;
 pub mod idempotency;
 pub mod policy;
 pub mod problem;
 pub mod registry;
+pub mod repo;
 pub mod sqlite;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +55,48 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How long a graceful shutdown may take before in-flight requests are abandoned.
     pub shutdown_timeout: Duration,
+    /// Limits and timers of live connections (WebSocket and Server-Sent Events).
+    pub live: LiveConfig,
+}
+
+/// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
+/// Events (`/v1/docs/{id}/events`, `/v1/events`).
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// The largest WebSocket message processed, in bytes. A larger one is answered an
+    /// `error` (413) and skipped; one over twice this size closes the connection (1009),
+    /// since it is refused while being read.
+    pub max_message: usize,
+    /// How many messages a WebSocket connection may send at once: the capacity of its
+    /// token bucket. A message beyond it is answered an `error` (429) and not processed.
+    pub rate_burst: u32,
+    /// How many messages per second a connection earns back. 0: the burst is all a
+    /// connection ever gets (deterministic tests).
+    pub rate_per_sec: f64,
+    /// A connection whose messages are refused this many times in a row is closed (1008):
+    /// it is not listening to the errors.
+    pub max_refused: u32,
+    /// How often the server pings an open WebSocket (keep-alive through proxies, and the
+    /// pongs prove the peer is alive).
+    pub ping_interval: Duration,
+    /// A WebSocket that sends nothing, not even a pong, for this long is closed (1001).
+    pub idle_timeout: Duration,
+    /// How often an SSE stream sends a keep-alive comment.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            max_message: 8 * 1024 * 1024,
+            rate_burst: 200,
+            rate_per_sec: 100.0,
+            max_refused: 50,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            sse_keep_alive: Duration::from_secs(15),
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,6 +107,7 @@ impl Default for Config {
             body_limit: 8 * 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -180,6 +232,8 @@ impl Server {
     /// write is durable before it is answered) within the shutdown timeout, then returns.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let timeout = self.state.config.shutdown_timeout;
+        // Live streams never end by themselves: end them, or the drain would wait for them.
+        self.state.registry.close_live();
         let _ = self.stop.send(true);
         match tokio::time::timeout(timeout, self.task).await {
             Ok(Ok(result)) => result,

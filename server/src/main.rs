@@ -1,4 +1,4 @@
-//! The `concord` binary: serve documents (the default).
+//! The `concord` binary: serve documents (the default), or run the lost-update comparison.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default when no command is given).
     Serve(ServeArgs),
+    /// Run one seeded workload through every write strategy and report what each lost and
+    /// what each cost (the lost-update comparison).
+    Compare(concord_server::compare::cli::CompareArgs),
 }
 
 #[derive(Args, Clone)]
@@ -46,16 +49,26 @@ struct ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The comparison's own in-process server should not talk over its table.
+    let quiet = matches!(cli.command, Some(Command::Compare(_)));
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "concord_server=info,tower_http=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                if quiet {
+                    "concord_server=warn,tower_http=warn".into()
+                } else {
+                    "concord_server=info,tower_http=warn".into()
+                }
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Compare(args)) => concord_server::compare::cli::run(args)
+            .await
+            .context("concord compare failed"),
         None => serve(cli.serve).await,
     }
 }
@@ -67,6 +80,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit: args.body_limit,
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_secs),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        live: concord_server::LiveConfig::default(),
     };
     let server = Server::start(config)
         .await

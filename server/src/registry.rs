@@ -13,6 +13,12 @@
 //! stored without the changes it depends on. Storing a change twice is harmless.
 //!
 //! Readers may see a change a moment before it is acknowledged (while its batch syncs).
+//!
+//! # Live subscribers
+//! Each document broadcasts a [`ChangeEvent`] per committed change ([`Registry::subscribe`]),
+//! and the registry broadcasts a [`FeedEvent`] per create, change and delete of any document
+//! ([`Registry::feed`]), both published under the document's lock so that their order is the
+//! order of the writes. [`Registry::close_live`] tells every live stream to end (shutdown).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -102,6 +108,54 @@ pub struct ChangeEvent {
     /// RFC 6902 operations from the previous value to this one.
     pub patch: Value,
 }
+
+/// One event of the global feed: a document was created, changed or deleted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FeedEvent {
+    /// A new document (created or forked).
+    Created {
+        /// The document.
+        id: Uuid,
+        /// Its first version.
+        version: String,
+        /// Who created it.
+        agent: Option<String>,
+        /// When, ms since the epoch.
+        time_ms: i64,
+        /// Its strategy.
+        strategy: concord_core::Strategy,
+        /// How many changes it holds.
+        changes: u64,
+    },
+    /// A write changed a document.
+    Changed {
+        /// The document.
+        id: Uuid,
+        /// Its version after the write.
+        version: String,
+        /// Who wrote.
+        agent: Option<String>,
+        /// When, ms since the epoch.
+        time_ms: i64,
+        /// Its strategy.
+        strategy: concord_core::Strategy,
+        /// How many changes it holds now.
+        changes: u64,
+        /// How many of them this write made.
+        new_changes: u64,
+    },
+    /// A document was deleted (or a create failed to become durable).
+    Deleted {
+        /// The document.
+        id: Uuid,
+        /// When, ms since the epoch.
+        time_ms: i64,
+    },
+}
+
+/// How many global feed events a slow viewer may fall behind before it is told it lagged.
+pub const FEED_BUFFER: usize = 1024;
 
 /// What a subscriber gets first.
 pub enum Catchup {
@@ -210,6 +264,11 @@ pub type Responder = fn(&Written, StatusCode) -> (Vec<(String, String)>, Vec<u8>
 pub struct Registry {
     store: Arc<dyn Store>,
     slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
+    /// Created, changed and deleted documents, for viewers of the whole store.
+    feed: broadcast::Sender<Arc<FeedEvent>>,
+    /// Set once at shutdown: live streams (WebSocket, SSE) end, so that a graceful
+    /// shutdown does not wait on connections that never finish by themselves.
+    closing: watch::Sender<bool>,
 }
 
 /// A document locked for writing.
@@ -233,7 +292,29 @@ impl Registry {
         Registry {
             store,
             slots: Mutex::new(HashMap::new()),
+            feed: broadcast::channel(FEED_BUFFER).0,
+            closing: watch::channel(false).0,
         }
+    }
+
+    /// Subscribes to the global feed: one [`FeedEvent`] per create, change and delete.
+    pub fn feed(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
+        self.feed.subscribe()
+    }
+
+    /// Tells every live stream to end; called once at shutdown.
+    pub fn close_live(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Becomes `true` when live streams must end (see [`Registry::close_live`]).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn announce(&self, event: FeedEvent) {
+        // No viewers is not an error.
+        let _ = self.feed.send(Arc::new(event));
     }
 
     /// The store.
@@ -336,7 +417,7 @@ impl Registry {
             Some(write.agent.clone()),
             write.time_ms,
         )?);
-        let guard = WriteGuard {
+        let mut guard = WriteGuard {
             state: Arc::clone(&slot.state)
                 .try_write_owned()
                 .expect("a new slot is unlocked"),
@@ -349,14 +430,28 @@ impl Registry {
             }
             slots.insert(id, Arc::clone(&slot));
         }
+        // Announced under the new document's lock, so before any change to it.
+        let loaded = guard.loaded();
+        self.announce(FeedEvent::Created {
+            id,
+            version: loaded.value_version.to_string(),
+            agent: Some(write.agent.clone()),
+            time_ms: write.time_ms,
+            strategy: loaded.meta.strategy,
+            changes: loaded.doc.change_count() as u64,
+        });
         let result = self
-            .commit(guard, Some(meta), outcome, write, idempotency)
+            .commit(guard, Some(meta), outcome, None, write, idempotency)
             .await;
         if result.is_err() {
             // Nothing durable: forget the document again.
             let mut guard = Arc::clone(&slot.state).write_owned().await;
             *guard = SlotState::Retired;
             self.retire(id, &slot);
+            self.announce(FeedEvent::Deleted {
+                id,
+                time_ms: write.time_ms,
+            });
         }
         result
     }
@@ -371,8 +466,18 @@ impl Registry {
     ) -> Result<Written, ApiError> {
         let mut guard = self.lock(id).await?;
         let before = guard.loaded().doc.version();
-        let outcome = match edit(guard.loaded()) {
-            Ok(outcome) => outcome,
+        // The new value is read here, with the edit, so that a change that cannot be read
+        // back (nested too deep, say) is treated as a failed edit.
+        let edited = edit(guard.loaded()).and_then(|outcome| {
+            let value = if outcome.changes.is_empty() {
+                None
+            } else {
+                Some(guard.loaded().doc.read(None)?)
+            };
+            Ok((outcome, value))
+        });
+        let (outcome, value) = match edited {
+            Ok(edited) => edited,
             Err(e) => {
                 if guard.loaded().doc.version() != before {
                     // A failed edit left changes in memory that are not stored (raw changes
@@ -383,7 +488,8 @@ impl Registry {
                 return Err(e);
             }
         };
-        self.commit(guard, None, outcome, write, idempotency).await
+        self.commit(guard, None, outcome, value, write, idempotency)
+            .await
     }
 
     /// Queues the batch for a write under the lock, then releases the lock and waits for
@@ -393,6 +499,7 @@ impl Registry {
         mut guard: WriteGuard,
         create: Option<DocMeta>,
         outcome: WriteOutcome,
+        new_value: Option<Value>,
         write: &WriteMeta,
         idempotency: Option<(IdempotencyDraft, Responder)>,
     ) -> Result<Written, ApiError> {
@@ -403,10 +510,20 @@ impl Registry {
             loaded.last_agent = Some(write.agent.clone());
             loaded.updated_at_ms = write.time_ms;
         }
-        if new_changes > 0 {
-            let value = loaded.doc.read(None)?;
+        if let Some(value) = new_value {
             let previous = std::mem::replace(&mut loaded.value, value);
             publish(&slot, loaded, &previous, write);
+            if create.is_none() {
+                self.announce(FeedEvent::Changed {
+                    id: loaded.meta.id,
+                    version: loaded.value_version.to_string(),
+                    agent: Some(write.agent.clone()),
+                    time_ms: write.time_ms,
+                    strategy: loaded.meta.strategy,
+                    changes: loaded.doc.change_count() as u64,
+                    new_changes: new_changes as u64,
+                });
+            }
         }
         let written = Written {
             id: loaded.meta.id,
@@ -510,6 +627,14 @@ impl Registry {
                         Catchup::Events(Vec::new())
                     } else if let Some(i) = loaded.recent.iter().position(|e| e.version == since_text) {
                         Catchup::Events(loaded.recent.iter().skip(i + 1).cloned().collect())
+                    } else if loaded
+                        .recent
+                        .front()
+                        .is_some_and(|e| e.previous == since_text)
+                    {
+                        // The version the oldest kept event started from (the one a document
+                        // was created or loaded at): every kept event is news.
+                        Catchup::Events(loaded.recent.iter().cloned().collect())
                     } else {
                         // Too old to replay change by change: start over from a snapshot.
                         Catchup::Snapshot {
@@ -529,6 +654,10 @@ impl Registry {
         self.store.delete(id).await?;
         *guard.state = SlotState::Retired;
         self.retire(id, &guard.slot);
+        self.announce(FeedEvent::Deleted {
+            id,
+            time_ms: crate::api::now_ms(),
+        });
         // Subscribers see their stream end.
         drop(guard);
         Ok(())

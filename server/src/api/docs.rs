@@ -105,7 +105,7 @@ fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// Applies the document's strategy to a write: the base version to apply it at, or why it
 /// is refused.
-fn admit(
+pub(crate) fn admit(
     loaded: &Loaded,
     kind: WriteKind,
     if_match: Option<&IfMatch>,
@@ -262,6 +262,8 @@ pub(super) async fn read(
                 "version": version.to_string(),
                 "strategy": loaded.meta.strategy,
                 "value": value,
+                // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
+                "url": crate::repo::automerge_url(id),
             });
             if let Some(p) = &pointer {
                 body["path"] = json!(p.to_string());

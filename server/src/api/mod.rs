@@ -2,6 +2,8 @@
 
 mod branches;
 mod docs;
+mod live;
+mod sync;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,6 +46,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/docs/{id}/fork", axum::routing::post(branches::fork))
         .route("/v1/docs/{id}/merge", axum::routing::post(branches::merge))
+        .merge(crate::web::routes())
+        .route("/v1/docs/{id}/sync", get(sync::sync))
+        .route(
+            "/v1/repo",
+            get(sync::repo).with_state(Arc::new(crate::repo::Hub::new(Arc::clone(&state)))),
+        )
+        .route("/v1/docs/{id}/ws", get(live::ws))
+        .route("/v1/docs/{id}/events", get(live::doc_events))
+        .route("/v1/events", get(live::feed))
+        .route(
+            "/v1/compare",
+            axum::routing::post(crate::compare::http::compare),
+        )
+        .route(
+            "/v1/compare/sweep",
+            axum::routing::post(crate::compare::http::compare_sweep),
+        )
+        .route(
+            "/v1/compare/scenario",
+            get(crate::compare::http::compare_scenario),
+        )
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::disable())

@@ -1,0 +1,368 @@
+//! The Automerge sync protocol for a [`Document`]: how a replica elsewhere (an Automerge
+//! client, the JavaScript automerge-repo, another server) and Concord bring each other up to
+//! date by exchanging small binary messages, whatever each side changed meanwhile.
+//!
+//! One [`SyncState`] per peer and connection remembers what that peer is known to have. Each
+//! side calls [`Document::generate_sync_message`] and sends what it returns (nothing means
+//! "nothing to say until I hear from you or change"), and gives what it receives to
+//! [`Document::receive_sync_message`], which applies the peer's changes and returns them in a
+//! [`WriteOutcome`] so that the caller can store them. The two are in sync when neither has a
+//! message to send.
+//!
+//! Changes carried by a message are checked chunk by chunk before anything is applied (as
+//! [`parse_changes`] does for raw changes): a message with a torn or garbage change is refused
+//! whole, where Automerge alone would apply what it could and drop the rest silently.
+//!
+//! # Example
+//! ```
+//! use concord_core::sync::SyncState;
+//! use concord_core::{Document, Schema, WriteMeta};
+//! use serde_json::json;
+//!
+//! let meta = WriteMeta { agent: "a".into(), time_ms: 0, message: None };
+//! let (mut server, _) = Document::create(&json!({"n": 1}), Schema::default(), &meta).unwrap();
+//! let mut replica = Document::empty(Schema::default()).unwrap();
+//! let (mut on_server, mut on_replica) = (SyncState::new(), SyncState::new());
+//! loop {
+//!     let to_replica = server.generate_sync_message(&mut on_server);
+//!     let to_server = replica.generate_sync_message(&mut on_replica);
+//!     if to_replica.is_none() && to_server.is_none() {
+//!         break;
+//!     }
+//!     if let Some(m) = to_replica {
+//!         replica.receive_sync_message(&mut on_replica, m).unwrap();
+//!     }
+//!     if let Some(m) = to_server {
+//!         server.receive_sync_message(&mut on_server, m).unwrap();
+//!     }
+//! }
+//! assert_eq!(replica.read(None).unwrap(), json!({"n": 1}));
+//! ```
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use automerge::sync::{Message, State, SyncDoc};
+use automerge::Automerge;
+
+use crate::doc::{parse_changes, Document, WriteOutcome};
+use crate::error::Result;
+use crate::reconcile::ENCODING;
+use crate::schema::Schema;
+use crate::version::Version;
+
+/// Why a sync message was refused. Nothing is applied when one is returned, except after
+/// [`SyncError::Refused`], which can leave some of the message's changes applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The bytes are not an Automerge sync message, or a change inside it does not decode.
+    #[error("not an Automerge sync message: {0}")]
+    Malformed(String),
+    /// The message decodes, but Automerge refused to apply its changes (a reused sequence
+    /// number, say). Changes before the refused one may have been applied: the caller should
+    /// drop this copy of the document and reload it from storage.
+    #[error("the sync message's changes could not be applied: {0}")]
+    Refused(String),
+}
+
+/// What one peer is known to have, for one document and one connection.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState(State);
+
+impl SyncState {
+    /// A state for a peer we know nothing about yet (a new connection).
+    pub fn new() -> Self {
+        SyncState(State::new())
+    }
+
+    /// The heads the peer last told us it has, if it told us anything.
+    pub fn their_heads(&self) -> Option<Version> {
+        self.0.their_heads.clone().map(Version::new)
+    }
+
+    /// Forgets what was sent in this session and asks the peer, with the next message, to do
+    /// the same: both sides then send again whatever the other may lack. Use it when this
+    /// side lost changes it had acknowledged (its copy of the document was replaced).
+    pub fn restart(&mut self) {
+        // Automerge resets a state when it leaves read-only mode, flagging the next message
+        // so that the peer clears what it believes it has sent too.
+        self.0.set_read_only(true);
+        self.0.set_read_only(false);
+    }
+}
+
+/// One decoded sync message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncMessage(Message);
+
+impl SyncMessage {
+    /// Decodes a message received from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SyncError> {
+        if bytes.is_empty() {
+            return Err(SyncError::Malformed("no bytes".into()));
+        }
+        // Decoding is pure; a panic on hostile bytes must not take the connection's task down.
+        match catch_unwind(|| Message::decode(bytes)) {
+            Ok(Ok(message)) => Ok(SyncMessage(message)),
+            Ok(Err(e)) => Err(SyncError::Malformed(e.to_string())),
+            Err(_) => Err(SyncError::Malformed("the decoder failed".into())),
+        }
+    }
+
+    /// The bytes to send.
+    pub fn encode(self) -> Vec<u8> {
+        self.0.encode()
+    }
+
+    /// The sender's heads: empty when it has nothing of the document.
+    pub fn heads(&self) -> Version {
+        Version::new(self.0.heads.clone())
+    }
+
+    /// True if the message carries changes (and so may write to the document).
+    pub fn has_changes(&self) -> bool {
+        !self.0.changes.is_empty()
+    }
+}
+
+impl Document {
+    /// A document with no changes at all: the receiving end of a sync with a peer that has
+    /// the document, before anything arrived. Its value reads as `{}`.
+    pub fn empty(schema: Schema) -> Result<Document> {
+        let compiled = schema.compile()?;
+        Ok(Document {
+            doc: Automerge::new_with_encoding(ENCODING),
+            schema,
+            compiled,
+            change_count: 0,
+        })
+    }
+
+    /// The next message for the peer `state` belongs to, or `None` if there is nothing to
+    /// send until the peer answers or this document changes.
+    pub fn generate_sync_message(&self, state: &mut SyncState) -> Option<SyncMessage> {
+        self.doc
+            .generate_sync_message(&mut state.0)
+            .map(SyncMessage)
+    }
+
+    /// Applies a message from the peer `state` belongs to: its changes (each checked before
+    /// any is applied; ones already here are ignored, so a duplicated message is harmless)
+    /// and what it says the peer has. The outcome lists the changes that are new here.
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<WriteOutcome, SyncError> {
+        for (i, chunk) in message.0.changes.iter().enumerate() {
+            parse_changes(chunk).map_err(|e| SyncError::Malformed(format!("change {i}: {e}")))?;
+        }
+        let before = self.doc.get_heads();
+        let received = catch_unwind(AssertUnwindSafe(|| {
+            self.doc.receive_sync_message(&mut state.0, message.0)
+        }));
+        match received {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(SyncError::Refused(e.to_string())),
+            Err(_) => return Err(SyncError::Refused("Automerge failed applying them".into())),
+        }
+        let changes = if self.doc.get_heads() == before {
+            Vec::new()
+        } else {
+            self.doc.get_changes(&before)
+        };
+        self.change_count += changes.len();
+        Ok(WriteOutcome {
+            version: self.version(),
+            changes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::WriteMeta;
+    use serde_json::{json, Value};
+
+    fn meta(agent: &str) -> WriteMeta {
+        WriteMeta {
+            agent: agent.into(),
+            time_ms: 1_700_000_000_000,
+            message: None,
+        }
+    }
+
+    /// Exchanges messages until neither side has one; returns how many were sent. Every
+    /// message is delivered twice when `duplicate` is set.
+    fn sync(a: &mut Document, b: &mut Document, duplicate: bool) -> usize {
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        let mut sent = 0;
+        for _ in 0..50 {
+            let to_b = a.generate_sync_message(&mut sa);
+            let to_a = b.generate_sync_message(&mut sb);
+            if to_a.is_none() && to_b.is_none() {
+                return sent;
+            }
+            for (message, doc, state) in [(to_b, &mut *b, &mut sb), (to_a, &mut *a, &mut sa)] {
+                if let Some(m) = message {
+                    sent += 1;
+                    if duplicate {
+                        doc.receive_sync_message(state, m.clone()).unwrap();
+                    }
+                    doc.receive_sync_message(state, m).unwrap();
+                }
+            }
+        }
+        panic!("no convergence after 50 rounds");
+    }
+
+    fn value(doc: &Document) -> Value {
+        doc.read(None).unwrap()
+    }
+
+    #[test]
+    fn concurrent_edits_converge_and_new_changes_are_reported() {
+        let (mut server, _) =
+            Document::create(&json!({"items": ["a"]}), Schema::default(), &meta("s")).unwrap();
+        let mut replica = Document::empty(Schema::default()).unwrap();
+        sync(&mut server, &mut replica, false);
+        assert_eq!(value(&replica), json!({"items": ["a"]}));
+        assert_eq!(replica.change_count(), server.change_count());
+
+        server
+            .put(None, &json!({"items": ["a", "server"]}), &meta("s"))
+            .unwrap();
+        replica
+            .put(None, &json!({"items": ["replica", "a"]}), &meta("r"))
+            .unwrap();
+        let before = server.version();
+        let (mut ss, mut sr) = (SyncState::new(), SyncState::new());
+        let mut new_on_server = 0;
+        for _ in 0..50 {
+            let to_r = server.generate_sync_message(&mut ss);
+            let to_s = replica.generate_sync_message(&mut sr);
+            if to_r.is_none() && to_s.is_none() {
+                break;
+            }
+            if let Some(m) = to_r {
+                replica.receive_sync_message(&mut sr, m).unwrap();
+            }
+            if let Some(m) = to_s {
+                new_on_server += server
+                    .receive_sync_message(&mut ss, m)
+                    .unwrap()
+                    .changes
+                    .len();
+            }
+        }
+        assert_eq!(new_on_server, 1, "the replica's one change");
+        assert_ne!(server.version(), before);
+        assert_eq!(server.version(), replica.version());
+        assert_eq!(value(&server), json!({"items": ["replica", "a", "server"]}));
+        assert_eq!(server.change_count(), replica.change_count());
+    }
+
+    #[test]
+    fn duplicated_messages_are_harmless() {
+        let (mut server, _) =
+            Document::create(&json!({"n": 1, "s": "x"}), Schema::default(), &meta("s")).unwrap();
+        let mut replica = Document::empty(Schema::default()).unwrap();
+        sync(&mut server, &mut replica, true);
+        replica
+            .put(None, &json!({"n": 2, "s": "x"}), &meta("r"))
+            .unwrap();
+        sync(&mut server, &mut replica, true);
+        assert_eq!(value(&server), json!({"n": 2, "s": "x"}));
+        assert_eq!(server.version(), replica.version());
+        assert_eq!(server.history().len(), 2);
+    }
+
+    #[test]
+    fn in_sync_documents_have_nothing_to_say_after_the_handshake() {
+        let (mut a, _) = Document::create(&json!({"k": 1}), Schema::default(), &meta("a")).unwrap();
+        let mut b = Document::empty(Schema::default()).unwrap();
+        sync(&mut a, &mut b, false);
+        // A fresh pair of states: one message each way says "I have what you have".
+        assert!(sync(&mut a, &mut b, false) <= 4);
+    }
+
+    #[test]
+    fn garbage_is_refused_and_changes_nothing() {
+        let (mut doc, _) =
+            Document::create(&json!({"k": 1}), Schema::default(), &meta("a")).unwrap();
+        let version = doc.version();
+        for bytes in [
+            &b""[..],
+            b"\x00",
+            b"hello",
+            b"\x42",
+            b"\x42\x01",
+            &[0x43; 40],
+        ] {
+            assert!(
+                matches!(SyncMessage::decode(bytes), Err(SyncError::Malformed(_))),
+                "{bytes:?}"
+            );
+        }
+        // A well-formed message whose change is torn: refused whole.
+        let (other, outcome) =
+            Document::create(&json!({"x": 2}), Schema::default(), &meta("b")).unwrap();
+        let mut change = outcome.changes[0].raw_bytes().to_vec();
+        change.truncate(change.len() - 3);
+        let torn = Message {
+            heads: other.doc.get_heads(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: change.into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        let message = SyncMessage::decode(&torn.encode()).unwrap();
+        let err = doc
+            .receive_sync_message(&mut SyncState::new(), message)
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Malformed(_)), "{err}");
+        assert_eq!(doc.version(), version);
+    }
+
+    #[test]
+    fn an_empty_document_reads_as_an_empty_object() {
+        let doc = Document::empty(Schema::default()).unwrap();
+        assert_eq!(value(&doc), json!({}));
+        assert!(doc.version().is_empty());
+        assert_eq!(doc.change_count(), 0);
+    }
+
+    #[test]
+    fn restart_makes_the_peer_send_again() {
+        let (mut server, _) =
+            Document::create(&json!({"k": 1}), Schema::default(), &meta("s")).unwrap();
+        let mut replica = Document::empty(Schema::default()).unwrap();
+        let (mut ss, mut sr) = (SyncState::new(), SyncState::new());
+        // Run a full sync, then lose the replica's copy while keeping its state.
+        for _ in 0..10 {
+            let to_r = server.generate_sync_message(&mut ss);
+            let to_s = replica.generate_sync_message(&mut sr);
+            if let Some(m) = to_r {
+                replica.receive_sync_message(&mut sr, m).unwrap();
+            }
+            if let Some(m) = to_s {
+                server.receive_sync_message(&mut ss, m).unwrap();
+            }
+        }
+        assert_eq!(value(&replica), json!({"k": 1}));
+        let mut replica = Document::empty(Schema::default()).unwrap();
+        sr.restart();
+        for _ in 0..10 {
+            let to_r = server.generate_sync_message(&mut ss);
+            let to_s = replica.generate_sync_message(&mut sr);
+            if let Some(m) = to_r {
+                replica.receive_sync_message(&mut sr, m).unwrap();
+            }
+            if let Some(m) = to_s {
+                server.receive_sync_message(&mut ss, m).unwrap();
+            }
+        }
+        assert_eq!(value(&replica), json!({"k": 1}));
+    }
+}

@@ -1,0 +1,170 @@
+//! Sync for CRDT clients, over WebSocket:
+//! - `GET /v1/docs/{id}/sync`: binary Automerge sync messages for one document, one
+//!   [`SyncState`] per connection. Concord sends its first message on connect, answers every
+//!   message it receives, and pushes a message whenever someone else changes the document.
+//! - `GET /v1/repo`: the automerge-repo protocol (see [`crate::repo`]).
+//!
+//! An unknown document, or one whose strategy is not `crdt` (sync changes would bypass its
+//! write policy, as raw changes would), is refused before the upgrade with problem+json. On an
+//! open connection, a text frame, bytes that are not a sync message, or the document's
+//! deletion end the connection with a close frame that says why (close codes in
+//! [`Closing`]); the document is unchanged by a refused message, and other connections go on.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{close_code, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use concord_core::sync::{SyncMessage, SyncState};
+use concord_core::WriteMeta;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::{agent, doc_id, now_ms};
+use crate::policy::{base_for, WriteKind};
+use crate::problem::ApiError;
+use crate::repo::{next_message, receive, Closing, Hub};
+use crate::AppState;
+
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+/// A request that is not a WebSocket handshake, told what the endpoint is.
+fn not_websocket(what: &str, rejection: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "websocket-required",
+        format!("{what} is a WebSocket endpoint; connect with a WebSocket client ({rejection})"),
+    )
+}
+
+/// The agent a sync client named with `Concord-Agent`, if it named one: its writes are
+/// recorded under it (the changes themselves carry no Concord note).
+fn sync_agent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.contains_key("concord-agent") {
+        true => agent(headers).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// `GET /v1/docs/{id}/sync`.
+pub(super) async fn sync(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Result<Response, ApiError> {
+    let id = doc_id(&id)?;
+    let agent = sync_agent(&headers)?.unwrap_or_else(|| "automerge-sync".to_owned());
+    // Refused here, with a status, rather than after the upgrade.
+    state
+        .registry
+        .read(id, |loaded| {
+            base_for(
+                loaded.meta.strategy,
+                WriteKind::Changes,
+                None,
+                &loaded.doc.version(),
+            )
+            .map(drop)
+        })
+        .await?;
+    let upgrade = upgrade.map_err(|r| not_websocket("/v1/docs/{id}/sync", r))?;
+    let limit = state.config.body_limit;
+    Ok(upgrade
+        .max_message_size(limit)
+        .on_upgrade(move |mut socket| async move {
+            if let Err(closing) = run(&state, id, &agent, &mut socket).await {
+                tracing::info!(doc = %id, code = closing.code, reason = %closing.reason, "closing a sync connection");
+                let _ = socket.send(closing.frame()).await;
+            }
+        }))
+}
+
+/// `GET /v1/repo`.
+pub(super) async fn repo(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Result<Response, ApiError> {
+    let agent = sync_agent(&headers)?;
+    let upgrade = upgrade.map_err(|r| not_websocket("/v1/repo", r))?;
+    let limit = hub.app().config.body_limit;
+    Ok(upgrade
+        .max_message_size(limit)
+        .on_upgrade(move |socket| crate::repo::serve(hub, socket, agent)))
+}
+
+/// Syncs one document with one peer until the peer leaves (`Ok`) or must be closed.
+async fn run(
+    state: &AppState,
+    id: Uuid,
+    agent: &str,
+    socket: &mut WebSocket,
+) -> Result<(), Closing> {
+    let registry = &state.registry;
+    let api = |e: ApiError| Closing::from_api(&e);
+    // Subscribed first, so that no change falls between the first message and the stream.
+    let (_, mut changes) = registry.subscribe(id, None).await.map_err(api)?;
+    let mut peer = SyncState::new();
+    send_next(state, id, &mut peer, socket).await?;
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => return Ok(()),
+                Some(Ok(Frame::Binary(bytes))) => {
+                    let message = SyncMessage::decode(&bytes)
+                        .map_err(|e| Closing::new(close_code::INVALID, e.to_string()))?;
+                    let meta = WriteMeta { agent: agent.to_owned(), time_ms: now_ms(), message: None };
+                    receive(registry, id, &meta, &mut peer, message).await.map_err(api)?;
+                    send_next(state, id, &mut peer, socket).await?;
+                }
+                Some(Ok(Frame::Text(_))) => {
+                    return Err(Closing::new(
+                        close_code::UNSUPPORTED,
+                        "text frames are not part of the sync protocol: send binary Automerge sync messages",
+                    ))
+                }
+                Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
+            },
+            change = changes.recv() => match change {
+                // Falling behind loses nothing: the next message covers every change.
+                Ok(_) | Err(RecvError::Lagged(_)) => send_next(state, id, &mut peer, socket).await?,
+                Err(RecvError::Closed) => {
+                    // Deleted, or only dropped from memory: look again.
+                    changes = match registry.subscribe(id, None).await {
+                        Ok((_, changes)) => changes,
+                        Err(e) if e.status == StatusCode::NOT_FOUND => {
+                            return Err(Closing::new(4404, format!("document {id} was deleted")))
+                        }
+                        Err(e) => return Err(api(e)),
+                    };
+                    send_next(state, id, &mut peer, socket).await?;
+                }
+            },
+        }
+    }
+}
+
+/// Sends the peer our next message, if there is one.
+async fn send_next(
+    state: &AppState,
+    id: Uuid,
+    peer: &mut SyncState,
+    socket: &mut WebSocket,
+) -> Result<(), Closing> {
+    let next = match next_message(&state.registry, id, peer).await {
+        Ok(next) => next,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return Err(Closing::new(4404, format!("document {id} was deleted")))
+        }
+        Err(e) => return Err(Closing::from_api(&e)),
+    };
+    match next {
+        Some(message) => socket
+            .send(Frame::Binary(message.encode().into()))
+            .await
+            .map_err(|_| Closing::new(close_code::AWAY, "the peer is gone")),
+        None => Ok(()),
+    }
+}
