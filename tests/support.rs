@@ -118,6 +118,11 @@ impl TestServer {
         self.addr
     }
 
+    /// The running server's shared state, for in-process inspection.
+    pub fn state(&self) -> &std::sync::Arc<concord_server::AppState> {
+        self.server.as_ref().expect("server running").state()
+    }
+
     /// An absolute URL for a path.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)

@@ -57,6 +57,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Limits and timers of live connections (WebSocket and Server-Sent Events).
     pub live: LiveConfig,
+    /// When idle documents leave memory and change logs are compacted.
+    pub tuning: registry::Tuning,
 }
 
 /// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
@@ -107,6 +109,7 @@ impl Default for Config {
             body_limit: 8 * 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
+            tuning: registry::Tuning::default(),
             live: LiveConfig::default(),
         }
     }
@@ -126,7 +129,7 @@ impl AppState {
     /// State over a store.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
         Arc::new(AppState {
-            registry: Registry::new(store),
+            registry: Registry::with_tuning(store, config.tuning),
             idempotency: Idempotency::new(config.idempotency_ttl.as_millis() as i64),
             config,
         })
@@ -198,6 +201,7 @@ impl Server {
         })?;
         let state = AppState::new(store, config);
         let purge = tokio::spawn(purge_idempotency_keys(Arc::clone(&state)));
+        let maintain = tokio::spawn(maintain_documents(Arc::clone(&state)));
         let (stop, mut stopped) = watch::channel(false);
         let router = app(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -207,6 +211,7 @@ impl Server {
                 })
                 .await;
             purge.abort();
+            maintain.abort();
             result
         });
         tracing::info!(%addr, "concord is listening");
@@ -245,6 +250,19 @@ impl Server {
                 );
                 Ok(())
             }
+        }
+    }
+}
+
+/// Compacts long change logs and drops idle documents from memory, periodically.
+async fn maintain_documents(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(state.registry.tuning().maintain_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let done = state.registry.maintain().await;
+        if done != registry::Maintained::default() {
+            tracing::debug!(?done, loaded = state.registry.loaded_count(), "maintenance");
         }
     }
 }

@@ -45,6 +45,12 @@ struct ServeArgs {
     /// How long a graceful shutdown may take, in seconds.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout_secs: u64,
+    /// A document unused for this many seconds leaves memory (it loads again on use).
+    #[arg(long, default_value_t = 60)]
+    idle_evict_secs: u64,
+    /// Snapshot a document once this many stored changes are not covered by a snapshot.
+    #[arg(long, default_value_t = 1000)]
+    compact_after: usize,
 }
 
 #[tokio::main]
@@ -81,6 +87,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_secs),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         live: concord_server::LiveConfig::default(),
+        tuning: concord_server::registry::Tuning {
+            idle_evict: Duration::from_secs(args.idle_evict_secs),
+            compact_after: args.compact_after,
+            ..Default::default()
+        },
     };
     let server = Server::start(config)
         .await

@@ -21,6 +21,7 @@
 //! order of the writes. [`Registry::close_live`] tells every live stream to end (shutdown).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::StatusCode;
@@ -58,6 +59,9 @@ pub struct Loaded {
     pub recent: VecDeque<Arc<ChangeEvent>>,
     /// Number of the last change event.
     pub event_seq: u64,
+    /// Stored change records not covered by a snapshot: when it passes
+    /// [`Tuning::compact_after`], maintenance writes a snapshot.
+    pub unsnapshotted: usize,
 }
 
 impl Loaded {
@@ -74,6 +78,7 @@ impl Loaded {
             last_token: u64::try_from(crate::api::now_ms()).unwrap_or(0).saturating_mul(1000),
             recent: VecDeque::new(),
             event_seq: 0,
+            unsnapshotted: 0,
         })
     }
 }
@@ -212,6 +217,9 @@ struct Slot {
     /// Counts lease releases, for lock requests that wait (a watch, so that a release
     /// between a waiter's check and its wait is not missed).
     released: watch::Sender<u64>,
+    /// When a request last used this document, ms since the epoch: idle documents leave
+    /// memory.
+    last_used: AtomicI64,
 }
 
 impl Slot {
@@ -221,8 +229,46 @@ impl Slot {
             pending: Mutex::new(Pending::default()),
             events: broadcast::channel(EVENT_BUFFER).0,
             released: watch::channel(0).0,
+            last_used: AtomicI64::new(crate::api::now_ms()),
         })
     }
+
+    fn touch(&self) {
+        self.last_used
+            .store(crate::api::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// When documents leave memory and when their change log is compacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// A document nobody used for this long (and with no subscribers, no unconfirmed
+    /// changes and no live lease) is dropped from memory; the next use loads it again.
+    pub idle_evict: std::time::Duration,
+    /// A document with this many stored change records not covered by a snapshot gets a
+    /// new snapshot, which replaces them.
+    pub compact_after: usize,
+    /// How often the maintenance pass (eviction, compaction) runs.
+    pub maintain_every: std::time::Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            idle_evict: std::time::Duration::from_secs(60),
+            compact_after: 1000,
+            maintain_every: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintained {
+    /// Documents dropped from memory.
+    pub evicted: usize,
+    /// Documents whose change log was replaced by a snapshot.
+    pub compacted: usize,
 }
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
@@ -269,6 +315,8 @@ pub struct Registry {
     /// Set once at shutdown: live streams (WebSocket, SSE) end, so that a graceful
     /// shutdown does not wait on connections that never finish by themselves.
     closing: watch::Sender<bool>,
+    /// Eviction and compaction settings.
+    tuning: Tuning,
 }
 
 /// A document locked for writing.
@@ -289,12 +337,109 @@ impl WriteGuard {
 impl Registry {
     /// A registry over `store`, with nothing loaded.
     pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::with_tuning(store, Tuning::default())
+    }
+
+    /// A registry with explicit eviction and compaction settings.
+    pub fn with_tuning(store: Arc<dyn Store>, tuning: Tuning) -> Self {
         Registry {
             store,
             slots: Mutex::new(HashMap::new()),
             feed: broadcast::channel(FEED_BUFFER).0,
             closing: watch::channel(false).0,
+            tuning,
         }
+    }
+
+    /// The eviction and compaction settings.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// One maintenance pass: compacts the change log of documents past
+    /// [`Tuning::compact_after`], then drops idle documents from memory. Runs off the write
+    /// path (the server calls it every [`Tuning::maintain_every`]).
+    pub async fn maintain(&self) -> Maintained {
+        let mut done = Maintained::default();
+        let candidates: Vec<(Uuid, Arc<Slot>)> = self
+            .slots()
+            .iter()
+            .map(|(id, slot)| (*id, Arc::clone(slot)))
+            .collect();
+        for (id, slot) in candidates {
+            if self.compact(id, &slot).await {
+                done.compacted += 1;
+            }
+        }
+        done.evicted = self.evict_idle();
+        done
+    }
+
+    /// Snapshots one document if its log is long enough; true if it did.
+    async fn compact(&self, id: Uuid, slot: &Slot) -> bool {
+        // The snapshot is taken under the read lock (writers wait, readers do not), then
+        // stored without any lock: changes written meanwhile are simply not covered.
+        let (snapshot, covered, counted) = {
+            let state = slot.state.read().await;
+            let SlotState::Live(loaded) = &*state else {
+                return false;
+            };
+            if loaded.unsnapshotted < self.tuning.compact_after {
+                return false;
+            }
+            let covered: Vec<[u8; 32]> = loaded
+                .doc
+                .automerge()
+                .get_changes_meta(&[])
+                .iter()
+                .map(|m| m.hash.0)
+                .collect();
+            (loaded.doc.save(), covered, loaded.unsnapshotted)
+        };
+        match self.store.compact(id, snapshot, covered).await {
+            Ok(()) => {
+                if let SlotState::Live(loaded) = &mut *slot.state.write().await {
+                    loaded.unsnapshotted = loaded.unsnapshotted.saturating_sub(counted);
+                }
+                tracing::debug!(doc = %id, records = counted, "compacted the change log");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(doc = %id, error = %e, "compaction failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// Drops documents nobody used for [`Tuning::idle_evict`] and that nothing holds: no
+    /// request in flight, no subscriber, no unconfirmed change, no live lease.
+    fn evict_idle(&self) -> usize {
+        let now = crate::api::now_ms();
+        let idle_ms = i64::try_from(self.tuning.idle_evict.as_millis()).unwrap_or(i64::MAX);
+        let mut slots = self.slots();
+        let before = slots.len();
+        slots.retain(|_, slot| {
+            // Under the map lock nobody can take a new reference to a slot, so a count of
+            // one means no request holds it.
+            let idle = now - slot.last_used.load(std::sync::atomic::Ordering::Relaxed) >= idle_ms;
+            if !idle
+                || Arc::strong_count(slot) > 1
+                || slot.events.receiver_count() > 0
+                || !slot.pending.lock().unwrap_or_else(PoisonError::into_inner).queue.is_empty()
+            {
+                return true;
+            }
+            let Ok(mut state) = slot.state.try_write() else {
+                return true;
+            };
+            let leased = matches!(&*state, SlotState::Live(l) if l.lease.as_ref().is_some_and(|lease| lease.expires_at_ms > now));
+            if leased {
+                return true;
+            }
+            *state = SlotState::Retired;
+            false
+        });
+        before - slots.len()
     }
 
     /// Subscribes to the global feed: one [`FeedEvent`] per create, change and delete.
@@ -334,6 +479,7 @@ impl Registry {
     /// The slot of a document, loading it from storage if it is not in memory.
     async fn slot(&self, id: Uuid) -> Result<Arc<Slot>, ApiError> {
         if let Some(slot) = self.slots().get(&id) {
+            slot.touch();
             return Ok(Arc::clone(slot));
         }
         let stored = self
@@ -350,12 +496,13 @@ impl Registry {
         for problem in &report.skipped {
             tracing::warn!(doc = %id, %problem, "skipped a stored record while loading");
         }
-        let loaded = Loaded::new(
+        let mut loaded = Loaded::new(
             stored.meta,
             doc,
             stored.state.last_agent,
             stored.state.updated_at_ms,
         )?;
+        loaded.unsnapshotted = stored.changes.len();
         // Another request may have loaded it meanwhile: keep the first.
         Ok(Arc::clone(
             self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),
@@ -506,6 +653,7 @@ impl Registry {
         let slot = Arc::clone(&guard.slot);
         let new_changes = outcome.changes.len();
         let loaded = guard.loaded();
+        loaded.unsnapshotted += new_changes;
         if new_changes > 0 || create.is_some() {
             loaded.last_agent = Some(write.agent.clone());
             loaded.updated_at_ms = write.time_ms;
