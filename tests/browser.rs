@@ -4,9 +4,11 @@
 //! Needs `/usr/bin/chromium` (Debian's `chromium`; `CHROMIUM` names another), `node`, and
 //! `npm ci` run in `tests/browser`. Without them the test says "browser suite SKIPPED" and
 //! passes, unless `CI` is set: in CI a missing browser is a failure, never a silent pass.
-//! Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=<folder>` the
-//! document and comparison pages are also saved there (`docs/img` for the README).
+//! Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=docs/img` (a folder
+//! relative to the workspace) the document and comparison pages are also saved there, as
+//! the README's `document.png` and `compare.png`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -59,13 +61,20 @@ async fn viewer_in_headless_chromium() {
         if std::env::var_os("CI").is_some() {
             panic!("browser suite cannot run in CI: {reason}");
         }
-        println!("browser suite SKIPPED: {reason}");
-        eprintln!("browser suite SKIPPED: {reason}");
+        // Straight to the process's stderr, past the test harness's capture, so that a
+        // plain `cargo test` shows it.
+        let _ = writeln!(std::io::stderr(), "browser suite SKIPPED: {reason}");
         return;
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace().join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace().join(t)
+            }
+        })
         .unwrap_or_else(|| workspace().join("target"));
     let artifacts = target.join("browser-artifacts");
     let server = TestServer::start().await;
@@ -79,6 +88,10 @@ async fn viewer_in_headless_chromium() {
         .env("ARTIFACTS", &artifacts)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(images) = std::env::var_os("README_IMAGES") {
+        // Relative to the workspace, like the README that shows them.
+        command.env("README_IMAGES", workspace().join(images));
+    }
     let output = tokio::time::timeout(SUITE_TIMEOUT, command.output())
         .await
         .unwrap_or_else(|_| panic!("the browser suite took over {SUITE_TIMEOUT:?}"))

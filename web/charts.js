@@ -94,7 +94,7 @@ export function barChart({ title, categories, series, unit = '', width = 520, fo
  * Points joined per series, over numeric axes.
  * series: [{name, color, points: [{x, y, label}]}]
  */
-export function lineChart({ title, series, xLabel, yLabel, width = 560, height = 300, xFormat = (v) => num(v, 2), yFormat = (v) => num(v, 1) }) {
+export function lineChart({ title, series, xLabel, yLabel, width = 720, height = 340, xFormat = (v) => num(v, 2), yFormat = (v) => num(v, 1) }) {
   const left = 56;
   const right = 16;
   const top = 28;
@@ -153,47 +153,56 @@ export function lineChart({ title, series, xLabel, yLabel, width = 560, height =
 }
 
 /**
- * Swimlanes: one lane per actor, events placed by time.
- * lanes: [{key, label}]; events: [{t, lane, action, detail, kind}] (kind: ok | lost | refused | wait | info)
+ * Swimlanes: one lane per actor, events in the order they happened, grouped under the
+ * lesson's clock (T=1, T=2…). Steps that share a T keep their order side by side.
+ * lanes: [{key, label}]; events: [{t, lane, action, detail, kind}] (kind: ok | lost |
+ * refused | wait | info), in order.
  */
-export function swimlanes({ title, lanes, events, width = 560 }) {
+export function swimlanes({ title, lanes, events, width = 600 }) {
   const labelW = 84;
-  const right = 24;
+  const right = 28;
   const laneH = 46;
-  const top = 22;
-  const height = top + lanes.length * laneH + 22;
-  const ts = events.map((e) => e.t).filter(Number.isFinite);
-  const t0 = Math.min(0, ...ts);
-  const t1 = Math.max(...ts, t0 + 1);
-  const x = (t) => labelW + 10 + ((width - labelW - right - 20) * (t - t0)) / (t1 - t0);
+  const top = 8;
+  const height = top + lanes.length * laneH + 24;
+  const n = events.length;
+  const step = (width - labelW - right - 24) / Math.max(1, n - 1);
+  const x = (i) => labelW + 12 + (n === 1 ? (width - labelW - right) / 2 : i * step);
   const laneIndex = new Map(lanes.map((l, i) => [l.key, i]));
-  const description = `${title}. ${events.map((e) => `t=${e.t} ${e.lane}: ${e.action}${e.detail ? ` (${e.detail})` : ''}`).join('; ')}`;
+  const description = `${title}. ${events.map((e) => `T=${e.t} ${e.lane}: ${e.action}${e.detail ? ` (${e.detail})` : ''}`).join('; ')}`;
   const svg = svgRoot(width, height, description);
   lanes.forEach((l, i) => {
     const y = top + i * laneH;
     svg.append(
       s('rect', { x: 0, y, width, height: laneH - 4, class: `lane lane-${i % 2}`, rx: 4 }),
       s('text', { x: 8, y: y + laneH / 2 + 2, class: 'lane-label' }, l.label),
-      s('line', { x1: labelW, x2: width - right, y1: y + laneH / 2 - 2, y2: y + laneH / 2 - 2, class: 'lane-line' }),
+      s('line', { x1: labelW, x2: width - right + 12, y1: y + laneH / 2 - 2, y2: y + laneH / 2 - 2, class: 'lane-line' }),
     );
   });
-  // Time ticks.
-  const ticks = niceTicks(t0, t1, 6).filter((t) => t <= t1);
-  for (const t of ticks) {
-    svg.append(s('text', { x: x(t), y: height - 6, class: 'tick', 'text-anchor': 'middle' }, `T=${num(t, 1)}`));
+  // The clock: one label per run of steps with the same T, and a faint line between runs.
+  const axisY = height - 8;
+  let first = 0;
+  for (let i = 1; i <= n; i += 1) {
+    if (i < n && events[i].t === events[first].t) continue;
+    const mid = (x(first) + x(i - 1)) / 2;
+    svg.append(s('text', { x: mid, y: axisY, class: 'tick', 'text-anchor': 'middle' }, `T=${events[first].t}`));
+    if (i < n) {
+      const sep = (x(i - 1) + x(i)) / 2;
+      svg.append(s('line', { x1: sep, x2: sep, y1: top, y2: height - 20, class: 'grid' }));
+    }
+    first = i;
   }
-  // Events; labels alternate above and below the lane line when they crowd.
+  // Labels alternate above and below the line when neighbours on a lane are close.
   const lastX = new Map();
-  const flip = new Map();
-  for (const e of [...events].sort((a, b) => a.t - b.t)) {
-    const i = laneIndex.get(e.lane);
-    if (i === undefined) continue;
-    const cy = top + i * laneH + laneH / 2 - 2;
-    const cx = x(e.t);
-    const crowded = cx - (lastX.get(i) ?? -1e9) < 70;
-    const below = crowded ? !flip.get(i) : false;
-    flip.set(i, below);
-    lastX.set(i, cx);
+  const below = new Map();
+  events.forEach((e, i) => {
+    const li = laneIndex.get(e.lane);
+    if (li === undefined) return;
+    const cy = top + li * laneH + laneH / 2 - 2;
+    const cx = x(i);
+    const crowded = cx - (lastX.get(li) ?? -1e9) < 64;
+    const under = crowded ? !below.get(li) : false;
+    below.set(li, under);
+    lastX.set(li, cx);
     const kind = e.kind || 'info';
     const mark = kind === 'lost' || kind === 'refused'
       ? s('path', { d: `M${cx - 5},${cy - 5} L${cx + 5},${cy + 5} M${cx + 5},${cy - 5} L${cx - 5},${cy + 5}`, class: `mark mark-${kind}` })
@@ -203,10 +212,10 @@ export function swimlanes({ title, lanes, events, width = 560 }) {
         'g',
         { class: `event ev-${kind}`, 'data-lane': e.lane },
         mark,
-        s('text', { x: cx, y: below ? cy + 17 : cy - 9, class: 'ev-label', 'text-anchor': 'middle' }, e.action),
+        s('text', { x: cx, y: under ? cy + 17 : cy - 9, class: 'ev-label', 'text-anchor': 'middle' }, e.action),
         s('title', {}, `T=${e.t} · ${e.lane}: ${e.action}${e.detail ? ` — ${e.detail}` : ''}`),
       ),
     );
-  }
+  });
   return svg;
 }

@@ -1,18 +1,17 @@
-// Colours: one per agent (stable for a name across pages and visits) and one per strategy.
+// Colours: one per agent (from a hash of its name, so usually the same on every visit) and
+// one per strategy.
 
-// Distinguishable on white and on the dark theme, and readable as text on white.
+// Tableau 10 without its grey: told apart at a glance, on white and on the dark theme.
 const PALETTE = [
-  '#2563eb', // blue
-  '#d9480f', // orange
-  '#2b8a3e', // green
-  '#ae3ec9', // purple
-  '#c92a2a', // red
-  '#0b7285', // teal
-  '#a66e00', // ochre
-  '#5f3dc4', // violet
-  '#d6336c', // pink
-  '#364fc7', // indigo
-  '#5c940d', // olive
+  '#1f77b4', // blue
+  '#d62728', // red
+  '#2ca02c', // green
+  '#ff7f0e', // orange
+  '#9467bd', // purple
+  '#8c564b', // brown
+  '#e377c2', // pink
+  '#17becf', // cyan
+  '#bcbd22', // olive
 ];
 
 const assigned = new Map();

@@ -9,11 +9,11 @@ import { STRATEGIES, strategyColor, STRATEGY_HELP } from './colors.js';
 import { barChart, lineChart, swimlanes } from './charts.js';
 
 const WORKLOADS = [
-  ['list', 'list: every write appends a unique item to one list'],
-  ['counter', 'counter: every write adds one to a shared number'],
-  ['fields', 'fields: own field per agent, plus one shared field'],
-  ['text', 'text: every write inserts a word into one text'],
-  ['mix', 'mix: each write one of the above'],
+  ['list', 'every write appends a unique item to one shared list'],
+  ['counter', 'every write adds one to a shared counter'],
+  ['fields', 'each agent updates its own field, and names itself in one shared field'],
+  ['text', 'every write inserts a unique word into one collaborative text'],
+  ['mix', 'each write is one of the above, chosen by the seed'],
 ];
 
 const METRICS = [
@@ -23,6 +23,27 @@ const METRICS = [
   ['p99_ms', 'latency p99 (ms)', (v) => num(v, 1)],
   ['writes_per_sec', 'writes per second', (v) => num(v, 0)],
 ];
+
+// The scenario is deterministic: play it once per page load. The last run and sweep are
+// kept for the browser tab, so that leaving the page and coming back keeps them.
+let scenario = null;
+const KEPT = 'concord.compare.last';
+
+function kept() {
+  try {
+    return JSON.parse(sessionStorage.getItem(KEPT) || '{}');
+  } catch {
+    return {};
+  }
+}
+
+function keep(part) {
+  try {
+    sessionStorage.setItem(KEPT, JSON.stringify({ ...kept(), ...part }));
+  } catch {
+    // Not kept then.
+  }
+}
 
 export function mount(main) {
   const page = new ComparePage(main);
@@ -48,7 +69,18 @@ class ComparePage {
 
   build() {
     const e = (this.el = {});
-    e.workload = h('select', { id: 'cmp-workload' }, WORKLOADS.map(([v, t]) => h('option', { value: v }, t)));
+    e.workloadHelp = h('p', { class: 'help', id: 'cmp-workload-help' }, WORKLOADS[0][1]);
+    e.workload = h(
+      'select',
+      {
+        id: 'cmp-workload',
+        'aria-describedby': 'cmp-workload-help',
+        onchange: () => {
+          e.workloadHelp.textContent = WORKLOADS.find(([v]) => v === e.workload.value)?.[1] || '';
+        },
+      },
+      WORKLOADS.map(([v]) => h('option', { value: v }, v)),
+    );
     e.strategies = h(
       'fieldset',
       { class: 'strategies' },
@@ -86,7 +118,7 @@ class ComparePage {
       h(
         'div',
         { class: 'fields' },
-        h('div', {}, h('label', { for: 'cmp-workload' }, 'Workload'), e.workload),
+        h('div', { class: 'wide' }, h('label', { for: 'cmp-workload' }, 'Workload'), e.workload, e.workloadHelp),
         h('div', {}, numberField('cmp-agents', 'Agents', 4, 1, 64)),
         h('div', {}, numberField('cmp-writes', 'Writes per agent', 10, 1, 200)),
         h('div', {}, numberField('cmp-think-min', 'Think min (ms)', 10, 0, 10000)),
@@ -125,7 +157,8 @@ class ComparePage {
         { class: 'lede' },
         'Agent A reads at T=1 and thinks; agent B reads at T=2 and writes at T=4; A writes at T=5 from its stale copy. Which strategy keeps B\'s work, and what does each cost?',
       ),
-      h('div', { class: 'compare-top' }, form, h('section', { 'aria-labelledby': 'results-h', class: 'results-pane' }, h('h2', { id: 'results-h' }, 'Results'), e.results)),
+      form,
+      h('section', { 'aria-labelledby': 'results-h', class: 'results-pane' }, h('h2', { id: 'results-h' }, 'Results'), e.results),
       h('section', { 'aria-labelledby': 'scenario-h' }, h('h2', { id: 'scenario-h' }, 'The timeline, per strategy'), e.scenario),
       h('section', { 'aria-labelledby': 'sweep-h', class: 'sweep' }, sweepForm, e.sweepPlot),
     );
@@ -134,6 +167,12 @@ class ComparePage {
   }
 
   start() {
+    const { report, sweep } = kept();
+    if (report) this.showReport(report);
+    if (sweep) {
+      this.sweep = sweep;
+      this.drawSweep();
+    }
     this.loadScenario();
   }
 
@@ -204,6 +243,7 @@ class ComparePage {
           for (const chip of chips.values()) chip.dataset.state = 'done';
           text.textContent = `done in ${num((performance.now() - started) / 1000, 1)} s`;
           this.showReport(data);
+          keep({ report: data });
         } else if (name === 'error') {
           throw new ApiError(data.status || 500, data);
         }
@@ -296,9 +336,10 @@ class ComparePage {
   // ------------------------------------------------------------ the scenario
 
   async loadScenario() {
-    let report;
+    let report = scenario;
     try {
-      report = await api('/v1/compare/scenario');
+      report ||= await api('/v1/compare/scenario');
+      scenario = report;
     } catch (err) {
       if (!this.stopped) {
         this.el.scenario.replaceChildren(
@@ -411,6 +452,7 @@ class ComparePage {
           text.textContent = `${(data.points || []).length} points`;
           this.sweep = data.points || [];
           this.drawSweep();
+          keep({ sweep: this.sweep });
         } else if (name === 'error') {
           throw new ApiError(data.status || 500, data);
         }

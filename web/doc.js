@@ -171,6 +171,7 @@ class DocPage {
     this.heavy = false;
     this.slide = debounce((k) => this.travel(k), 120);
     this.tree = new JsonTree('Document value');
+    this.tree.el.append(h('p', { class: 'muted' }, 'Loading the document…'));
     this.build();
   }
 
@@ -252,6 +253,7 @@ class DocPage {
           ),
           e.banner,
           this.tree.el,
+          h('p', { class: 'help tree-help' }, 'Keyboard: Tab into the tree; ↑ ↓ move, → ← open and close, Enter toggles.'),
         ),
         h(
           'aside',
@@ -358,9 +360,14 @@ class DocPage {
       }
       this.onMessage(msg);
     });
-    ws.addEventListener('close', () => {
+    ws.addEventListener('close', (ev) => {
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
+      if (ev.code === 4404 || ev.code === 4410) {
+        // The document does not exist (any more): nothing to reconnect to.
+        this.gone();
+        return;
+      }
       this.setStatus('offline', 'offline, retrying');
       this.retry += 1;
       const delay = Math.min(10000, 300 * 2 ** Math.min(this.retry, 6));
@@ -373,15 +380,23 @@ class DocPage {
     try {
       const list = await api('/v1/docs');
       if (!list.docs.some((d) => d.id === this.id)) {
-        this.setStatus('error', 'deleted');
-        this.el.problem.hidden = false;
-        this.el.problem.replaceChildren(h('strong', {}, 'This document was deleted. '), h('a', { href: '#/' }, 'All documents'));
+        this.gone();
         return;
       }
     } catch {
       // The server is unreachable: keep trying.
     }
     this.connect();
+  }
+
+  gone() {
+    this.setStatus('error', 'deleted');
+    this.el.problem.hidden = false;
+    this.el.problem.replaceChildren(
+      h('strong', {}, 'This document was deleted. '),
+      'What you see is its last version. ',
+      h('a', { href: '#/' }, 'All documents'),
+    );
   }
 
   onMessage(msg) {
@@ -403,7 +418,8 @@ class DocPage {
         this.onChange(msg);
         break;
       case 'error':
-        toast(`Live updates: ${msg.detail || msg.title || 'error'}`, 'error');
+        if (msg.status === 404 || msg.status === 410) this.gone();
+        else toast(`Live updates: ${msg.detail || msg.title || 'error'}`, 'error');
         break;
       default:
         // subscribed / ack / ping: nothing to show; any message proves the link is up.
@@ -742,6 +758,7 @@ class DocPage {
     }
     const who = `${c.agent || 'anonymous'}, ${clock(c.time * 1000)} (${ago(c.time * 1000)})`;
     e.rangeOut.textContent = `${k} of ${n} · ${who}${past ? '' : ' · live'}`;
+    e.range.setAttribute('aria-valuetext', `version ${k} of ${n}, ${who}${past ? '' : ', live'}`);
     e.banner.hidden = !past;
     if (past) {
       e.banner.querySelector('.banner-text').textContent =

@@ -183,6 +183,8 @@ class DocsPage {
       });
     on('created', (d) => this.upsert(d, true));
     on('changed', (d) => this.upsert(d, false));
+    // The feed dropped events for this (slow) viewer: read the whole list again.
+    on('lagged', () => this.load());
     on('deleted', (d) => {
       this.docs.delete(d.id);
       this.render();
@@ -309,7 +311,6 @@ class DocsPage {
     e.submit.disabled = true;
     try {
       const doc = await api('/v1/docs', { method: 'POST', body });
-      toast(`Created ${doc.id}`);
       location.hash = `#/doc/${doc.id}`;
     } catch (err) {
       e.formError.hidden = false;

@@ -44,7 +44,75 @@ export class JsonTree {
     this.whole = new Set();
     /** pointer -> {agent, until} of recent changes, re-applied if a row is re-rendered */
     this.flashes = new Map();
+    /** The row the keyboard is on: the tree's one Tab stop (arrows move within). */
+    this.active = '';
     this.el.addEventListener('click', (e) => this.onClick(e));
+    this.el.addEventListener('keydown', (e) => this.onKey(e));
+    this.el.addEventListener('focusin', (e) => {
+      const li = e.target.closest?.('li[data-ptr]');
+      if (li && e.target.classList.contains('row')) this.setActive(li.dataset.ptr, false);
+    });
+  }
+
+  /** Makes the row at `pointer` the tree's Tab stop, and focuses it if asked. */
+  setActive(pointer, focus = true) {
+    const li = this.find(pointer) || this.find('');
+    if (!li) return;
+    for (const r of this.el.querySelectorAll('.row[tabindex="0"]')) r.tabIndex = -1;
+    const row = li.querySelector(':scope > .row');
+    row.tabIndex = 0;
+    this.active = li.dataset.ptr;
+    if (focus) row.focus();
+  }
+
+  /** Arrow keys move between visible rows, Right/Left open and close, Enter toggles. */
+  onKey(e) {
+    const row = e.target.closest('.row');
+    if (!row || e.target !== row || e.altKey || e.ctrlKey || e.metaKey) return;
+    const li = row.parentElement;
+    const ptr = li.dataset.ptr;
+    const rows = [...this.el.querySelectorAll('li[data-ptr] > .row')];
+    const i = rows.indexOf(row);
+    const toggle = row.querySelector('.tog');
+    const open = toggle?.getAttribute('aria-expanded') === 'true';
+    const go = (r) => r && this.setActive(r.parentElement.dataset.ptr);
+    switch (e.key) {
+      case 'ArrowDown':
+        go(rows[i + 1]);
+        break;
+      case 'ArrowUp':
+        go(rows[i - 1]);
+        break;
+      case 'Home':
+        go(rows[0]);
+        break;
+      case 'End':
+        go(rows[rows.length - 1]);
+        break;
+      case 'ArrowRight':
+        if (toggle && !open) this.toggle(ptr);
+        else if (toggle) go(rows[i + 1]);
+        break;
+      case 'ArrowLeft':
+        if (toggle && open) this.toggle(ptr);
+        else if (ptr !== '') this.setActive(parentPointer(ptr));
+        break;
+      case 'Enter':
+      case ' ':
+        if (toggle) this.toggle(ptr);
+        break;
+      default:
+        return;
+    }
+    e.preventDefault();
+  }
+
+  toggle(ptr) {
+    const li = this.find(ptr);
+    const open = li?.querySelector(':scope > .row > .tog')?.getAttribute('aria-expanded') === 'true';
+    this.open.set(ptr, !open);
+    this.rerender([ptr]);
+    this.setActive(ptr);
   }
 
   /** Replaces the whole value (a snapshot, or a version in time travel). */
@@ -56,6 +124,8 @@ export class JsonTree {
 
   /** Sets the conflicts (from `?conflicts=true`) and re-renders what they touch. */
   setConflicts(conflicts = []) {
+    const json = JSON.stringify(conflicts);
+    if (json === this.conflictsJson) return;
     const before = new Set([...this.conflicts.keys(), ...this.conflictAbove]);
     this.setConflictList(conflicts);
     const after = new Set([...this.conflicts.keys(), ...this.conflictAbove]);
@@ -66,6 +136,7 @@ export class JsonTree {
   }
 
   setConflictList(conflicts) {
+    this.conflictsJson = JSON.stringify(conflicts);
     this.conflicts = new Map(conflicts.map((c) => [c.path, c.values]));
     this.conflictAbove = new Set();
     for (const path of this.conflicts.keys()) for (const a of ancestors(path)) this.conflictAbove.add(a);
@@ -105,8 +176,8 @@ export class JsonTree {
       }
       if (path === '') rerender.push('');
     }
-    const until = performance.now() + FLASH_MS;
-    for (const p of flash) this.flashes.set(p, { agent, until });
+    const start = performance.now();
+    for (const p of flash) this.flashes.set(p, { agent, start });
     this.rerender(rerender);
     for (const p of flash) this.flash(p, agent);
   }
@@ -129,9 +200,8 @@ export class JsonTree {
     this.renderAll();
     const li = this.find(pointer);
     if (li) {
-      const row = li.querySelector(':scope > .row');
-      row.scrollIntoView({ block: 'center' });
-      row.focus({ preventScroll: true });
+      li.querySelector(':scope > .row').scrollIntoView({ block: 'center' });
+      this.setActive(pointer);
     }
   }
 
@@ -153,6 +223,13 @@ export class JsonTree {
     const focus = this.focusKey();
     this.el.replaceChildren(h('ul', { class: 'root' }, this.node('', this.value)));
     this.restoreFocus(focus);
+    this.ensureTabStop();
+  }
+
+  ensureTabStop() {
+    if (this.el.querySelector('.row[tabindex="0"]')) return;
+    const li = this.nearest(this.active);
+    this.setActive(li ? li.dataset.ptr : '', false);
   }
 
   /** Re-renders the nodes at these pointers (or their nearest rendered ancestors). */
@@ -180,6 +257,7 @@ export class JsonTree {
       li.replaceWith(this.node(k, v, key, isContainer(parent) ? size(parent) : 0));
     }
     this.restoreFocus(focus);
+    this.ensureTabStop();
   }
 
   focusKey() {
@@ -211,14 +289,14 @@ export class JsonTree {
   node(pointer, value, key = null, siblings = 0) {
     const depth = depthOf(pointer);
     const li = h('li', { class: 'node', 'data-ptr': pointer });
-    const row = h('div', { class: 'row', tabindex: '-1' });
+    const row = h('div', { class: 'row', tabindex: pointer === this.active ? '0' : '-1' });
     li.appendChild(row);
     const container = isContainer(value);
     const open = container && this.isOpen(pointer, value, siblings);
     if (container) {
       const label = `${open ? 'Collapse' : 'Expand'} ${pointer || 'the document'}`;
       row.appendChild(
-        h('button', { class: 'tog', type: 'button', 'aria-expanded': String(open), 'aria-label': label, title: label }, open ? '▾' : '▸'),
+        h('button', { class: 'tog', type: 'button', tabindex: '-1', 'aria-expanded': String(open), 'aria-label': label, title: label }, open ? '▾' : '▸'),
       );
     } else {
       row.appendChild(h('span', { class: 'tog-space', 'aria-hidden': 'true' }));
@@ -262,7 +340,12 @@ export class JsonTree {
       );
     }
     const recent = this.flashes.get(pointer);
-    if (recent && recent.until > performance.now()) this.paintFlash(row, recent.agent);
+    if (recent) {
+      const elapsed = performance.now() - recent.start;
+      // A row re-rendered while highlighted carries on where it was, not from the start.
+      if (elapsed < FLASH_MS) this.paintFlash(row, recent.agent, elapsed);
+      else this.flashes.delete(pointer);
+    }
     if (open) li.appendChild(this.children(pointer, value));
     return li;
   }
@@ -312,11 +395,7 @@ export class JsonTree {
     if (!button || !this.el.contains(button)) return;
     const li = button.closest('li[data-ptr]') || button.closest('li.more')?.closest('li[data-ptr]');
     if (button.classList.contains('tog')) {
-      const ptr = li.dataset.ptr;
-      const open = button.getAttribute('aria-expanded') === 'true';
-      this.open.set(ptr, !open);
-      this.rerender([ptr]);
-      this.find(ptr)?.querySelector(':scope > .row > .tog')?.focus();
+      this.toggle(li.dataset.ptr);
     } else if (button.classList.contains('show-more') || button.classList.contains('show-all')) {
       const ptr = button.dataset.for;
       const v = valueAt(this.value, ptr);
@@ -348,8 +427,9 @@ export class JsonTree {
     this.paintFlash(row, agent);
   }
 
-  paintFlash(row, agent) {
+  paintFlash(row, agent, elapsed = 0) {
     row.style.setProperty('--agent', agentColor(agent));
+    row.style.animationDelay = `${-Math.round(elapsed)}ms`;
     row.dataset.changedBy = agent || 'anonymous';
     row.title = `changed by ${agent || 'anonymous'}`;
     row.classList.add('flash');

@@ -74,24 +74,32 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 async fn index(headers: HeaderMap) -> Response<Body> {
-    serve(find("index.html").expect("index.html is embedded"), &headers)
+    serve(
+        find("index.html").expect("index.html is embedded"),
+        &headers,
+    )
 }
 
 async fn favicon(headers: HeaderMap) -> Response<Body> {
-    serve(find("favicon.svg").expect("favicon.svg is embedded"), &headers)
+    serve(
+        find("favicon.svg").expect("favicon.svg is embedded"),
+        &headers,
+    )
 }
 
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Result<Response<Body>, ApiError> {
-    find(&name).map(|asset| serve(asset, &headers)).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!(
-                "the viewer has no file {:?}",
-                name.chars().take(100).collect::<String>()
-            ),
-        )
-    })
+    find(&name)
+        .map(|asset| serve(asset, &headers))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!(
+                    "the viewer has no file {:?}",
+                    name.chars().take(100).collect::<String>()
+                ),
+            )
+        })
 }
 
 fn find(name: &str) -> Option<&'static Asset> {
@@ -165,11 +173,58 @@ mod tests {
     }
 
     #[test]
+    fn every_file_of_the_viewer_is_embedded() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(find(&name).is_some(), "web/{name} is not in ASSETS");
+        }
+    }
+
+    async fn get(path: &str, headers: &[(&str, &str)]) -> Response<Body> {
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::get(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        routes::<()>()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_its_files_and_revalidation() {
+        let page = get("/", &[]).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(page.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let script = get("/web/app.js", &[]).await;
+        assert_eq!(script.status(), StatusCode::OK);
+        assert_eq!(script.headers()[header::CONTENT_TYPE], JS);
+        let tag = script.headers()[header::ETAG].to_str().unwrap().to_owned();
+        let again = get("/web/app.js", &[("if-none-match", &tag)]).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        let missing = get("/web/nope.js", &[]).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            missing.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+
+    #[test]
     fn the_page_links_only_embedded_files() {
         let page = std::str::from_utf8(find("index.html").unwrap().bytes).unwrap();
         for link in page.split("\"/web/").skip(1) {
             let name = link.split('"').next().unwrap();
-            assert!(find(name).is_some(), "index.html links /web/{name}, not embedded");
+            assert!(
+                find(name).is_some(),
+                "index.html links /web/{name}, not embedded"
+            );
         }
     }
 
@@ -177,14 +232,23 @@ mod tests {
     fn modules_import_only_embedded_files() {
         for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
             let text = std::str::from_utf8(a.bytes).unwrap();
-            for line in text.lines().filter(|l| l.starts_with("import ")) {
-                let name = line
-                    .rsplit("from ")
-                    .next()
-                    .unwrap()
+            let statics = text
+                .lines()
+                .filter(|l| l.starts_with("import "))
+                .filter_map(|l| l.rsplit("from ").next());
+            let dynamics = text
+                .split("import(")
+                .skip(1)
+                .filter_map(|r| r.split(')').next());
+            for quoted in statics.chain(dynamics) {
+                let name = quoted
                     .trim_matches(|c| c == '\'' || c == '"' || c == ';' || c == ' ')
                     .trim_start_matches("./");
-                assert!(find(name).is_some(), "{} imports {name}, not embedded", a.name);
+                assert!(
+                    find(name).is_some(),
+                    "{} imports {name}, not embedded",
+                    a.name
+                );
             }
         }
     }

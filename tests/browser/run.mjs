@@ -162,6 +162,22 @@ try {
     await page.locator('.pill[data-state="live"]').waitFor();
   });
 
+  await step('the tree works from the keyboard', async () => {
+    const focused = () => page.evaluate(() => document.activeElement?.closest('li[data-ptr]')?.dataset.ptr);
+    await page.locator('li[data-ptr="/tasks"] > .row').focus();
+    await page.keyboard.press('ArrowLeft');
+    await page.locator('li[data-ptr="/tasks/0"]').waitFor({ state: 'detached' });
+    if ((await focused()) !== '/tasks') throw new Error('focus left the row it closed');
+    await page.keyboard.press('ArrowRight');
+    await page.locator('li[data-ptr="/tasks/0"]').waitFor();
+    await page.keyboard.press('ArrowDown');
+    if ((await focused()) !== '/tasks/0') throw new Error(`ArrowDown went to ${await focused()}`);
+    await page.keyboard.press('ArrowLeft'); // closes /tasks/0
+    await page.keyboard.press('ArrowLeft'); // up to /tasks
+    if ((await focused()) !== '/tasks') throw new Error(`ArrowLeft went to ${await focused()}`);
+    await page.locator('li[data-ptr="/tasks/0"] > .row > .tog').click();
+  });
+
   await step('a conflict is marked on its field, with every value and its agent', async () => {
     const { version } = await http('GET', `/v1/docs/${id}`);
     // Two agents set /status from the same version: a true conflict, both values kept.
@@ -231,7 +247,7 @@ try {
     await page.locator('#chart-sweep circle.point').first().waitFor({ timeout: 120_000 });
     await page.selectOption('#sweep-metric', 'p99_ms');
     await page.locator('#chart-sweep circle.point').first().waitFor();
-    await page.locator('#report-table').scrollIntoViewIfNeeded();
+    await page.evaluate(() => window.scrollTo(0, 0));
     await shot('compare', { fullPage: true, readme: 'compare.png' });
   });
 } catch (e) {
