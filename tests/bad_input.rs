@@ -193,8 +193,13 @@ async fn raw_changes_nesting_too_deep_are_refused() {
     let bytes = std::thread::Builder::new()
         .stack_size(64 << 20)
         .spawn(move || {
-            let meta = WriteMeta { agent: "deep".into(), time_ms: 0, message: None };
-            let (doc, _) = Document::create(&json!({"deep": deep}), Schema::default(), &meta).unwrap();
+            let meta = WriteMeta {
+                agent: "deep".into(),
+                time_ms: 0,
+                message: None,
+            };
+            let (doc, _) =
+                Document::create(&json!({"deep": deep}), Schema::default(), &meta).unwrap();
             doc.changes_since(None).unwrap()
         })
         .unwrap()
@@ -218,9 +223,269 @@ async fn raw_changes_nesting_too_deep_are_refused() {
 async fn deepest_legal_json_round_trips() {
     let s = TestServer::start().await;
     let mut deep = json!("bottom");
-    for _ in 0..120 {
+    for _ in 0..(concord_core::value::MAX_DEPTH - 2) {
         deep = json!({ "d": deep });
     }
     let (id, _) = s.create(json!({ "value": { "deep": deep } })).await;
     assert_eq!(s.get(&id).await.0["deep"], deep);
+}
+
+// ---------------------------------------------------------------------------------------
+// The rest of the surface: leases, forks and merges, history, raw changes that decode but
+// must not apply, Server-Sent Events, the WebSocket endpoints' upgrade requests, the
+// comparison. Placeholders: `{id}` a crdt document, `{lock}` a lock document, `{other}` an
+// unrelated crdt document, `{v}` the crdt document's version. Every document is checked
+// byte for byte after every case, and so is the list of documents (nothing created).
+
+/// One bad request of the wider catalogue (bodies are owned: some are built at run time).
+struct Wide {
+    name: &'static str,
+    method: Method,
+    path: String,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+fn wide(
+    name: &'static str,
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &str)],
+    body: impl Into<Vec<u8>>,
+    status: u16,
+) -> Wide {
+    Wide {
+        name,
+        method,
+        path: path.to_owned(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_bytes().to_vec()))
+            .collect(),
+        body: body.into(),
+        status,
+    }
+}
+
+/// The headers of a WebSocket handshake, so that the endpoint itself (not the upgrade
+/// extractor) judges the request.
+const UPGRADE: &[(&str, &str)] = &[
+    ("connection", "upgrade"),
+    ("upgrade", "websocket"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+const JSON_ONLY: &[(&str, &str)] = &[("content-type", "application/json")];
+const UNKNOWN: &str = "00000000-0000-4000-8000-000000000000";
+
+/// Raw changes that decode as Automerge but must not apply: `(missing dependency, torn,
+/// one flipped bit)`, all built on the document's real history.
+async fn bad_changes(s: &TestServer, id: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use concord_core::patch::parse_patch;
+    use concord_core::{Document, Schema, WriteMeta};
+    let mut replica = Document::empty(Schema::default()).unwrap();
+    replica.apply_changes(&s.raw(id).await).unwrap();
+    let meta = WriteMeta {
+        agent: "replica".into(),
+        time_ms: 0,
+        message: None,
+    };
+    let add = |v: &str| parse_patch(&json!([{"op": "add", "path": "/o/r", "value": v}])).unwrap();
+    let first = replica.patch(None, &add("first"), &meta).unwrap();
+    let second = replica.patch(None, &add("second"), &meta).unwrap();
+    let first = first.changes[0].raw_bytes().to_vec();
+    let missing_dep = second.changes[0].raw_bytes().to_vec();
+    let torn = first[..first.len() - 5].to_vec();
+    let mut flipped = first.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x04;
+    (missing_dep, torn, flipped)
+}
+
+// One case per line: a table.
+#[rustfmt::skip]
+async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
+    use Method as M;
+    let (missing_dep, torn, flipped) = bad_changes(s, id).await;
+    let doc = |suffix: &str| format!("/v1/docs/{{id}}{suffix}");
+    let lock = |suffix: &str| format!("/v1/docs/{{lock}}{suffix}");
+    let raw = &[("content-type", "application/octet-stream")];
+    vec![
+        // Leases.
+        wide("lock: malformed id", M::POST, "/v1/docs/nope/lock", NONE, "", 400),
+        wide("lock: unknown document", M::POST, &format!("/v1/docs/{UNKNOWN}/lock"), NONE, "", 404),
+        wide("lock: a crdt document", M::POST, &doc("/lock"), NONE, "", 409),
+        wide("lock: ttl_ms zero", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": 0}"#, 422),
+        wide("lock: ttl_ms too long", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": 99999999999}"#, 422),
+        wide("lock: wait_ms too long", M::POST, &lock("/lock"), JSON_ONLY, r#"{"wait_ms": 99999999}"#, 422),
+        wide("lock: negative ttl_ms", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": -5}"#, 422),
+        wide("lock: ttl_ms a string", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": "10"}"#, 422),
+        wide("lock: unknown field", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl": 10}"#, 422),
+        wide("lock: malformed JSON", M::POST, &lock("/lock"), JSON_ONLY, "{", 400),
+        wide("lock: wrong content type", M::POST, &lock("/lock"), &[("content-type", "text/plain")], "ttl=5", 415),
+        wide("unlock: no token", M::DELETE, &lock("/lock"), NONE, "", 400),
+        wide("unlock: token not a number", M::DELETE, &lock("/lock"), &[("concord-lock", "abc")], "", 400),
+        wide("unlock: nobody's token", M::DELETE, &lock("/lock"), &[("concord-lock", "12345")], "", 409),
+        wide("lock doc: write without a token", M::PATCH, &lock(""), PATCH, r#"[{"op": "add", "path": "/x", "value": 1}]"#, 428),
+        wide("lock doc: write with a stale token", M::PATCH, &lock(""), &[("content-type", "application/json-patch+json"), ("concord-lock", "1")], r#"[{"op": "add", "path": "/x", "value": 1}]"#, 409),
+        wide("lock doc: raw changes bypass the lease", M::POST, &lock("/changes"), raw, missing_dep.clone(), 428),
+        // Forks and merges.
+        wide("fork: malformed id", M::POST, "/v1/docs/x/fork", NONE, "", 400),
+        wide("fork: unknown document", M::POST, &format!("/v1/docs/{UNKNOWN}/fork"), NONE, "", 404),
+        wide("fork: a lock document", M::POST, &lock("/fork"), NONE, "", 409),
+        wide("fork: bad agent header", M::POST, &doc("/fork"), &[("concord-agent", "   ")], "", 400),
+        wide("merge: malformed JSON", M::POST, &doc("/merge"), JSON_ONLY, "{\"fork\":", 400),
+        wide("merge: fork not a uuid", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "x"}"#, 422),
+        wide("merge: missing fork", M::POST, &doc("/merge"), JSON_ONLY, "{}", 422),
+        wide("merge: unknown fork", M::POST, &doc("/merge"), JSON_ONLY, format!(r#"{{"fork": "{UNKNOWN}"}}"#), 422),
+        wide("merge: into itself", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{id}"}"#, 422),
+        wide("merge: not a fork", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}"}"#, 409),
+        wide("merge: into a lock document", M::POST, &lock("/merge"), JSON_ONLY, r#"{"fork": "{id}"}"#, 409),
+        wide("merge: wrong content type", M::POST, &doc("/merge"), &[("content-type", "text/plain")], r#"{"fork": "{other}"}"#, 415),
+        wide("merge: unknown field", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "force": true}"#, 422),
+        // History and raw changes.
+        wide("history: unknown document", M::GET, &format!("/v1/docs/{UNKNOWN}/history"), NONE, "", 404),
+        wide("history: wrong method", M::DELETE, &doc("/history"), NONE, "", 405),
+        wide("changes: a change without its dependency", M::POST, &doc("/changes"), raw, missing_dep, 400),
+        wide("changes: a torn change", M::POST, &doc("/changes"), raw, torn, 400),
+        wide("changes: a change with a flipped bit", M::POST, &doc("/changes"), raw, flipped, 400),
+        wide("changes: malformed id", M::POST, "/v1/docs/1/changes", raw, "x", 400),
+        wide("changes: unknown query parameter", M::GET, &doc("/changes?from=x"), NONE, "", 400),
+        // Server-Sent Events.
+        wide("events: malformed id", M::GET, "/v1/docs/nope/events", NONE, "", 400),
+        wide("events: unknown document", M::GET, &format!("/v1/docs/{UNKNOWN}/events"), NONE, "", 404),
+        wide("events: malformed since", M::GET, &doc("/events?since=zzz"), NONE, "", 400),
+        wide("events: unknown since", M::GET, &doc("/events?since=4444444444444444444444444444444444444444444444444444444444444444"), NONE, "", 404),
+        wide("events: malformed Last-Event-ID", M::GET, &doc("/events"), &[("last-event-id", "not-a-version")], "", 400),
+        wide("events: unknown query parameter", M::GET, &doc("/events?sinse=x"), NONE, "", 400),
+        // WebSocket endpoints: a plain request, and handshakes the endpoint refuses.
+        wide("ws: not a WebSocket request", M::GET, &doc("/ws"), NONE, "", 400),
+        wide("ws: malformed id", M::GET, "/v1/docs/x/ws", UPGRADE, "", 400),
+        wide("ws: bad agent in the query", M::GET, &doc("/ws?agent="), UPGRADE, "", 400),
+        wide("ws: unknown query parameter", M::GET, &doc("/ws?colour=red"), UPGRADE, "", 400),
+        wide("sync: not a WebSocket request", M::GET, &doc("/sync"), NONE, "", 426),
+        wide("sync: malformed id", M::GET, "/v1/docs/x/sync", UPGRADE, "", 400),
+        wide("sync: unknown document", M::GET, &format!("/v1/docs/{UNKNOWN}/sync"), UPGRADE, "", 404),
+        wide("sync: a lock document", M::GET, &lock("/sync"), UPGRADE, "", 409),
+        wide("repo: not a WebSocket request", M::GET, "/v1/repo", NONE, "", 426),
+        wide("repo: bad agent header", M::GET, "/v1/repo", &[UPGRADE[0], UPGRADE[1], UPGRADE[2], UPGRADE[3], ("concord-agent", "")], "", 400),
+        // The comparison.
+        wide("compare: malformed JSON", M::POST, "/v1/compare", JSON_ONLY, "{", 400),
+        wide("compare: unknown field", M::POST, "/v1/compare", JSON_ONLY, r#"{"agentz": 2}"#, 422),
+        wide("compare: zero agents", M::POST, "/v1/compare", JSON_ONLY, r#"{"agents": 0}"#, 422),
+        wide("compare: unknown strategy", M::POST, "/v1/compare", JSON_ONLY, r#"{"strategies": ["magic"]}"#, 422),
+        wide("compare: think_ms backwards", M::POST, "/v1/compare", JSON_ONLY, r#"{"think_ms": [9, 1]}"#, 422),
+        wide("compare: wrong content type", M::POST, "/v1/compare", &[("content-type", "text/plain")], "{}", 415),
+        wide("sweep: no agents", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"agents": []}"#, 422),
+        wide("sweep: unknown field", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"points": 3}"#, 422),
+        wide("scenario: wrong method", M::POST, "/v1/compare/scenario", NONE, "", 405),
+        // Headers, methods, paths.
+        wide("agent header not UTF-8", M::PATCH, &doc(""), &[("content-type", "application/json-patch+json")], "[]", 400),
+        wide("agent header too long", M::PATCH, &doc(""), &[("content-type", "application/json-patch+json"), ("concord-agent", &"a".repeat(200))], "[]", 400),
+        wide("weak garbage If-Match", M::PUT, &doc(""), &[("content-type", "application/json"), ("if-match", "W/\"nope\"")], "{}", 400),
+        wide("If-Match with one unknown head", M::PUT, &doc(""), &[("content-type", "application/json"), ("if-match", "\"{v}.5555555555555555555555555555555555555555555555555555555555555555\"")], "{}", 412),
+        wide("read: pointer with a bad escape", M::GET, &doc("?path=/o/~2"), NONE, "", 400),
+        wide("read: empty version", M::GET, &doc("?at="), NONE, "", 400),
+        wide("delete: malformed id", M::DELETE, "/v1/docs/%00", NONE, "", 400),
+        wide("list: wrong method", M::PUT, "/v1/docs", JSON_ONLY, "{}", 405),
+        wide("healthz: wrong method", M::POST, "/healthz", NONE, "", 405),
+        wide("dot segments in the path", M::GET, &doc("/../../etc/passwd"), NONE, "", 404),
+        wide("encoded slash in the id", M::GET, "/v1/docs/a%2Fb/history", NONE, "", 400),
+    ]
+}
+
+/// Everything that identifies the store's content: each document's raw changes and the
+/// list of documents (ids and versions).
+async fn fingerprint(s: &TestServer, ids: &[&str]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(s.raw(id).await);
+    }
+    let list = s.send(s.request(Method::GET, "/v1/docs")).await.json();
+    let mut docs: Vec<String> = list["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{} {}", d["id"], d["version"]))
+        .collect();
+    docs.sort();
+    out.push(docs.join("\n").into_bytes());
+    out
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_bad_input_cleanly() {
+    let s = TestServer::start().await;
+    let (id, version) = s
+        .create(json!({
+            "value": {"n": 1, "l": [], "t": "", "o": {"k": "v"}},
+            "text": ["/t"],
+            "counters": ["/n"],
+        }))
+        .await;
+    let (lock, _) = s
+        .create(json!({"value": {"x": 0}, "strategy": "lock"}))
+        .await;
+    let (other, _) = s.create(json!({"value": {"stranger": true}})).await;
+    let cases = wide_catalogue(&s, &id).await;
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+    let ids = [id.as_str(), lock.as_str(), other.as_str()];
+    let fill = |text: &str| {
+        text.replace("{id}", &id)
+            .replace("{lock}", &lock)
+            .replace("{other}", &other)
+            .replace("{v}", &version)
+    };
+    let mut failures = Vec::new();
+    for case in cases {
+        let before = fingerprint(&s, &ids).await;
+        let body = match String::from_utf8(case.body.clone()) {
+            Ok(text) => fill(&text).into_bytes(),
+            Err(_) => case.body,
+        };
+        let mut request = s.request(case.method.clone(), &fill(&case.path)).body(body);
+        for (name, value) in &case.headers {
+            let value = fill(&String::from_utf8_lossy(value));
+            request = request.header(*name, value);
+        }
+        if case.name == "agent header not UTF-8" {
+            request = request.header(
+                "concord-agent",
+                reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+            );
+        }
+        let reply = s.send(request).await;
+        // Every case runs; the failures are listed together at the end.
+        if reply.status.as_u16() != case.status {
+            failures.push(format!(
+                "{}: expected {}, got {}: {}",
+                case.name,
+                case.status,
+                reply.status,
+                String::from_utf8_lossy(&reply.bytes)
+            ));
+        } else {
+            reply.assert_problem(case.status);
+        }
+        assert_eq!(
+            fingerprint(&s, &ids).await,
+            before,
+            "{} changed the store",
+            case.name
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Still serving, and still writable.
+    let health = s.send(s.request(Method::GET, "/healthz")).await;
+    assert_eq!(health.status, 200);
+    let reply = s
+        .patch(
+            &id,
+            "after",
+            None,
+            &json!([{"op": "increment", "path": "/n", "value": 1}]),
+        )
+        .await;
+    assert_eq!(reply.json()["value"]["n"], 2);
 }

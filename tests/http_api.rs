@@ -462,7 +462,9 @@ async fn list_delete_and_health() {
 #[tokio::test]
 async fn lock_strategy_fences_a_paused_holder() {
     let s = TestServer::start().await;
-    let (id, _) = s.create(json!({"value": {"items": []}, "strategy": "lock"})).await;
+    let (id, _) = s
+        .create(json!({"value": {"items": []}, "strategy": "lock"}))
+        .await;
     let lock = |body: Value, agent: &str| {
         s.send(
             s.request(Method::POST, &format!("/v1/docs/{id}/lock"))
@@ -479,14 +481,21 @@ async fn lock_strategy_fences_a_paused_holder() {
         )
     };
     // Writing without a lease is refused.
-    s.patch(&id, "x", None, &json!([{"op": "add", "path": "/items/-", "value": 0}]))
-        .await
-        .assert_problem(428);
+    s.patch(
+        &id,
+        "x",
+        None,
+        &json!([{"op": "add", "path": "/items/-", "value": 0}]),
+    )
+    .await
+    .assert_problem(428);
     // A takes a 1 ms lease and "pauses" past it.
     let a = lock(json!({"ttl_ms": 1}), "A").await.json();
     let a_token = a["token"].as_str().unwrap().to_owned();
     // B waits for the lease to lapse (it is expired already or within 1 ms) and takes it.
-    let b = lock(json!({"ttl_ms": 60000, "wait_ms": 5000}), "B").await.json();
+    let b = lock(json!({"ttl_ms": 60000, "wait_ms": 5000}), "B")
+        .await
+        .json();
     let b_token = b["token"].as_str().unwrap().to_owned();
     assert!(b_token.parse::<u64>().unwrap() > a_token.parse::<u64>().unwrap());
     // A wakes up and writes with its old token: fenced.
@@ -505,7 +514,10 @@ async fn lock_strategy_fences_a_paused_holder() {
         )
         .await;
     assert_eq!(released.status, StatusCode::NO_CONTENT);
-    assert_eq!(lock(json!({"ttl_ms": 1000}), "C").await.status, StatusCode::OK);
+    assert_eq!(
+        lock(json!({"ttl_ms": 1000}), "C").await.status,
+        StatusCode::OK
+    );
     write(&b_token, "B again").await.assert_problem(409);
     assert_eq!(s.get(&id).await.0, json!({"items": ["B's write"]}));
 }
@@ -516,7 +528,10 @@ async fn a_waiting_lock_request_gets_the_lease_on_release() {
     let (id, _) = s.create(json!({"strategy": "lock"})).await;
     let path = format!("/v1/docs/{id}/lock");
     let first = s
-        .send(s.request(Method::POST, &path).json(&json!({"ttl_ms": 60000})))
+        .send(
+            s.request(Method::POST, &path)
+                .json(&json!({"ttl_ms": 60000})),
+        )
         .await
         .json();
     let token = first["token"].as_str().unwrap().to_owned();
@@ -531,8 +546,11 @@ async fn a_waiting_lock_request_gets_the_lease_on_release() {
         })
     };
     // Release; the waiter (whether it started waiting yet or not) gets the lease.
-    s.send(s.request(Method::DELETE, &path).header("concord-lock", token))
-        .await;
+    s.send(
+        s.request(Method::DELETE, &path)
+            .header("concord-lock", token),
+    )
+    .await;
     let got = waiter.await.unwrap();
     assert_eq!(got.status, StatusCode::OK, "{:?}", got.json());
 }
@@ -540,14 +558,28 @@ async fn a_waiting_lock_request_gets_the_lease_on_release() {
 #[tokio::test]
 async fn queue_strategy_takes_intents_only() {
     let s = TestServer::start().await;
-    let (id, v1) = s.create(json!({"value": {"n": 0}, "strategy": "queue", "counters": ["/n"]})).await;
-    s.put(&id, "x", &v1, &json!({"n": 5})).await.assert_problem(409);
-    s.patch(&id, "x", Some(&v1), &json!([{"op": "increment", "path": "/n", "value": 1}]))
+    let (id, v1) = s
+        .create(json!({"value": {"n": 0}, "strategy": "queue", "counters": ["/n"]}))
+        .await;
+    s.put(&id, "x", &v1, &json!({"n": 5}))
         .await
         .assert_problem(409);
+    s.patch(
+        &id,
+        "x",
+        Some(&v1),
+        &json!([{"op": "increment", "path": "/n", "value": 1}]),
+    )
+    .await
+    .assert_problem(409);
     for _ in 0..3 {
         let reply = s
-            .patch(&id, "x", None, &json!([{"op": "increment", "path": "/n", "value": 1}]))
+            .patch(
+                &id,
+                "x",
+                None,
+                &json!([{"op": "increment", "path": "/n", "value": 1}]),
+            )
             .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
@@ -557,7 +589,9 @@ async fn queue_strategy_takes_intents_only() {
 #[tokio::test]
 async fn branches_fork_edit_and_merge() {
     let s = TestServer::start().await;
-    let (main, v1) = s.create(json!({"value": {"notes": []}, "strategy": "branches"})).await;
+    let (main, v1) = s
+        .create(json!({"value": {"notes": []}, "strategy": "branches"}))
+        .await;
     s.put(&main, "x", &v1, &json!({"notes": ["direct"]}))
         .await
         .assert_problem(409);
@@ -573,9 +607,18 @@ async fn branches_fork_edit_and_merge() {
     let b = fork("B").await.json()["id"].as_str().unwrap().to_owned();
     for (fork, note) in [(&a, "from A"), (&b, "from B")] {
         let (_, v) = s.get(fork).await;
-        assert_eq!(s.put(fork, note, &v, &json!({"notes": [note]})).await.status, StatusCode::OK);
+        assert_eq!(
+            s.put(fork, note, &v, &json!({"notes": [note]}))
+                .await
+                .status,
+            StatusCode::OK
+        );
     }
-    assert_eq!(s.get(&main).await.0, json!({"notes": []}), "isolated until merged");
+    assert_eq!(
+        s.get(&main).await.0,
+        json!({"notes": []}),
+        "isolated until merged"
+    );
     let merge = |fork: &str| {
         s.send(
             s.request(Method::POST, &format!("/v1/docs/{main}/merge"))
@@ -590,5 +633,7 @@ async fn branches_fork_edit_and_merge() {
     // A document that is not a fork cannot be merged.
     let (stranger, _) = s.create(json!({})).await;
     merge(&stranger).await.assert_problem(409);
-    merge("00000000-0000-4000-8000-000000000000").await.assert_problem(422);
+    merge("00000000-0000-4000-8000-000000000000")
+        .await
+        .assert_problem(422);
 }

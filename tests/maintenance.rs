@@ -24,7 +24,9 @@ async fn server() -> TestServer {
 #[tokio::test]
 async fn compaction_and_eviction_keep_documents_exact() {
     let mut s = server().await;
-    let (id, _) = s.create(json!({"value": {"log": []}, "counters": ["/n"]})).await;
+    let (id, _) = s
+        .create(json!({"value": {"log": []}, "counters": ["/n"]}))
+        .await;
     for i in 0..12 {
         let ops = json!([
             {"op": "add", "path": "/log/-", "value": i},
@@ -40,9 +42,17 @@ async fn compaction_and_eviction_keep_documents_exact() {
     let done = registry.maintain().await;
     assert_eq!((done.compacted, done.evicted), (1, 1));
     assert_eq!(registry.loaded_count(), 0, "the idle document left memory");
-    let stored = registry.store().load(uuid::Uuid::parse_str(&id).unwrap()).await.unwrap().unwrap();
+    let stored = registry
+        .store()
+        .load(uuid::Uuid::parse_str(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(stored.snapshot.is_some());
-    assert!(stored.changes.is_empty(), "the snapshot covers every change");
+    assert!(
+        stored.changes.is_empty(),
+        "the snapshot covers every change"
+    );
 
     // Loading it again (from the snapshot) gives the same document.
     assert_eq!(s.get(&id).await, (value.clone(), version.clone()));

@@ -1,6 +1,8 @@
 // The HTTP API of the server that served this page: JSON requests, problem+json errors,
 // and Server-Sent Events read from a fetch response (EventSource cannot POST).
 
+import { authHeaders } from './auth.js';
+
 const AGENT_KEY = 'concord.agent';
 
 /** The name this browser writes as (Concord-Agent), kept across visits. */
@@ -47,7 +49,7 @@ async function problemOf(response) {
  * options: method, body (JSON value), type (Content-Type), headers, signal.
  */
 export async function api(path, options = {}) {
-  const headers = { Accept: 'application/json', ...(options.headers || {}) };
+  const headers = authHeaders({ Accept: 'application/json', ...(options.headers || {}) });
   let body;
   if (options.body !== undefined) {
     headers['Content-Type'] = options.type || 'application/json';
@@ -80,7 +82,7 @@ export async function postEvents(path, body, onEvent, signal) {
   try {
     response = await fetch(path, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream', 'Concord-Agent': agentName() },
+      headers: authHeaders({ 'Content-Type': 'application/json', Accept: 'text/event-stream', 'Concord-Agent': agentName() }),
       body: JSON.stringify(body),
       signal,
     });

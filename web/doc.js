@@ -3,6 +3,7 @@
 // `?at=`), and the conflicts the document holds (`?conflicts=true`).
 
 import { api, docPath, agentName, ApiError } from './api.js';
+import { withToken } from './auth.js';
 import { h, clear, shortVersion, clock, fullTime, ago, debounce, preview, valueAt, toast } from './util.js';
 import { agentColor, strategyColor, STRATEGY_HELP } from './colors.js';
 import { JsonTree } from './tree.js';
@@ -343,7 +344,7 @@ class DocPage {
     if (this.stopped) return;
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const url = `${scheme}://${location.host}${docPath(this.id, '/ws')}?agent=${encodeURIComponent(agentName())}`;
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(withToken(url));
     this.ws = ws;
     this.setStatus('connecting', this.retry ? 'reconnecting…' : 'connecting…');
     ws.addEventListener('open', () => {

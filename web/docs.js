@@ -2,6 +2,7 @@
 // to date by the global event feed (`GET /v1/events`), and a form to create one.
 
 import { api, ApiError } from './api.js';
+import { withToken } from './auth.js';
 import { h, clear, shortVersion, ago, fullTime, debounce, toast } from './util.js';
 import { agentColor, strategyColor, STRATEGIES, STRATEGY_HELP } from './colors.js';
 
@@ -165,7 +166,7 @@ class DocsPage {
   /** The global feed; if the server has none, read the list every few seconds. */
   listen() {
     if (this.stopped) return;
-    const source = new EventSource('/v1/events');
+    const source = new EventSource(withToken('/v1/events'));
     this.source = source;
     let opened = false;
     source.addEventListener('open', () => {

@@ -348,7 +348,10 @@ impl Document {
     /// number, say), the changes before it may have been applied: the caller should reload
     /// the document from storage.
     pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<WriteOutcome> {
-        let incoming = parse_changes(bytes)?;
+        self.apply_parsed(parse_changes(bytes)?)
+    }
+
+    fn apply_parsed(&mut self, incoming: Vec<Change>) -> Result<WriteOutcome> {
         let before = self.doc.get_heads();
         self.doc
             .apply_changes(incoming)
@@ -359,6 +362,28 @@ impl Document {
             version: self.version(),
             changes,
         })
+    }
+
+    /// [`Document::apply_changes`] for changes that must be stored now: refuses, changing
+    /// nothing, changes whose dependencies are neither in this document nor among `bytes`.
+    /// Automerge would keep such a change aside, unapplied and so not in the outcome, until
+    /// its dependencies came; a server that answered "applied" would then lose it on restart.
+    pub fn apply_complete_changes(&mut self, bytes: &[u8]) -> Result<WriteOutcome> {
+        let incoming = parse_changes(bytes)?;
+        let arriving: std::collections::HashSet<ChangeHash> =
+            incoming.iter().map(Change::hash).collect();
+        for change in &incoming {
+            if let Some(missing) = change.deps().iter().find(|dep| {
+                !arriving.contains(dep) && self.doc.get_change_meta_by_hash(dep).is_none()
+            }) {
+                return Err(Error::InvalidChanges(format!(
+                    "change {} depends on change {missing}, which this document does not have: \
+                     send the changes it builds on first, or with it",
+                    change.hash()
+                )));
+            }
+        }
+        self.apply_parsed(incoming)
     }
 
     /// An independent copy with the same history and schema (a branch), writing under a
@@ -492,7 +517,15 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
         let chunk = &rest[..end];
         match chunk_type {
             1 | 2 => {
-                out.push(Change::try_from(chunk).map_err(|e| invalid(offset, &e.to_string()))?)
+                let change =
+                    Change::try_from(chunk).map_err(|e| invalid(offset, &e.to_string()))?;
+                // `Change::try_from` does not check the chunk's checksum (Automerge checks it
+                // only when loading a document), so damaged bytes would decode as another
+                // change. The checksum is the first four bytes of the change's hash.
+                if change.hash().0[..4] != chunk[4..8] {
+                    return Err(invalid(offset, "checksum mismatch: the change is damaged"));
+                }
+                out.push(change)
             }
             0 => {
                 let doc =
@@ -508,7 +541,7 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
 }
 
 /// An unsigned LEB128 number and how many bytes it took.
-fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;

@@ -44,7 +44,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::Automerge;
 
-use crate::doc::{parse_changes, Document, WriteOutcome};
+use crate::doc::{parse_changes, read_uleb, Document, WriteOutcome};
 use crate::error::Result;
 use crate::reconcile::ENCODING;
 use crate::schema::Schema;
@@ -102,7 +102,18 @@ impl SyncMessage {
         }
         // Decoding is pure; a panic on hostile bytes must not take the connection's task down.
         match catch_unwind(|| Message::decode(bytes)) {
-            Ok(Ok(message)) => Ok(SyncMessage(message)),
+            Ok(Ok(mut message)) => {
+                // Hash lists are sets, sent sorted, and Automerge counts on it: encoding an
+                // unsorted one trips a debug assertion (found by fuzzing, see
+                // tests/fuzz-regressions/sync_message). A peer's list is put in order here.
+                message.heads.sort();
+                message.need.sort();
+                for have in &mut message.have {
+                    have.last_sync.sort();
+                    check_bloom(&have.bloom.to_bytes())?;
+                }
+                Ok(SyncMessage(message))
+            }
             Ok(Err(e)) => Err(SyncError::Malformed(e.to_string())),
             Err(_) => Err(SyncError::Malformed("the decoder failed".into())),
         }
@@ -122,6 +133,40 @@ impl SyncMessage {
     pub fn has_changes(&self) -> bool {
         !self.0.changes.is_empty()
     }
+}
+
+/// The most probes per hash a peer's Bloom filter may ask for (Automerge uses 7).
+const MAX_BLOOM_PROBES: u64 = 32;
+
+/// Refuses a Bloom filter that Automerge would choke on when it next writes to this peer:
+/// entries but no bits (a division by zero), or a number of probes it would allocate a
+/// vector for, per hash (up to 16 GiB: an abort). Found by fuzzing; see
+/// tests/fuzz-regressions/repo_message. `bytes` is the filter's wire form: entries, bits
+/// per entry and probes (LEB128), then the bits; empty for an empty filter.
+fn check_bloom(bytes: &[u8]) -> Result<(), SyncError> {
+    let malformed = |what: &str| Err(SyncError::Malformed(format!("bloom filter: {what}")));
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut rest = bytes;
+    let mut fields = [0u64; 3];
+    for field in &mut fields {
+        let Some((value, used)) = read_uleb(rest) else {
+            return malformed("a malformed header");
+        };
+        *field = value;
+        rest = &rest[used..];
+    }
+    let [entries, _, probes] = fields;
+    if entries > 0 && rest.is_empty() {
+        return malformed("entries but no bits");
+    }
+    if entries > 0 && !(1..=MAX_BLOOM_PROBES).contains(&probes) {
+        return malformed(&format!(
+            "{probes} probes (1 to {MAX_BLOOM_PROBES} allowed)"
+        ));
+    }
+    Ok(())
 }
 
 impl Document {

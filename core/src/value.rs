@@ -38,9 +38,11 @@ pub(crate) fn value_to_json<R: ReadDoc>(
     to_json_at_depth(doc, value, id, heads, 0)
 }
 
-/// How deep objects may nest. JSON bodies cannot get near it (the parser stops at 128);
-/// raw Automerge changes could, and reading them must not exhaust the stack.
-pub const MAX_DEPTH: usize = 160;
+/// How deep values may nest, the root object being level 0. A write that would nest
+/// deeper is refused: answers wrap the value in two more levels, and JSON parsers commonly
+/// stop at 128; raw Automerge changes could nest without bound, and reading them must not
+/// exhaust the stack.
+pub const MAX_DEPTH: usize = 120;
 
 fn to_json_at_depth<R: ReadDoc>(
     doc: &R,

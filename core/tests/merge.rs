@@ -612,20 +612,34 @@ proptest! {
 
 #[test]
 fn forks_edit_apart_and_merge_back() {
-    let (mut main, _) = Document::create(&json!({"notes": []}), Schema::default(), &meta("s")).unwrap();
+    let (mut main, _) =
+        Document::create(&json!({"notes": []}), Schema::default(), &meta("s")).unwrap();
     let (mut a, all) = main.fork();
     assert_eq!(all.changes.len(), 1);
     let (mut b, _) = main.fork();
     let va = a.version();
-    a.put(Some(&va), &json!({"notes": ["from a"]}), &meta("A")).unwrap();
+    a.put(Some(&va), &json!({"notes": ["from a"]}), &meta("A"))
+        .unwrap();
     let vb = b.version();
-    b.put(Some(&vb), &json!({"notes": ["from b"]}), &meta("B")).unwrap();
-    assert_eq!(main.read(None).unwrap(), json!({"notes": []}), "forks are isolated");
+    b.put(Some(&vb), &json!({"notes": ["from b"]}), &meta("B"))
+        .unwrap();
+    assert_eq!(
+        main.read(None).unwrap(),
+        json!({"notes": []}),
+        "forks are isolated"
+    );
     assert!(main.shares_origin(&a) && a.shares_origin(&main));
     assert_eq!(main.merge_from(&a).unwrap().changes.len(), 1);
     assert_eq!(main.merge_from(&b).unwrap().changes.len(), 1);
-    assert_eq!(main.merge_from(&b).unwrap().changes.len(), 0, "merging twice adds nothing");
-    assert_eq!(main.read(None).unwrap()["notes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        main.merge_from(&b).unwrap().changes.len(),
+        0,
+        "merging twice adds nothing"
+    );
+    assert_eq!(
+        main.read(None).unwrap()["notes"].as_array().unwrap().len(),
+        2
+    );
     let (stranger, _) = Document::create(&json!({}), Schema::default(), &meta("s")).unwrap();
     assert!(!main.shares_origin(&stranger));
 }

@@ -429,6 +429,8 @@ pub struct Client {
     base: String,
     agent: String,
     reconnect: Reconnect,
+    /// The bearer token for a server with authentication on.
+    token: Option<String>,
 }
 
 impl Client {
@@ -439,7 +441,16 @@ impl Client {
             base: base_url.into().trim_end_matches('/').to_owned(),
             agent: agent.into(),
             reconnect: Reconnect::default(),
+            token: None,
         }
+    }
+
+    /// This client with a bearer token, for a server started with `--auth`: sent as
+    /// `Authorization: Bearer` on every request and WebSocket. The server then takes the
+    /// agent name from the token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
     }
 
     /// This client with another reconnect policy for its subscriptions.
@@ -459,9 +470,14 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
+        let request = self
+            .http
             .request(method, format!("{}{}", self.base, path))
-            .header("concord-agent", &self.agent)
+            .header("concord-agent", &self.agent);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Sends a request; an error status becomes [`ClientError::Problem`].
@@ -674,6 +690,11 @@ impl Client {
         let agent = HeaderValue::from_str(&self.agent)
             .map_err(|_| protocol("the agent name is not a valid header value"))?;
         request.headers_mut().insert("concord-agent", agent);
+        if let Some(token) = &self.token {
+            let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| protocol("the token is not a valid header value"))?;
+            request.headers_mut().insert("authorization", bearer);
+        }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Socket { ws })
     }

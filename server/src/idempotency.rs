@@ -125,6 +125,28 @@ impl Idempotency {
         status: StatusCode,
         now_ms: i64,
     ) -> Result<Keyed, ApiError> {
+        // The key is marked in flight BEFORE the store is asked for its record: checked the
+        // other way round, a retry could read "no record" while the first request was in
+        // flight, then find the key free once it had answered, and apply the write a
+        // second time (tests/retries.rs, concurrent_retries_with_one_key_apply_once).
+        let in_flight = {
+            let mut set = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !set.insert(key.clone()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency-key-in-flight",
+                    "a request with this Idempotency-Key is still being handled; retry when it has answered",
+                ));
+            }
+            InFlight {
+                key: key.clone(),
+                set: Arc::clone(&self.in_flight),
+            }
+        };
+        // On every return below but the last, dropping `in_flight` frees the key.
         if let Some(record) = store.idempotency(&key).await? {
             if record.created_at_ms + self.ttl_ms > now_ms {
                 if record.fingerprint != fingerprint {
@@ -137,23 +159,8 @@ impl Idempotency {
                 return Ok(Keyed::Replay(record));
             }
         }
-        let mut set = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !set.insert(key.clone()) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-flight",
-                "a request with this Idempotency-Key is still being handled; retry when it has answered",
-            ));
-        }
-        drop(set);
         Ok(Keyed::Record(
-            InFlight {
-                key: key.clone(),
-                set: Arc::clone(&self.in_flight),
-            },
+            in_flight,
             IdempotencyDraft {
                 key,
                 fingerprint,

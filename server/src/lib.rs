@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`Config`], [`Server`]: start a server on an address with a data folder; stop it.
+//! - [`auth`]: bearer tokens with scopes, checked on every endpoint (off by default).
+//! - [`limits`]: document size, connections, slow clients; the serve loop.
 //! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router; live sync
 //!   (WebSocket, Server-Sent Events) is in `api::live`.
 //! - [`client`]: a Rust client for agents: the HTTP API and live subscriptions.
@@ -13,14 +15,21 @@
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
 //! - [`sqlite`]: the embedded durable store with group commit.
+//! - [`postgres`]: the store shared by several nodes (PostgreSQL, `LISTEN`/`NOTIFY`);
+//!   [`cluster`]: a node following what the others write.
 //! - [`web`]: the browser viewer, its files embedded in the binary, served at `/`.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
+pub mod auth;
+pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod compare;
 pub mod idempotency;
+pub mod limits;
 pub mod policy;
+pub mod postgres;
 pub mod problem;
 pub mod registry;
 pub mod repo;
@@ -59,6 +68,16 @@ pub struct Config {
     pub live: LiveConfig,
     /// When idle documents leave memory and change logs are compacted.
     pub tuning: registry::Tuning,
+    /// Bearer tokens and their scopes; `None`: no authentication (see [`auth`]).
+    pub auth: Option<Arc<auth::Auth>>,
+    /// Serve without authentication on an address that is not loopback, which is refused
+    /// otherwise: only for a server behind something else that authenticates.
+    pub insecure_no_auth: bool,
+    /// Document size, connections and timeouts (see [`limits`]).
+    pub limits: limits::Limits,
+    /// Where documents are stored: `None` for the embedded SQLite store in `data`, or a
+    /// `postgres://` URL for a PostgreSQL store that several nodes share (see [`postgres`]).
+    pub storage: Option<String>,
 }
 
 /// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
@@ -111,6 +130,10 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             tuning: registry::Tuning::default(),
             live: LiveConfig::default(),
+            auth: None,
+            insecure_no_auth: false,
+            limits: limits::Limits::default(),
+            storage: None,
         }
     }
 }
@@ -129,7 +152,8 @@ impl AppState {
     /// State over a store.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
         Arc::new(AppState {
-            registry: Registry::with_tuning(store, config.tuning),
+            registry: Registry::with_tuning(store, config.tuning)
+                .with_document_limit(config.limits.max_document_bytes),
             idempotency: Idempotency::new(config.idempotency_ttl.as_millis() as i64),
             config,
         })
@@ -152,6 +176,23 @@ pub enum StartError {
         /// What went wrong.
         source: StoreError,
     },
+    /// The PostgreSQL store could not be opened (the URL's password is not repeated here).
+    #[error("cannot open the PostgreSQL store: {source}")]
+    Database {
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// Authentication is off and the address is not loopback: anyone who can reach it
+    /// could read and write every document.
+    #[error(
+        "refusing to serve without authentication on {addr}, which is not a loopback address: \
+         give a token file (--auth FILE), or --insecure-no-auth if something in front of \
+         Concord authenticates"
+    )]
+    Unprotected {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -173,6 +214,12 @@ pub struct Server {
 impl Server {
     /// Opens the store in `config.data`, binds `config.addr` and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        if let Some(url) = &config.storage {
+            let store = postgres::PostgresStore::open(url)
+                .await
+                .map_err(|source| StartError::Database { source })?;
+            return Self::start_with_store(Arc::new(store), config).await;
+        }
         let data = config.data.clone();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
             .await
@@ -189,6 +236,9 @@ impl Server {
         store: Arc<dyn Store>,
         config: Config,
     ) -> Result<Server, StartError> {
+        if config.auth.is_none() && !config.insecure_no_auth && !config.addr.ip().is_loopback() {
+            return Err(StartError::Unprotected { addr: config.addr });
+        }
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -202,16 +252,19 @@ impl Server {
         let state = AppState::new(store, config);
         let purge = tokio::spawn(purge_idempotency_keys(Arc::clone(&state)));
         let maintain = tokio::spawn(maintain_documents(Arc::clone(&state)));
-        let (stop, mut stopped) = watch::channel(false);
+        // A shared store: catch up what other nodes write.
+        let follow = cluster::follow(Arc::clone(&state));
+        let (stop, stopped) = watch::channel(false);
         let router = app(Arc::clone(&state));
+        let limits = state.config.limits.clone();
         let task = tokio::spawn(async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
+            // Not axum::serve: it has neither a connection limit nor a header timeout.
+            let result = limits::serve(listener, router, limits, stopped).await;
             purge.abort();
             maintain.abort();
+            if let Some(follow) = follow {
+                follow.abort();
+            }
             result
         });
         tracing::info!(%addr, "concord is listening");

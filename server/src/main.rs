@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use concord_server::{Config, Server};
+use concord_server::auth::Auth;
+use concord_server::limits::Limits;
+use concord_server::{Config, LiveConfig, Server};
 
 /// Concord: a document store for agents that share documents. Concurrent edits merge
 /// (Automerge CRDTs) instead of overwriting each other.
@@ -26,6 +29,9 @@ enum Command {
     /// Run one seeded workload through every write strategy and report what each lost and
     /// what each cost (the lost-update comparison).
     Compare(concord_server::compare::cli::CompareArgs),
+    /// Measure Concord beside its baselines (raw Automerge, lww, a no-op endpoint) and
+    /// print a table of figures and ratios.
+    Bench(concord_server::bench::cli::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -36,6 +42,10 @@ struct ServeArgs {
     /// Data folder: the SQLite store lives here (created if missing).
     #[arg(long, env = "CONCORD_DATA", default_value = "./concord-data")]
     data: PathBuf,
+    /// Store documents in PostgreSQL instead, shared with every node given the same URL:
+    /// postgres://USER@HOST:PORT/DATABASE[?schema=NAME] (see "Running a cluster").
+    #[arg(long, env = "CONCORD_STORAGE", value_name = "URL")]
+    storage: Option<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     body_limit: usize,
@@ -51,13 +61,80 @@ struct ServeArgs {
     /// Snapshot a document once this many stored changes are not covered by a snapshot.
     #[arg(long, default_value_t = 1000)]
     compact_after: usize,
+    /// Require bearer tokens, listed with their agents and scopes in this JSON file (see
+    /// the README, "Authentication and limits"). Without it, auth is off, which is only
+    /// allowed on a loopback address.
+    #[arg(long, env = "CONCORD_AUTH", value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// Serve without authentication on an address that is not loopback (for a server
+    /// behind a proxy that authenticates).
+    #[arg(long, conflicts_with = "auth")]
+    insecure_no_auth: bool,
+    /// Largest document, as compact JSON, in bytes: a write that would make one larger is
+    /// refused (413) and changes nothing.
+    #[arg(long, default_value_t = Limits::default().max_document_bytes)]
+    max_document_bytes: usize,
+    /// Most connections open at once (WebSocket included); more are answered 503 and
+    /// closed.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// A connection that sends no complete request head for this many seconds (after
+    /// opening, or after its previous response) is closed.
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// A request not answered within this many seconds gets 408 (its body was still
+    /// arriving) or 503. Live streams (WebSocket, SSE) are not cut by it.
+    #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
+    /// Largest WebSocket message processed, in bytes (larger: an error; over twice this:
+    /// the connection is closed).
+    #[arg(long, default_value_t = LiveConfig::default().max_message)]
+    ws_max_message: usize,
+    /// How many WebSocket messages a connection may send at once (its burst).
+    #[arg(long, default_value_t = LiveConfig::default().rate_burst)]
+    ws_rate_burst: u32,
+    /// How many WebSocket messages per second a connection earns back.
+    #[arg(long, default_value_t = LiveConfig::default().rate_per_sec)]
+    ws_rate_per_sec: f64,
+    /// A WebSocket that sends nothing (not even a pong) for this many seconds is closed.
+    #[arg(long, default_value_t = LiveConfig::default().idle_timeout.as_secs())]
+    ws_idle_timeout_secs: u64,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // A failure is one line on stderr and a non-zero exit (issue 6): anyhow's default,
+    // `Error:`, a `Caused by:` list repeating each cause and a backtrace, buries the reason
+    // (a damaged data file, say) that an operator needs.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("concord: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, skipping a cause its parent already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The comparison's own in-process server should not talk over its table.
-    let quiet = matches!(cli.command, Some(Command::Compare(_)));
+    let quiet = matches!(cli.command, Some(Command::Compare(_) | Command::Bench(_)));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -75,24 +152,59 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Compare(args)) => concord_server::compare::cli::run(args)
             .await
             .context("concord compare failed"),
+        Some(Command::Bench(args)) => concord_server::bench::cli::main(args)
+            .await
+            .context("concord bench failed"),
         None => serve(cli.serve).await,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config {
+/// The server's configuration from the serve flags (reading the token file, if any).
+fn config(args: ServeArgs) -> anyhow::Result<Config> {
+    let auth = match &args.auth {
+        Some(path) => Some(Arc::new(Auth::load(path)?)),
+        None => None,
+    };
+    Ok(Config {
         addr: args.addr,
         data: args.data,
         body_limit: args.body_limit,
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl_secs),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
-        live: concord_server::LiveConfig::default(),
+        live: LiveConfig {
+            max_message: args.ws_max_message,
+            rate_burst: args.ws_rate_burst,
+            rate_per_sec: args.ws_rate_per_sec,
+            idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs),
+            ..LiveConfig::default()
+        },
         tuning: concord_server::registry::Tuning {
             idle_evict: Duration::from_secs(args.idle_evict_secs),
             compact_after: args.compact_after,
             ..Default::default()
         },
-    };
+        auth,
+        insecure_no_auth: args.insecure_no_auth,
+        limits: Limits {
+            max_document_bytes: args.max_document_bytes,
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+        },
+        storage: args.storage,
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    if config.auth.is_none() {
+        // The default log filter is concord_server's; this binary's own target is not in it.
+        tracing::warn!(
+            target: "concord_server",
+            "authentication is off: anyone who can reach this address can read and write \
+             every document (--auth FILE turns it on)"
+        );
+    }
     let server = Server::start(config)
         .await
         .context("cannot start concord")?;
@@ -122,5 +234,99 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let args = match cli.command {
+            Some(Command::Serve(args)) => args,
+            _ => cli.serve,
+        };
+        config(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        let config = parse(&["concord"]);
+        assert_eq!(config.limits, Limits::default());
+        let live = LiveConfig::default();
+        assert_eq!(config.live.max_message, live.max_message);
+        assert_eq!(config.live.rate_burst, live.rate_burst);
+        assert_eq!(config.live.rate_per_sec, live.rate_per_sec);
+        assert_eq!(config.live.idle_timeout, live.idle_timeout);
+        assert!(config.auth.is_none() && !config.insecure_no_auth);
+    }
+
+    #[test]
+    fn limit_flags_reach_the_config() {
+        let config = parse(&[
+            "concord",
+            "serve",
+            "--max-document-bytes",
+            "1000",
+            "--max-connections",
+            "7",
+            "--header-timeout-secs",
+            "3",
+            "--request-timeout-secs",
+            "4",
+            "--ws-max-message",
+            "500",
+            "--ws-rate-burst",
+            "5",
+            "--ws-rate-per-sec",
+            "0.5",
+            "--ws-idle-timeout-secs",
+            "9",
+            "--insecure-no-auth",
+        ]);
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_document_bytes: 1000,
+                max_connections: 7,
+                header_timeout: Duration::from_secs(3),
+                request_timeout: Duration::from_secs(4),
+            }
+        );
+        assert_eq!(config.live.max_message, 500);
+        assert_eq!(config.live.rate_burst, 5);
+        assert_eq!(config.live.rate_per_sec, 0.5);
+        assert_eq!(config.live.idle_timeout, Duration::from_secs(9));
+        assert!(config.insecure_no_auth);
+    }
+
+    #[test]
+    fn auth_flag_reads_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        std::fs::write(
+            &path,
+            r#"{"tokens": [{"agent": "ops", "token": "0123456789abcdef0123", "scopes": ["admin"]}]}"#,
+        )
+        .unwrap();
+        let config = parse(&["concord", "--auth", path.to_str().unwrap()]);
+        let auth = config.auth.expect("auth on");
+        assert_eq!(
+            auth.authenticate("0123456789abcdef0123").unwrap().agent(),
+            "ops"
+        );
+        // A missing file is an error at start, not a server without auth.
+        let cli = Cli::try_parse_from(["concord", "--auth", "/nonexistent/tokens.json"]).unwrap();
+        assert!(config_err(cli.serve).contains("cannot read the token file"));
+        // --auth and --insecure-no-auth contradict each other.
+        assert!(Cli::try_parse_from(["concord", "--auth", "f", "--insecure-no-auth"]).is_err());
+    }
+
+    fn config_err(args: ServeArgs) -> String {
+        match config(args) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
     }
 }

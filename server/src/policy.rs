@@ -32,7 +32,8 @@ pub fn etag(version: &Version) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("hex and dots are valid in a header")
 }
 
-fn stale(current: &Version) -> ApiError {
+/// The 412 of a write whose base is not the current version, with the current `ETag`.
+pub fn stale(current: &Version) -> ApiError {
     ApiError::new(
         StatusCode::PRECONDITION_FAILED,
         "stale-version",
@@ -101,6 +102,26 @@ fn refuse(detail: &str) -> ApiError {
 /// The request header carrying a lock token.
 pub const LOCK_HEADER: &str = "concord-lock";
 
+/// The 409 of a lock token that is not the newest one (`newest`, if known).
+pub fn fenced(token: u64, newest: Option<u64>) -> ApiError {
+    let detail = match newest {
+        Some(newest) if newest > token => {
+            format!("token {token} is fenced off: a newer lease (token {newest}) was issued since")
+        }
+        _ => format!("token {token} is not the token of the current lease"),
+    };
+    ApiError::new(StatusCode::CONFLICT, "fenced", detail)
+}
+
+/// The 409 of the newest lock token whose lease ran out (or was released).
+pub fn lease_expired(token: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "lease-expired",
+        format!("the lease of token {token} expired; take the lock again"),
+    )
+}
+
 /// Checks a lock-strategy write's token: it must be the newest token issued and its lease
 /// must not have expired (fencing: a writer that paused past its lease cannot write).
 pub fn check_lease(lease: Option<&Lease>, token: Option<u64>, now_ms: i64) -> Result<(), ApiError> {
@@ -113,24 +134,8 @@ pub fn check_lease(lease: Option<&Lease>, token: Option<u64>, now_ms: i64) -> Re
     };
     match lease {
         Some(lease) if lease.token == token && lease.expires_at_ms > now_ms => Ok(()),
-        Some(lease) if lease.token == token => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "lease-expired",
-            format!("the lease of token {token} expired; take the lock again"),
-        )),
-        Some(lease) if lease.token > token => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "fenced",
-            format!(
-                "token {token} is fenced off: a newer lease (token {}) was issued since",
-                lease.token
-            ),
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "fenced",
-            format!("token {token} is not the token of the current lease"),
-        )),
+        Some(lease) if lease.token == token => Err(lease_expired(token)),
+        lease => Err(fenced(token, lease.map(|l| l.token))),
     }
 }
 

@@ -136,7 +136,18 @@ impl From<StoreError> for ApiError {
                 "already-exists",
                 format!("document {id} already exists"),
             ),
-            StoreError::Corrupt(_) | StoreError::Backend(_) => {
+            // Not "unavailable, retry": damage does not heal by itself, and it is found by
+            // reads too (issue 6). A corrupt row or page fails its statement, so nothing
+            // was applied.
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "stored data is damaged");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage-corrupt",
+                    "the stored data this request needs is damaged, so it was not carried out; the server log says where",
+                )
+            }
+            StoreError::Backend(_) => {
                 tracing::error!(error = %e, "storage failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

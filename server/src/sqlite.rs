@@ -7,10 +7,12 @@
 //!   time), the state after the last write (version, change count, last write time and
 //!   agent), and `seq`, the creation order used by [`Store::list`].
 //! - `changes`: the Automerge changes of every document, keyed by `(doc, hash)` so that
-//!   storing a change twice is harmless (`INSERT OR IGNORE`); an integer `seq` (the rowid)
-//!   keeps the order in which they were stored.
+//!   storing a change twice is harmless (`INSERT OR IGNORE`); an integer `seq`
+//!   (`AUTOINCREMENT`, so never reused) keeps the order in which they were stored: the log
+//!   position of [`Store::changes_since`].
 //! - `snapshots`: at most one saved document per document, written by [`Store::compact`],
-//!   which also deletes the changes the snapshot covers.
+//!   which also deletes the changes the snapshot covers; `covers_seq` is the highest log
+//!   position among them.
 //! - `idempotency`: the recorded response of each request made with an `Idempotency-Key`.
 //!
 //! The schema is versioned with `PRAGMA user_version`; [`SqliteStore::open`] applies the
@@ -56,8 +58,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    DocMeta, DocState, DocSummary, Durable, IdempotencyRecord, LoadedDoc, Store, StoreError,
-    WriteBatch,
+    Checked, Delta, DocMeta, DocState, DocSummary, Expect, IdempotencyRecord, LoadedDoc, Refusal,
+    Store, StoreError, WriteBatch,
 };
 use concord_core::strategy::Strategy;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -111,6 +113,22 @@ const MIGRATIONS: &[&str] = &[
         created_at_ms INTEGER NOT NULL
     );
     CREATE INDEX idempotency_created ON idempotency (created_at_ms);",
+    // 2: log positions that are never reused (a compaction may delete the highest rowid,
+    // which plain rowids would then hand out again), an index to read a document's log in
+    // order, and how far each snapshot reaches.
+    "CREATE TABLE changes_log (
+        seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc   TEXT NOT NULL,
+        hash  BLOB NOT NULL,
+        bytes BLOB NOT NULL,
+        UNIQUE (doc, hash)
+    );
+    INSERT INTO changes_log (seq, doc, hash, bytes) SELECT seq, doc, hash, bytes FROM changes;
+    DROP TABLE changes;
+    ALTER TABLE changes_log RENAME TO changes;
+    CREATE INDEX changes_doc_seq ON changes (doc, seq);
+    ALTER TABLE snapshots ADD COLUMN covers_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE snapshots SET covers_seq = (SELECT COALESCE(MAX(seq), 0) FROM changes);",
 ];
 
 /// Counters of the writer thread, for benchmarks: `commits / batches` is the number of
@@ -135,6 +153,8 @@ struct Counters {
 #[derive(Debug)]
 enum Op {
     Write(Box<WriteBatch>),
+    /// A write stored only if its condition holds.
+    Checked(Box<WriteBatch>, Expect),
     Delete(Uuid),
     Compact {
         id: Uuid,
@@ -149,7 +169,7 @@ enum Op {
 impl Op {
     fn name(&self) -> &'static str {
         match self {
-            Op::Write(_) => "write",
+            Op::Write(_) | Op::Checked(..) => "write",
             Op::Delete(_) => "delete",
             Op::Compact { .. } => "compact",
             Op::Purge { .. } => "purge_idempotency",
@@ -161,6 +181,8 @@ impl Op {
 #[derive(Debug, PartialEq, Eq)]
 enum Done {
     Written,
+    /// A checked write whose condition did not hold: rolled back, like a failure.
+    Refused(Refusal),
     Deleted(bool),
     Compacted,
     Purged(u64),
@@ -363,11 +385,17 @@ fn unexpected(op: &str, done: Done) -> StoreError {
 
 #[async_trait]
 impl Store for SqliteStore {
-    fn write(&self, batch: WriteBatch) -> Durable {
-        let answer = self.enqueue(Op::Write(Box::new(batch)));
+    fn write_checked(&self, batch: WriteBatch, expect: Expect) -> Checked {
+        let op = if expect == Expect::default() {
+            Op::Write(Box::new(batch))
+        } else {
+            Op::Checked(Box::new(batch), expect)
+        };
+        let answer = self.enqueue(op);
         Box::pin(async move {
             match wait("write", answer?).await? {
-                Done::Written => Ok(()),
+                Done::Written => Ok(Ok(())),
+                Done::Refused(refusal) => Ok(Err(refusal)),
                 other => Err(unexpected("write", other)),
             }
         })
@@ -375,6 +403,11 @@ impl Store for SqliteStore {
 
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError> {
         self.read("load", move |conn| load_doc(conn, id)).await
+    }
+
+    async fn changes_since(&self, id: Uuid, since: u64) -> Result<Option<Delta>, StoreError> {
+        self.read("changes_since", move |conn| changes_since(conn, id, since))
+            .await
     }
 
     async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
@@ -548,7 +581,7 @@ fn run_group(conn: &mut Connection, group: Vec<Job>, counters: &Counters) {
     match execute_group(conn, &ops) {
         Ok((results, committed)) => {
             if committed {
-                let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                let ok = results.iter().filter(|r| stored(r)).count() as u64;
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters.batches.fetch_add(ok, Ordering::Relaxed);
             }
@@ -584,7 +617,7 @@ fn execute_group(
     for op in ops {
         let mut sp = tx.savepoint().map_err(sql("create savepoint"))?;
         let result = apply(&sp, op);
-        if result.is_ok() {
+        if stored(&result) {
             sp.commit().map_err(sql("release savepoint"))?;
         } else {
             // Undo only this operation; the savepoint is released by `finish`.
@@ -593,7 +626,7 @@ fn execute_group(
         }
         results.push(result);
     }
-    let committed = results.iter().any(Result::is_ok);
+    let committed = results.iter().any(stored);
     if committed {
         // On failure the dropped transaction rolls back.
         tx.commit().map_err(sql("commit group transaction"))?;
@@ -603,9 +636,18 @@ fn execute_group(
     Ok((results, committed))
 }
 
+/// True if an operation's result means it changed the store (a refusal did not).
+fn stored(result: &Result<Done, StoreError>) -> bool {
+    matches!(result, Ok(done) if !matches!(done, Done::Refused(_)))
+}
+
 fn apply(conn: &Connection, op: &Op) -> Result<Done, StoreError> {
     match op {
         Op::Write(batch) => apply_write(conn, batch).map(|()| Done::Written),
+        Op::Checked(batch, expect) => match check(conn, batch, expect)? {
+            Some(refusal) => Ok(Done::Refused(refusal)),
+            None => apply_write(conn, batch).map(|()| Done::Written),
+        },
         Op::Delete(id) => apply_delete(conn, *id).map(Done::Deleted),
         Op::Compact {
             id,
@@ -629,6 +671,34 @@ fn doc_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     conn.prepare_cached("SELECT 1 FROM docs WHERE id = ?1")
         .and_then(|mut stmt| stmt.exists(params![id]))
         .map_err(sql("look up document"))
+}
+
+/// Why a checked write must not be stored, if it must not. One node writes this store, so
+/// the version check only fails after an earlier write of the document failed; leases are
+/// kept by the node, so a lease condition never holds here.
+fn check(
+    conn: &Connection,
+    batch: &WriteBatch,
+    expect: &Expect,
+) -> Result<Option<Refusal>, StoreError> {
+    if let Some(expected) = &expect.version {
+        let current: Option<String> = conn
+            .prepare_cached("SELECT version FROM docs WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![batch.doc.to_string()], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(sql("read document version"))?;
+        match current {
+            None => return Err(StoreError::NotFound(batch.doc)),
+            Some(current) if current != *expected => return Ok(Some(Refusal::Stale { current })),
+            Some(_) => {}
+        }
+    }
+    if expect.lease.is_some() {
+        return Ok(Some(Refusal::Fenced { newest: None }));
+    }
+    Ok(None)
 }
 
 fn apply_write(conn: &Connection, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -747,19 +817,26 @@ fn apply_compact(
     if !doc_exists(conn, &doc)? {
         return Err(StoreError::NotFound(id));
     }
-    conn.prepare_cached(
-        "INSERT INTO snapshots (doc, bytes) VALUES (?1, ?2)
-         ON CONFLICT (doc) DO UPDATE SET bytes = excluded.bytes",
-    )
-    .and_then(|mut stmt| stmt.execute(params![doc, snapshot]))
-    .map_err(sql("store snapshot"))?;
-    let mut stmt = conn
-        .prepare_cached("DELETE FROM changes WHERE doc = ?1 AND hash = ?2")
-        .map_err(sql("prepare covered change delete"))?;
-    for hash in covered {
-        stmt.execute(params![doc, &hash[..]])
-            .map_err(sql("delete covered change"))?;
+    let mut covers: i64 = 0;
+    {
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM changes WHERE doc = ?1 AND hash = ?2 RETURNING seq")
+            .map_err(sql("prepare covered change delete"))?;
+        for hash in covered {
+            let seq: Option<i64> = stmt
+                .query_row(params![doc, &hash[..]], |row| row.get(0))
+                .optional()
+                .map_err(sql("delete covered change"))?;
+            covers = covers.max(seq.unwrap_or(0));
+        }
     }
+    conn.prepare_cached(
+        "INSERT INTO snapshots (doc, bytes, covers_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc) DO UPDATE SET bytes = excluded.bytes,
+             covers_seq = MAX(snapshots.covers_seq, excluded.covers_seq)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![doc, snapshot, covers]))
+    .map_err(sql("store snapshot"))?;
     Ok(())
 }
 
@@ -840,23 +917,74 @@ fn load_doc(conn: &mut Connection, id: Uuid) -> Result<Option<LoadedDoc>, StoreE
         return Ok(None);
     };
     let summary = raw.parse()?;
-    let snapshot: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT bytes FROM snapshots WHERE doc = ?1")
-        .and_then(|mut stmt| stmt.query_row(params![doc], |row| row.get(0)).optional())
-        .map_err(sql("load snapshot"))?;
-    let changes = tx
-        .prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")
+    let snapshot: Option<(Vec<u8>, i64)> = tx
+        .prepare_cached("SELECT bytes, covers_seq FROM snapshots WHERE doc = ?1")
         .and_then(|mut stmt| {
-            stmt.query_map(params![doc], |row| row.get::<_, Vec<u8>>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_row(params![doc], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
         })
-        .map_err(sql("load changes"))?;
+        .map_err(sql("load snapshot"))?;
+    let changes = log_after(&tx, &doc, 0)?;
     tx.finish().map_err(sql("end load"))?;
+    let covers = snapshot.as_ref().map_or(0, |(_, covers)| *covers);
+    let seq = changes.iter().map(|(seq, _)| *seq).fold(covers, i64::max);
     Ok(Some(LoadedDoc {
         meta: summary.meta,
         state: summary.state,
-        snapshot,
-        changes,
+        snapshot: snapshot.map(|(bytes, _)| bytes),
+        changes: changes.into_iter().map(|(_, bytes)| bytes).collect(),
+        seq: position(seq)?,
+    }))
+}
+
+/// A document's change records after log position `since`, in order.
+fn log_after(conn: &Connection, doc: &str, since: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    conn.prepare_cached("SELECT seq, bytes FROM changes WHERE doc = ?1 AND seq > ?2 ORDER BY seq")
+        .and_then(|mut stmt| {
+            stmt.query_map(params![doc, since], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql("load changes"))
+}
+
+fn position(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| corrupt(format_args!("negative log position {seq}")))
+}
+
+fn changes_since(conn: &mut Connection, id: Uuid, since: u64) -> Result<Option<Delta>, StoreError> {
+    let doc = id.to_string();
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    // One read transaction, as for a load.
+    let tx = conn.transaction().map_err(sql("begin changes_since"))?;
+    let raw = tx
+        .prepare_cached(&format!("SELECT {DOC_COLUMNS} FROM docs WHERE id = ?1"))
+        .and_then(|mut stmt| stmt.query_row(params![doc], RawDoc::from_row).optional())
+        .map_err(sql("load document row"))?;
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let state = raw.parse()?.state;
+    let snapshot: Option<(Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT bytes, covers_seq FROM snapshots WHERE doc = ?1 AND covers_seq > ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![doc, since], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map_err(sql("load snapshot"))?;
+    let changes = log_after(&tx, &doc, since)?;
+    tx.finish().map_err(sql("end changes_since"))?;
+    let covers = snapshot.as_ref().map_or(since, |(_, covers)| *covers);
+    let seq = changes
+        .iter()
+        .map(|(seq, _)| *seq)
+        .fold(covers.max(since), i64::max);
+    Ok(Some(Delta {
+        state,
+        seq: position(seq)?,
+        snapshot: snapshot.map(|(bytes, _)| bytes),
+        changes: changes.into_iter().map(|(_, bytes)| bytes).collect(),
     }))
 }
 
@@ -1590,6 +1718,139 @@ mod tests {
         assert!(matches!(store.load(a).await, Err(StoreError::Corrupt(_))));
         assert!(matches!(store.load(b).await, Err(StoreError::Corrupt(_))));
         assert!(matches!(store.list().await, Err(StoreError::Corrupt(_))));
+    }
+
+    #[tokio::test]
+    async fn changes_since_reads_the_log_and_survives_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store
+            .write(create_batch(id, vec![change(1), change(2)]))
+            .await
+            .unwrap();
+        let loaded = store.load(id).await.unwrap().unwrap();
+        let delta = store.changes_since(id, loaded.seq).await.unwrap().unwrap();
+        assert!(delta.is_empty() && delta.seq == loaded.seq, "{delta:?}");
+
+        store
+            .write(update_batch(id, vec![change(2), change(3)], "v2", 3))
+            .await
+            .unwrap();
+        let delta = store.changes_since(id, loaded.seq).await.unwrap().unwrap();
+        assert_eq!(delta.changes, vec![change(3).bytes]);
+        assert_eq!(delta.state, state("v2", 3, Some("writer")));
+        let after_three = delta.seq;
+
+        // Compacting every record, the highest one included: the next record still gets a
+        // higher position, and a reader behind the compaction is handed the snapshot.
+        store
+            .compact(
+                id,
+                b"snap".to_vec(),
+                vec![change(1).hash, change(2).hash, change(3).hash],
+            )
+            .await
+            .unwrap();
+        store
+            .write(update_batch(id, vec![change(4)], "v3", 4))
+            .await
+            .unwrap();
+        let behind = store.changes_since(id, loaded.seq).await.unwrap().unwrap();
+        assert_eq!(behind.snapshot.as_deref(), Some(&b"snap"[..]));
+        assert_eq!(behind.changes, vec![change(4).bytes]);
+        assert!(behind.seq > after_three);
+        let current = store.changes_since(id, after_three).await.unwrap().unwrap();
+        assert_eq!(
+            (current.snapshot, current.changes),
+            (None, vec![change(4).bytes])
+        );
+        assert_eq!(store.load(id).await.unwrap().unwrap().seq, behind.seq);
+
+        store.delete(id).await.unwrap();
+        assert_eq!(store.changes_since(id, 0).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn checked_writes_compare_and_set_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        store.write(create_batch(id, vec![])).await.unwrap();
+        let expect = |version: &str| Expect {
+            version: Some(version.into()),
+            lease: None,
+        };
+        let first = store
+            .write_checked(update_batch(id, vec![change(1)], "v2", 1), expect("v1"))
+            .await;
+        assert_eq!(first.unwrap(), Ok(()));
+        let mut stale = update_batch(id, vec![change(2)], "v3", 2);
+        stale.idempotency = Some(record("stale", 1));
+        let second = store.write_checked(stale, expect("v1")).await;
+        assert_eq!(
+            second.unwrap(),
+            Err(Refusal::Stale {
+                current: "v2".into()
+            })
+        );
+        // Nothing of the refused batch was stored, and it was not counted.
+        let loaded = store.load(id).await.unwrap().unwrap();
+        assert_eq!(loaded.changes, vec![change(1).bytes]);
+        assert_eq!(store.idempotency("stale").await.unwrap(), None);
+        assert_eq!(store.stats().batches, 2);
+        // Leases are the node's business here.
+        let fenced = store
+            .write_checked(
+                update_batch(id, vec![], "v2", 1),
+                Expect {
+                    version: None,
+                    lease: Some(1),
+                },
+            )
+            .await;
+        assert_eq!(fenced.unwrap(), Err(Refusal::Fenced { newest: None }));
+        assert!(!store.shared());
+    }
+
+    /// A file written before migration 2 opens with its data intact and its log positions
+    /// kept.
+    #[tokio::test]
+    async fn version_one_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO docs VALUES (?1, 1, 'crdt', '{}', 5, 'v', 2, 6, NULL)",
+                params![id.to_string()],
+            )
+            .unwrap();
+            for n in [1u8, 2] {
+                conn.execute(
+                    "INSERT INTO changes (doc, hash, bytes) VALUES (?1, ?2, ?3)",
+                    params![id.to_string(), &change(n).hash[..], change(n).bytes],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO snapshots (doc, bytes) VALUES (?1, x'00')",
+                params![id.to_string()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let loaded = store.load(id).await.unwrap().unwrap();
+        assert_eq!(loaded.changes, vec![change(1).bytes, change(2).bytes]);
+        assert_eq!(loaded.snapshot, Some(vec![0]));
+        assert_eq!(loaded.seq, 2);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 
     #[test]

@@ -50,6 +50,7 @@ static ASSETS: &[Asset] = &[
     asset!("favicon.svg", "image/svg+xml"),
     asset!("app.js", JS),
     asset!("api.js", JS),
+    asset!("auth.js", JS),
     asset!("util.js", JS),
     asset!("colors.js", JS),
     asset!("tree.js", JS),

@@ -17,7 +17,6 @@ use super::docs::{idempotent, write_meta};
 use super::{doc_id, json_body, now_ms};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
-use crate::registry::Lease;
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -58,7 +57,11 @@ pub(super) async fn acquire(
         }
     } else {
         serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", format!("invalid lock request: {e}"))
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-body",
+                format!("invalid lock request: {e}"),
+            )
         })?
     };
     if request.ttl_ms == 0 || request.ttl_ms > MAX_TTL_MS || request.wait_ms > MAX_WAIT_MS {
@@ -70,32 +73,13 @@ pub(super) async fn acquire(
     }
     let deadline = now_ms() + request.wait_ms as i64;
     loop {
+        // Taken before asking, so that a release in between is not missed (on a shared
+        // store, releases on other nodes arrive as notices).
         let mut released = state.registry.release_watch(id).await?;
         let now = now_ms();
         let outcome = state
             .registry
-            .update(id, |loaded| {
-                if loaded.meta.strategy != Strategy::Lock {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "strategy-refuses",
-                        format!("leases belong to lock documents; this one is {}", loaded.meta.strategy),
-                    ));
-                }
-                match &loaded.lease {
-                    Some(lease) if lease.expires_at_ms > now => Ok(Err(lease.clone())),
-                    _ => {
-                        loaded.last_token += 1;
-                        let lease = Lease {
-                            token: loaded.last_token,
-                            expires_at_ms: now + request.ttl_ms as i64,
-                            agent: agent.clone(),
-                        };
-                        loaded.lease = Some(lease.clone());
-                        Ok(Ok(lease))
-                    }
-                }
-            })
+            .acquire_lease(id, &agent, request.ttl_ms, now)
             .await?;
         match outcome {
             Ok(lease) => {
@@ -116,7 +100,10 @@ pub(super) async fn acquire(
                         held.expires_at_ms - now
                     ),
                 )
-                .with_header(header::RETRY_AFTER, HeaderValue::from_str(&retry).expect("digits")));
+                .with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&retry).expect("digits"),
+                ));
             }
             Err(held) => {
                 // Wait for a release, the lease's expiry or our deadline, whichever is first.
@@ -140,23 +127,12 @@ pub(super) async fn release(
         .and_then(|v| v.to_str().ok())
         .and_then(|t| t.trim().parse::<u64>().ok())
         .ok_or_else(|| {
-            ApiError::bad_request("invalid-lock-token", "send the lease's token in Concord-Lock")
+            ApiError::bad_request(
+                "invalid-lock-token",
+                "send the lease's token in Concord-Lock",
+            )
         })?;
-    state
-        .registry
-        .update(id, |loaded| match &loaded.lease {
-            Some(lease) if lease.token == token => {
-                loaded.lease = None;
-                Ok(())
-            }
-            _ => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "fenced",
-                format!("token {token} does not hold the lock"),
-            )),
-        })
-        .await?;
-    state.registry.notify_released(id);
+    state.registry.release_lease(id, token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,7 +153,10 @@ pub(super) async fn fork(
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "strategy-refuses",
-                    format!("only branches and crdt documents can be forked; this one is {}", loaded.meta.strategy),
+                    format!(
+                        "only branches and crdt documents can be forked; this one is {}",
+                        loaded.meta.strategy
+                    ),
                 ));
             }
             Ok((loaded.meta.schema.clone(), loaded.doc.fork()))
@@ -192,15 +171,27 @@ pub(super) async fn fork(
     let path = format!("/v1/docs/{parent}/fork");
     let registry = &state.registry;
     let mut copy = Some(copy);
-    idempotent(&state, &headers, &method, &path, b"", StatusCode::CREATED, now, |idem| {
-        registry.create(
-            doc,
-            move || copy.take().ok_or_else(|| ApiError::internal("fork made twice")),
-            &meta,
-            false,
-            idem,
-        )
-    })
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        b"",
+        StatusCode::CREATED,
+        now,
+        |idem| {
+            registry.create(
+                doc,
+                move || {
+                    copy.take()
+                        .ok_or_else(|| ApiError::internal("fork made twice"))
+                },
+                &meta,
+                false,
+                idem,
+            )
+        },
+    )
     .await
 }
 
@@ -221,10 +212,16 @@ pub(super) async fn merge(
     let target = doc_id(&id)?;
     let now = now_ms();
     let meta = write_meta(&headers, now)?;
-    let request: MergeBody = serde_json::from_value(json_body(&headers, &body, &["application/json"])?)
-        .map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", format!("invalid merge request: {e}"))
-        })?;
+    let request: MergeBody =
+        serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(
+            |e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-body",
+                    format!("invalid merge request: {e}"),
+                )
+            },
+        )?;
     if request.fork == target {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -238,31 +235,47 @@ pub(super) async fn merge(
         .await
         .map_err(|e| {
             if e.status == StatusCode::NOT_FOUND {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-fork", format!("no fork {}", request.fork))
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown-fork",
+                    format!("no fork {}", request.fork),
+                )
             } else {
                 e
             }
         })?;
     let path = format!("/v1/docs/{target}/merge");
     let registry = &state.registry;
-    idempotent(&state, &headers, &method, &path, &body, StatusCode::OK, now, |idem| {
-        registry.write(target, &meta, idem, |loaded| {
-            if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "strategy-refuses",
-                    format!("only branches and crdt documents take merges; this one is {}", loaded.meta.strategy),
-                ));
-            }
-            if !loaded.doc.shares_origin(&fork) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not-a-fork",
-                    format!("{} is not a fork of {target}", request.fork),
-                ));
-            }
-            Ok(loaded.doc.merge_from(&fork)?)
-        })
-    })
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        &body,
+        StatusCode::OK,
+        now,
+        |idem| {
+            registry.write(target, &meta, idem, |loaded| {
+                if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "strategy-refuses",
+                        format!(
+                            "only branches and crdt documents take merges; this one is {}",
+                            loaded.meta.strategy
+                        ),
+                    ));
+                }
+                if !loaded.doc.shares_origin(&fork) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "not-a-fork",
+                        format!("{} is not a fork of {target}", request.fork),
+                    ));
+                }
+                Ok(loaded.doc.merge_from(&fork)?)
+            })
+        },
+    )
     .await
 }

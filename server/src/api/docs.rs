@@ -96,9 +96,15 @@ fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get(LOCK_HEADER)
         .map(|v| {
-            v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()).ok_or_else(|| {
-                ApiError::bad_request("invalid-lock-token", "Concord-Lock must be a lock token (a number)")
-            })
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-lock-token",
+                        "Concord-Lock must be a lock token (a number)",
+                    )
+                })
         })
         .transpose()
 }
@@ -247,8 +253,17 @@ pub(super) async fn read(
                 })?;
             }
             let version = at.clone().unwrap_or_else(|| doc.version());
+            let current = at.is_none() && loaded.value_version == version;
             let value = match &pointer {
+                // The present is kept as JSON: no conversion from Automerge.
+                None if current => loaded.value.clone(),
+                Some(p) if current && loaded.value.pointer(&p.to_string()).is_some() => loaded
+                    .value
+                    .pointer(&p.to_string())
+                    .cloned()
+                    .unwrap_or_default(),
                 None => doc.read(at.as_ref())?,
+                // Not in the cached value: the document says why (missing, or malformed).
                 Some(p) => doc.read_path(at.as_ref(), p)?.ok_or_else(|| {
                     ApiError::new(
                         StatusCode::NOT_FOUND,
@@ -267,6 +282,11 @@ pub(super) async fn read(
             });
             if let Some(p) = &pointer {
                 body["path"] = json!(p.to_string());
+            }
+            // Storage damage (issue 6): stored records that did not load are named here.
+            let skipped = state.registry.damage_of(id);
+            if !skipped.is_empty() {
+                body["skipped"] = json!(skipped);
             }
             if conflicts {
                 body["conflicts"] = serde_json::to_value(doc.conflicts(at.as_ref())?)
@@ -451,7 +471,9 @@ pub(super) async fn post_changes(
         |idem| {
             registry.write(id, &meta, idem, |loaded| {
                 admit(loaded, WriteKind::Changes, None, None, now)?;
-                Ok(loaded.doc.apply_changes(&body)?)
+                // Complete: a change waiting for its dependencies would be acknowledged
+                // but not stored (tests/convergence.rs).
+                Ok(loaded.doc.apply_complete_changes(&body)?)
             })
         },
     )

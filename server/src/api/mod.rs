@@ -25,6 +25,8 @@ use crate::AppState;
 /// The router over shared state: every route of the API.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.body_limit;
+    let request_timeout = state.config.limits.request_timeout;
+    let guarded = Arc::clone(&state);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/docs", get(docs::list).post(docs::create))
@@ -70,14 +72,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::disable())
+        // Inside the body limit (a merge's body is read to check its fork), after routing
+        // (it needs the matched route): tokens, scopes, the token's agent (crate::auth).
+        .layer(middleware::from_fn_with_state(guarded, crate::auth::guard))
         .layer(RequestBodyLimitLayer::new(body_limit))
+        // Outside the rest, so that a slow body is timed too (crate::limits).
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            crate::limits::deadline,
+        ))
         // Outside the body limit, so that its 413 becomes problem+json too.
         .layer(middleware::map_response(ensure_problem_json))
         .layer(TraceLayer::new_for_http())
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness, and (issue 6) how much stored data failed to load since start, if any:
+/// counts only, as this endpoint is public; the log and each document's reads name the
+/// records.
+async fn healthz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Json<Value> {
+    let mut health = json!({"status": "ok"});
+    let (documents, records) = state.registry.damage_summary();
+    if documents > 0 {
+        health["storage"] = json!({"damaged_documents": documents, "skipped_records": records});
+    }
+    Json(health)
 }
 
 async fn not_found() -> ApiError {

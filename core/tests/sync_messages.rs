@@ -1,0 +1,115 @@
+//! Hostile sync messages: each regression test is named for a bug fuzzing found in the
+//! way Automerge handles a peer's message, now refused or repaired by
+//! `SyncMessage::decode` before it can reach Automerge.
+
+use automerge::sync::{BloomFilter, Have, Message, MessageVersion};
+use automerge::ChangeHash;
+use concord_core::sync::{SyncError, SyncMessage, SyncState};
+use concord_core::{Document, Schema, WriteMeta};
+use serde_json::json;
+
+fn message(have: Vec<Have>, heads: Vec<ChangeHash>) -> Vec<u8> {
+    Message {
+        heads,
+        need: Vec::new(),
+        have,
+        changes: Vec::<Vec<u8>>::new().into(),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode()
+}
+
+fn leb(mut n: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A Bloom filter in wire form: entries, bits per entry, probes, then the bits.
+fn bloom(entries: u64, bits_per_entry: u64, probes: u64, bits: &[u8]) -> BloomFilter {
+    let mut bytes = Vec::new();
+    leb(entries, &mut bytes);
+    leb(bits_per_entry, &mut bytes);
+    leb(probes, &mut bytes);
+    bytes.extend_from_slice(bits);
+    BloomFilter::try_from(&bytes[..]).expect("Automerge parses it")
+}
+
+/// The server's side of a sync after receiving `bytes`: decode, receive, answer.
+fn serve(bytes: &[u8]) -> Result<(), SyncError> {
+    let meta = WriteMeta {
+        agent: "s".into(),
+        time_ms: 0,
+        message: None,
+    };
+    let (mut doc, _) = Document::create(&json!({"k": 1}), Schema::default(), &meta).unwrap();
+    let mut state = SyncState::new();
+    let message = SyncMessage::decode(bytes)?;
+    doc.receive_sync_message(&mut state, message)?;
+    let _ = doc.generate_sync_message(&mut state);
+    Ok(())
+}
+
+/// Bug: a filter with entries but zero bits per entry made Automerge compute `x % 0` when
+/// it next wrote to the peer: a panic in the connection's task.
+#[test]
+fn bloom_filter_without_bits_is_refused() {
+    let have = Have {
+        last_sync: Vec::new(),
+        bloom: bloom(3, 0, 7, &[]),
+    };
+    let err = serve(&message(vec![have], Vec::new())).unwrap_err();
+    assert!(matches!(err, SyncError::Malformed(_)), "{err}");
+}
+
+/// Bug: Automerge allocates a vector of `probes` entries per hash it looks up, so a filter
+/// asking for 2^32 - 1 probes made it ask for 16 GiB: the process aborts.
+#[test]
+fn bloom_filter_with_absurd_probes_is_refused() {
+    let have = Have {
+        last_sync: Vec::new(),
+        bloom: bloom(1, 10, u64::from(u32::MAX), &[0xff, 0xff]),
+    };
+    let err = serve(&message(vec![have], Vec::new())).unwrap_err();
+    assert!(matches!(err, SyncError::Malformed(_)), "{err}");
+}
+
+/// A well-formed filter, as Automerge makes them, still passes.
+#[test]
+fn ordinary_bloom_filters_pass() {
+    let hashes = [ChangeHash([1; 32]), ChangeHash([2; 32])];
+    let have = Have {
+        last_sync: Vec::new(),
+        bloom: BloomFilter::from_hashes(hashes.iter()),
+    };
+    serve(&message(vec![have], Vec::new())).unwrap();
+}
+
+/// Bug: heads sent out of order were kept so, and Automerge asserts (in debug builds)
+/// that the hash lists it encodes are sorted.
+#[test]
+fn unsorted_hashes_are_put_in_order() {
+    // Automerge will not encode them out of order: encode in order, then swap the two.
+    let mut bytes = message(Vec::new(), vec![ChangeHash([1; 32]), ChangeHash([9; 32])]);
+    assert_eq!(
+        &bytes[..2],
+        [0x42, 2],
+        "a message type byte, then two heads"
+    );
+    bytes[2..66].rotate_left(32);
+    assert_eq!(bytes[2], 9);
+    let decoded = SyncMessage::decode(&bytes).unwrap();
+    let again = SyncMessage::decode(&decoded.clone().encode()).unwrap();
+    assert_eq!(again, decoded);
+    assert_eq!(
+        decoded.heads().heads(),
+        [ChangeHash([1; 32]), ChangeHash([9; 32])]
+    );
+}

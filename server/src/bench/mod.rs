@@ -1,0 +1,278 @@
+//! `concord bench`: Concord measured beside its baselines, in one run, so that every figure
+//! that matters is a ratio against something measured on the same machine at the same time.
+//!
+//! # Layout
+//! - [`trace`]: the editing trace through a `String`, raw Automerge and Concord's text path.
+//! - [`http`]: loopback HTTP writes, crdt against lww against a no-op endpoint.
+//! - [`stale`]: whole-document writes from bases 1, 10 and 100 versions old.
+//! - [`fanout`]: one writer, many WebSocket subscribers.
+//! - [`scale`]: memory with many idle documents, per open document, cold reads.
+//! - [`peer`]: the official automerge-repo sync server against Concord's `/v1/repo`,
+//!   driven by the same JavaScript client workload.
+//! - [`report`]: the table and the JSON.
+//!
+//! A smoke run ([`BenchOptions::smoke`]) exercises every section with tiny sizes; the test
+//! suite runs it to check the harness works. It asserts no timing.
+
+pub mod cli;
+pub mod fanout;
+pub mod http;
+pub mod peer;
+pub mod report;
+pub mod scale;
+pub mod stale;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_core::storage::Store;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::registry::Tuning;
+use crate::sqlite::SqliteStore;
+use crate::{AppState, Config, Server};
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An input it needs is missing (the editing trace, say).
+    #[error("{0}")]
+    Missing(String),
+    /// Something measured did not behave (a write refused, a wrong result).
+    #[error("{0}")]
+    Invalid(String),
+    /// A server, socket or file failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
+    pub smoke: bool,
+    /// Sections to run (all when empty): trace, http, stale, fanout, scale, peer.
+    pub only: Vec<String>,
+    /// The editing trace file.
+    pub trace: PathBuf,
+    /// The `concord` binary, for the scale section's child servers (in-process if none).
+    pub exe: Option<PathBuf>,
+}
+
+impl BenchOptions {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+/// Every section's results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BenchReport {
+    /// The machine: cores and a description.
+    pub machine: Value,
+    /// Editing trace.
+    pub trace: Option<trace::TraceReport>,
+    /// HTTP writes.
+    pub http: Vec<http::HttpRow>,
+    /// Stale-base merges.
+    pub stale: Vec<stale::StaleRow>,
+    /// Fan-out.
+    pub fanout: Vec<fanout::FanoutRow>,
+    /// Scale of documents.
+    pub scale: Option<scale::ScaleReport>,
+    /// The automerge-repo sync server against Concord.
+    pub peer: Option<peer::PeerReport>,
+    /// Sections skipped, with why.
+    pub skipped: Vec<String>,
+}
+
+/// A Concord server in this process over a SQLite store in a temporary folder, with the
+/// store at hand for its counters.
+pub struct LocalConcord {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its store.
+    pub store: Arc<SqliteStore>,
+    /// Its shared state.
+    pub state: Arc<AppState>,
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalConcord {
+    /// Starts one.
+    pub async fn start(tuning: Tuning) -> Result<LocalConcord, BenchError> {
+        let dir = tempfile::tempdir().map_err(|e| BenchError::Io(e.to_string()))?;
+        let store = Arc::new(trace::open_store(dir.path())?);
+        let config = Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data: dir.path().to_path_buf(),
+            tuning,
+            ..Config::default()
+        };
+        let server = Server::start_with_store(Arc::clone(&store) as Arc<dyn Store>, config)
+            .await
+            .map_err(|e| BenchError::Io(e.to_string()))?;
+        Ok(LocalConcord {
+            addr: server.addr(),
+            state: Arc::clone(server.state()),
+            store,
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    /// Creates `count` documents with `value` and `strategy`; returns their URLs.
+    pub async fn create_docs(
+        &self,
+        client: &reqwest::Client,
+        count: usize,
+        strategy: &str,
+        value: Value,
+    ) -> Result<Vec<String>, BenchError> {
+        let mut urls = Vec::with_capacity(count);
+        for _ in 0..count {
+            let body: Value = client
+                .post(format!("http://{}/v1/docs", self.addr))
+                .json(&serde_json::json!({"value": value, "strategy": strategy}))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| BenchError::Io(e.to_string()))?
+                .json()
+                .await
+                .map_err(|e| BenchError::Io(e.to_string()))?;
+            let id = body["id"].as_str().unwrap_or_default();
+            urls.push(format!("http://{}/v1/docs/{id}", self.addr));
+        }
+        Ok(urls)
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown().await;
+        }
+    }
+}
+
+/// The `q` quantile of `values` (nearest rank), 0 for none.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Runs the chosen sections; `progress` hears what is running.
+pub async fn run(
+    options: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let mut report = BenchReport {
+        machine: serde_json::json!({
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "smoke": options.smoke,
+        }),
+        ..BenchReport::default()
+    };
+    let work = tempfile::tempdir().map_err(|e| BenchError::Io(e.to_string()))?;
+
+    if options.wants("trace") {
+        progress("trace: replaying the editing trace");
+        match trace::load(&options.trace) {
+            Ok(mut edits) => {
+                if options.smoke {
+                    edits.truncate(2000);
+                }
+                report.trace = Some(trace::run(&edits, &work.path().join("trace")).await?);
+            }
+            Err(BenchError::Missing(why)) => report.skipped.push(format!("trace: {why}")),
+            Err(e) => return Err(e),
+        }
+    }
+
+    let tuning = Tuning {
+        idle_evict: if options.smoke {
+            Duration::ZERO
+        } else {
+            Tuning::default().idle_evict
+        },
+        ..Tuning::default()
+    };
+    let needs_local = ["http", "stale", "fanout"].iter().any(|s| options.wants(s))
+        || (options.wants("scale") && options.exe.is_none());
+    if needs_local {
+        let concord = LocalConcord::start(tuning).await?;
+        if options.wants("http") {
+            let (agents, per_run, spread): (&[usize], usize, usize) = if options.smoke {
+                (&[1, 4], 40, 10)
+            } else {
+                (&[1, 8, 64, 256], 3000, 1000)
+            };
+            report.http = http::run(&concord, agents, per_run, spread, &mut progress).await?;
+        }
+        if options.wants("stale") {
+            progress("stale: merging from old bases");
+            let writes = if options.smoke { 5 } else { 200 };
+            report.stale = stale::run(&concord, &[1, 10, 100], writes).await?;
+        }
+        if options.wants("fanout") {
+            progress("fanout: one writer, many subscribers");
+            let (counts, writes): (&[usize], usize) = if options.smoke {
+                (&[5], 3)
+            } else {
+                (&[100, 1000], 50)
+            };
+            report.fanout = fanout::run(&concord, counts, writes).await?;
+        }
+        if options.wants("scale") && options.exe.is_none() {
+            progress("scale: in-process (no binary given)");
+            report.scale =
+                Some(scale::smoke(&concord, if options.smoke { 50 } else { 2000 }).await?);
+        }
+        concord.stop().await;
+    }
+    if options.wants("scale") {
+        if let Some(exe) = &options.exe {
+            progress("scale: many idle documents in a child server");
+            let counts: &[usize] = if options.smoke {
+                &[100]
+            } else {
+                &[10_000, 100_000]
+            };
+            report.scale = Some(
+                scale::run(
+                    exe,
+                    counts,
+                    if options.smoke { 50 } else { 2000 },
+                    work.path(),
+                )
+                .await?,
+            );
+        }
+    }
+    if options.wants("peer") {
+        progress("peer: the automerge-repo sync server against Concord's /v1/repo");
+        let peer = if options.smoke {
+            peer::smoke().await
+        } else {
+            peer::run(&peer::PeerOptions::default()).await
+        }
+        .map_err(|e| BenchError::Io(format!("peer: {e}")))?;
+        if let Some(why) = &peer.skipped {
+            report.skipped.push(format!("peer: {why}"));
+        }
+        report.peer = Some(peer);
+    }
+    Ok(report)
+}

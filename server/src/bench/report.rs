@@ -1,0 +1,151 @@
+//! The benchmark's table, with the ratios that matter beside the raw figures.
+
+use std::fmt::Write;
+
+use super::http::Target;
+use super::BenchReport;
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The HTTP row for a target and agent count.
+fn rate(report: &BenchReport, target: Target, agents: usize) -> Option<f64> {
+    report
+        .http
+        .iter()
+        .find(|r| r.target == target && r.agents == agents)
+        .map(|r| r.writes_per_sec)
+}
+
+/// The whole report as text.
+pub fn table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {}", report.machine);
+    if let Some(t) = &report.trace {
+        let _ = writeln!(
+            out,
+            "\nEditing trace ({} edits, {} chars, sha256 {})",
+            t.edits,
+            t.final_chars,
+            &t.sha256[..16]
+        );
+        let _ = writeln!(out, "  {:<34} {:>10}  {:>8}", "path", "ms", "vs raw");
+        let raw = ms(t.automerge);
+        for (name, d) in [
+            ("String splices (floor)", t.string),
+            ("raw Automerge, commit per edit", t.automerge),
+            ("raw Automerge + encode each change", t.automerge_encoded),
+            ("Concord text path (PATCH splice)", t.concord),
+        ] {
+            let _ = writeln!(out, "  {:<34} {:>10.1}  {:>7.2}x", name, ms(d), ms(d) / raw);
+        }
+        let verdict = if t.sha256 == super::trace::FINAL_SHA256 {
+            "matches"
+        } else {
+            "differs (partial trace?)"
+        };
+        let _ = writeln!(
+            out,
+            "  final text sha256 {verdict}; snapshot {} bytes; cold load from SQLite {:.1} ms",
+            t.snapshot_bytes,
+            ms(t.cold_load)
+        );
+    }
+    if !report.http.is_empty() {
+        let _ = writeln!(out, "\nHTTP writes on loopback (small PATCH each)");
+        let _ = writeln!(
+            out,
+            "  {:<18} {:>6} {:>8} {:>10} {:>8} {:>8} {:>10}",
+            "target", "agents", "writes", "writes/s", "p50 ms", "p99 ms", "fsync/ack"
+        );
+        for r in &report.http {
+            let fsync = r
+                .fsyncs_per_write
+                .map_or("-".to_owned(), |f| format!("{f:.3}"));
+            let _ = writeln!(
+                out,
+                "  {:<18} {:>6} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>10}",
+                r.target.label(),
+                r.agents,
+                r.writes,
+                r.writes_per_sec,
+                r.p50_ms,
+                r.p99_ms,
+                fsync
+            );
+        }
+        let mut agents: Vec<usize> = report.http.iter().map(|r| r.agents).collect();
+        agents.dedup();
+        for a in agents {
+            let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {a:>3} agents: crdt/lww hot {}, crdt/lww spread {}, durable spread/no-op {}, durable hot/no-op {}",
+                ratio(rate(report, Target::CrdtHot, a), rate(report, Target::LwwHot, a)),
+                ratio(rate(report, Target::CrdtSpread, a), rate(report, Target::LwwSpread, a)),
+                ratio(rate(report, Target::CrdtSpread, a), rate(report, Target::Noop, a)),
+                ratio(rate(report, Target::CrdtHot, a), rate(report, Target::Noop, a)),
+            );
+        }
+    }
+    if !report.stale.is_empty() {
+        let _ = writeln!(out, "\nStale-base merges (whole-document PUT)");
+        for r in &report.stale {
+            let _ = writeln!(
+                out,
+                "  base {:>3} versions old: {:>8.0} PUT/s, p50 {:.2} ms ({} writes)",
+                r.age, r.per_sec, r.p50_ms, r.writes
+            );
+        }
+    }
+    if !report.fanout.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFan-out (one writer, WebSocket subscribers; until the last one has the change)"
+        );
+        for r in &report.fanout {
+            let _ = writeln!(
+                out,
+                "  {:>5} subscribers: from ack p50 {:.2} ms p99 {:.2} ms; from send p50 {:.2} ms p99 {:.2} ms ({} writes)",
+                r.subscribers, r.from_ack_p50_ms, r.from_ack_p99_ms, r.from_send_p50_ms, r.from_send_p99_ms, r.writes
+            );
+        }
+    }
+    if let Some(s) = &report.scale {
+        let _ = writeln!(
+            out,
+            "\nScale of documents{}",
+            if s.in_process {
+                " (in-process: figures include the load generator)"
+            } else {
+                ""
+            }
+        );
+        for r in &s.rows {
+            let _ = writeln!(
+                out,
+                "  {:>7} idle docs: RSS {:.1} MB (peak {:.1} MB while creating {:.0}/s)",
+                r.docs, r.idle_rss_mb, r.peak_rss_mb, r.creates_per_sec
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  per open document: {:.1} KB; first read of a cold document: p50 {:.2} ms, p99 {:.2} ms",
+            s.per_open_doc_kb, s.cold_read_p50_ms, s.cold_read_p99_ms
+        );
+    }
+    if let Some(peer) = report.peer.as_ref().filter(|p| p.skipped.is_none()) {
+        let _ = writeln!(
+            out,
+            "\nThe peer: automerge-repo sync server against Concord /v1/repo\n{peer}"
+        );
+    }
+    for skipped in &report.skipped {
+        let _ = writeln!(out, "\nskipped: {skipped}");
+    }
+    out
+}

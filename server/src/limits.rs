@@ -1,0 +1,411 @@
+//! Limits: what one request, one document and one connection may cost, so that a client
+//! that is careless, slow or hostile cannot take the server from everyone else.
+//!
+//! | limit | default | configured by | over it |
+//! |---|---|---|---|
+//! | request body | 8 MiB | `Config::body_limit` | `413` problem |
+//! | document size (compact JSON of its value) | 16 MiB | [`Limits::max_document_bytes`] | `413` `document-too-large`; the document is unchanged |
+//! | JSON nesting of a body or message | 127 levels | fixed (the JSON parser's limit) | `400` `invalid-json` (`error` over WebSocket) |
+//! | nesting of a document | 160 levels | fixed (`concord_core::value::MAX_DEPTH`) | `422` `invalid-value`; unchanged |
+//! | WebSocket message size and rate | 8 MiB; 200 at once, 100/s | `LiveConfig` | `error` (413, 429), then close |
+//! | open connections | 512 | [`Limits::max_connections`] | `503` `too-many-connections`, closed at once |
+//! | request headers (and idle keep-alive) | 30 s | [`Limits::header_timeout`] | the connection is closed |
+//! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` |
+//!
+//! Excess connections are *refused*, not queued: a client learns at once that the server is
+//! full (`Retry-After: 1`) instead of waiting in the kernel's backlog for an unknown time.
+//! Every open connection counts, WebSocket connections included, for as long as they stay
+//! open.
+//!
+//! The handling timeout covers the time until the response *head* is ready. A WebSocket
+//! answers its upgrade at once and a Server-Sent Events stream its head at once, so live
+//! streams are not cut by it; they have their own keep-alive and idle rules (`LiveConfig`).
+//! The default (90 s) is above the longest lock wait a request may ask for (60 s).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use concord_core::{Document, Version};
+use futures_util::Stream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
+
+use crate::problem::{problem_body, ApiError, PROBLEM_JSON};
+
+/// How deep arrays and objects may nest in a request body or WebSocket message: the JSON
+/// parser (`serde_json`, recursion limit 128) refuses the 128th level before anything is
+/// applied, so input cannot exhaust the stack.
+pub const MAX_JSON_NESTING: usize = 127;
+
+/// The problem kind of a write refused for the size of the document it would make.
+pub const DOCUMENT_TOO_LARGE: &str = "document-too-large";
+
+/// Limits on documents, connections and slow clients. (The body limit is
+/// `Config::body_limit`; WebSocket limits are in `LiveConfig`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest a document's value may be, as compact JSON, in bytes. A write that would
+    /// make it larger is refused and changes nothing: memory and every read of the document
+    /// grow with it, and an agent should not be able to grow one without bound.
+    pub max_document_bytes: usize,
+    /// The most connections open at once; more are answered `503` and closed. Each costs a
+    /// file descriptor and memory, and WebSocket connections stay open for long.
+    pub max_connections: usize,
+    /// A connection that has not sent a request's headers this long after it opened, or
+    /// after its previous response, is closed (slow or idle clients hold a connection slot).
+    pub header_timeout: Duration,
+    /// A request whose response is not ready this long after its headers arrived is
+    /// answered `408` if its body was still arriving, else `503`.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_document_bytes: 16 * 1024 * 1024,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Document size.
+
+/// Counts bytes, and stops the serializer once they pass `max`.
+struct Counter {
+    bytes: usize,
+    max: usize,
+}
+
+impl io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes += buf.len();
+        if self.bytes > self.max {
+            return Err(io::Error::other("over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `Ok` if `value` is at most `max` bytes of compact JSON; else the `413` to answer.
+pub(crate) fn check_document(value: &Value, max: usize) -> Result<(), ApiError> {
+    let mut counter = Counter { bytes: 0, max };
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            DOCUMENT_TOO_LARGE,
+            format!(
+                "this write would make the document more than {max} bytes of JSON, the server's \
+                 document limit; nothing was changed"
+            ),
+        )),
+    }
+}
+
+/// Puts `doc` back at `to` (its version before a refused edit) without reloading it from
+/// storage: a reload could miss writes whose batches are still on their way to the disk.
+/// True if it did; on false the caller drops the document from memory instead.
+pub(crate) fn rewind(doc: &mut Document, to: &Version) -> bool {
+    let Ok(at) = doc.automerge().fork_at(to.heads()) else {
+        return false;
+    };
+    match Document::load(doc.schema().clone(), Some(&at.save()), &[]) {
+        Ok((restored, report)) if report.skipped.is_empty() && restored.version() == *to => {
+            *doc = restored;
+            true
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The handling timeout.
+
+/// A request body that records whether its reader is waiting for the client.
+struct Watched {
+    inner: axum::body::BodyDataStream,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let poll = Pin::new(&mut self.inner).poll_next(cx);
+        self.waiting.store(poll.is_pending(), Ordering::Relaxed);
+        poll
+    }
+}
+
+/// Middleware: answers a request that is not handled within `timeout` with `408` (its body
+/// was still arriving: a slow client, and the connection is closed) or `503` (the server
+/// was slow: retry, with the same `Idempotency-Key` for a write). Only the time until the
+/// response head is limited: live streams are not affected (see the module docs).
+pub async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let waiting = Arc::new(AtomicBool::new(false));
+    let watched = Arc::clone(&waiting);
+    let request = request.map(|body| {
+        Body::from_stream(Watched {
+            inner: body.into_data_stream(),
+            waiting: watched,
+        })
+    });
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) if waiting.load(Ordering::Relaxed) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the request body did not arrive within {} ms; nothing was applied",
+                    timeout.as_millis()
+                ),
+            )
+            .into_response();
+            // The rest of the body may still come: this connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "handling-timeout",
+            format!(
+                "the request was not handled within {} ms; a write may or may not have been \
+                 applied (retry with the same Idempotency-Key)",
+                timeout.as_millis()
+            ),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The serve loop: connection limit and header timeout.
+
+/// How many refusals may be in progress at once; past that an excess connection is closed
+/// without an answer (a flood must not turn refusals into the new way to exhaust us).
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// How long a refusal may take (writing the answer, reading what the client sent).
+const REFUSAL_TIME: Duration = Duration::from_secs(5);
+
+/// A connection's socket, holding its place among the open connections until it is shut
+/// down or dropped (for a WebSocket: when the socket closes). The place is given back
+/// before the socket closes, so a client that saw its connection end can count on it.
+struct Counted {
+    place: Option<OwnedSemaphorePermit>,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.place = None;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// Errors of one connection's accept that say nothing about the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 with upgrades) until `stop` turns true, then
+/// stops accepting, lets every connection finish its request in flight, and returns once
+/// they have all closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    // Every connection task holds a sender: when all are dropped, all connections are done.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::error!(error = %e, "cannot accept connections; retrying in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            if let Ok(turn) = Arc::clone(&refusals).try_acquire_owned() {
+                tokio::spawn(refuse(stream, limits.max_connections, turn));
+            }
+            continue;
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(request.map(Body::new))
+            });
+        let io = TokioIo::new(Counted {
+            place: Some(place),
+            stream,
+        });
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let mut stop = stop.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopped(&mut stop) => {
+                    // Finish the request in flight, accept no other on this connection.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open);
+    let _ = all_closed.recv().await;
+    Ok(())
+}
+
+/// Returns once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Answers a connection over the limit `503` problem+json and closes it.
+async fn refuse(mut stream: TcpStream, limit: usize, _turn: OwnedSemaphorePermit) {
+    let body = problem_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too-many-connections",
+        &format!("the server has its limit of {limit} connections open; retry shortly"),
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        // Read what the client sent until it closes: closing with unread input would
+        // reset the connection, and the client could lose the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_core::{Schema, WriteMeta};
+    use serde_json::json;
+
+    #[test]
+    fn document_size_is_counted_as_compact_json() {
+        let value = json!({"a": [1, 2, 3]});
+        let size = serde_json::to_vec(&value).unwrap().len();
+        assert!(check_document(&value, size).is_ok());
+        let e = check_document(&value, size - 1).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.kind, DOCUMENT_TOO_LARGE);
+    }
+
+    #[test]
+    fn rewind_restores_the_version_and_value_before_an_edit() {
+        let meta = WriteMeta {
+            agent: "a".into(),
+            time_ms: 0,
+            message: None,
+        };
+        let (mut doc, _) = Document::create(&json!({"n": 1}), Schema::default(), &meta).unwrap();
+        let before = doc.version();
+        doc.put(None, &json!({"n": 2, "m": "x"}), &meta).unwrap();
+        assert_ne!(doc.version(), before);
+        assert!(rewind(&mut doc, &before));
+        assert_eq!(doc.version(), before);
+        assert_eq!(doc.read(None).unwrap(), json!({"n": 1}));
+        // And it takes writes again.
+        doc.put(None, &json!({"n": 3}), &meta).unwrap();
+        assert_eq!(doc.read(None).unwrap(), json!({"n": 3}));
+    }
+}
