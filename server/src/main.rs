@@ -14,7 +14,12 @@ use concord_server::{Config, LiveConfig, Server};
 /// Concord: a document store for agents that share documents. Concurrent edits merge
 /// (Automerge CRDTs) instead of overwriting each other.
 #[derive(Parser)]
-#[command(name = "concord", version, about, long_about = None)]
+#[command(
+    name = "concord",
+    version,
+    about = "Concord: a document store for agents that share documents. Concurrent edits merge (Automerge CRDTs) instead of overwriting each other.",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -245,7 +245,9 @@ struct Slot {
     state: Arc<RwLock<SlotState>>,
     pending: Mutex<Pending>,
     /// Change events of this document, for live subscribers.
-    events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// Made on the first subscription: a channel's buffer is allocated up front, and most
+    /// documents never have a live subscriber.
+    events: std::sync::OnceLock<broadcast::Sender<Arc<ChangeEvent>>>,
     /// Counts lease releases, for lock requests that wait (a watch, so that a release
     /// between a waiter's check and its wait is not missed).
     released: watch::Sender<u64>,
@@ -263,7 +265,7 @@ impl Slot {
         Arc::new(Slot {
             state: Arc::new(RwLock::new(SlotState::Live(Box::new(loaded)))),
             pending: Mutex::new(Pending::default()),
-            events: broadcast::channel(EVENT_BUFFER).0,
+            events: std::sync::OnceLock::new(),
             released: watch::channel(0).0,
             answered: watch::channel(0).0,
             last_used: AtomicI64::new(crate::api::now_ms()),
@@ -441,6 +443,9 @@ impl Registry {
             }
         }
         done.evicted = self.evict_idle();
+        if done.evicted > 0 {
+            release_freed_memory();
+        }
         done
     }
 
@@ -505,7 +510,7 @@ impl Registry {
             let idle = now - slot.last_used.load(std::sync::atomic::Ordering::Relaxed) >= idle_ms;
             if !idle
                 || Arc::strong_count(slot) > 1
-                || slot.events.receiver_count() > 0
+                || slot.events.get().is_some_and(|e| e.receiver_count() > 0)
                 || !slot.pending.lock().unwrap_or_else(PoisonError::into_inner).queue.is_empty()
             {
                 return true;
@@ -1348,7 +1353,10 @@ impl Registry {
             let SlotState::Live(loaded) = &*state else {
                 continue;
             };
-            let receiver = slot.events.subscribe();
+            let receiver = slot
+                .events
+                .get_or_init(|| broadcast::channel(EVENT_BUFFER).0)
+                .subscribe();
             let current = loaded.doc.version();
             let catchup = match since {
                 None => Catchup::Snapshot {
@@ -1438,7 +1446,9 @@ fn publish(
     }
     loaded.recent.push_back(Arc::clone(&event));
     // No subscribers is not an error.
-    let _ = slot.events.send(event);
+    if let Some(events) = slot.events.get() {
+        let _ = events.send(event);
+    }
 }
 
 /// Up to this many records caught up at once are published one event each.
@@ -1534,5 +1544,17 @@ impl Drop for Settling<'_> {
             // Readers waiting on this copy look again (and load what the store holds).
             guard.slot.answered.send_replace(u64::MAX);
         }
+    }
+}
+
+/// Hands memory freed by evicted documents back to the operating system. glibc keeps freed
+/// memory in its arenas otherwise, so a server that once held many documents would keep
+/// their resident size after they left.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no
+    // memory in use and may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

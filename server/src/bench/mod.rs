@@ -112,6 +112,11 @@ impl LocalConcord {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data: dir.path().to_path_buf(),
             tuning,
+            // The fan-out section opens a thousand WebSockets at once.
+            limits: crate::limits::Limits {
+                max_connections: 4096,
+                ..Default::default()
+            },
             ..Config::default()
         };
         let server = Server::start_with_store(Arc::clone(&store) as Arc<dyn Store>, config)
@@ -194,7 +199,8 @@ pub async fn run(
                 if options.smoke {
                     edits.truncate(2000);
                 }
-                report.trace = Some(trace::run(&edits, &work.path().join("trace")).await?);
+                let rounds = if options.smoke { 1 } else { 3 };
+                report.trace = Some(trace::run(&edits, &work.path().join("trace"), rounds).await?);
             }
             Err(BenchError::Missing(why)) => report.skipped.push(format!("trace: {why}")),
             Err(e) => return Err(e),
