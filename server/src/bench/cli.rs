@@ -12,7 +12,8 @@ pub struct BenchArgs {
     /// Tiny sizes: checks the harness works in seconds; the figures mean nothing.
     #[arg(long)]
     pub smoke: bool,
-    /// Sections to run, comma-separated: trace, http, stale, fanout, scale, peer (default: all).
+    /// Sections to run, comma-separated: trace, http, stale, fanout, scale, peer, cluster
+    /// (default: all; cluster needs CONCORD_BENCH_POSTGRES or CONCORD_TEST_POSTGRES).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The editing trace (default: $CONCORD_TRACE or ../shared/data/automerge-paper-edits.json).
@@ -23,7 +24,9 @@ pub struct BenchArgs {
     pub json: PathBuf,
 }
 
-const SECTIONS: [&str; 6] = ["trace", "http", "stale", "fanout", "scale", "peer"];
+const SECTIONS: [&str; 7] = [
+    "trace", "http", "stale", "fanout", "scale", "peer", "cluster",
+];
 
 /// Runs `concord bench`.
 pub async fn main(args: BenchArgs) -> Result<(), BenchError> {

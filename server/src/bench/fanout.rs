@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{percentile, BenchError, LocalConcord};
+use super::{fetch_json, percentile, BenchError, LocalConcord};
 
 /// One measured subscriber count.
 #[derive(Debug, Clone, Serialize)]
@@ -88,17 +88,13 @@ pub async fn run(
         let (mut from_ack, mut from_send) = (Vec::new(), Vec::new());
         for i in 0..writes {
             let sent = Instant::now();
-            let body: Value = client
-                .patch(&url)
-                .header("content-type", "application/json-patch+json")
-                .body(json!([{"op": "replace", "path": "/n", "value": i + 1}]).to_string())
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| BenchError::Io(e.to_string()))?
-                .json()
-                .await
-                .map_err(|e| BenchError::Io(e.to_string()))?;
+            let body: Value = fetch_json(
+                client
+                    .patch(&url)
+                    .header("content-type", "application/json-patch+json")
+                    .body(json!([{"op": "replace", "path": "/n", "value": i + 1}]).to_string()),
+            )
+            .await?;
             let acked = Instant::now();
             let version = body["version"].as_str().unwrap_or_default().to_owned();
             let mut seen = 0;

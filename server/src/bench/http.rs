@@ -128,7 +128,7 @@ pub async fn run(
 
 /// `agents` tasks share `writes` small PATCHes over `urls` (document URLs or the no-op);
 /// returns every latency (ms) and the wall time.
-async fn drive(
+pub(crate) async fn drive(
     client: &reqwest::Client,
     urls: &[String],
     agents: usize,

@@ -7,6 +7,7 @@
 //! - [`stale`]: whole-document writes from bases 1, 10 and 100 versions old.
 //! - [`fanout`]: one writer, many WebSocket subscribers.
 //! - [`scale`]: memory with many idle documents, per open document, cold reads.
+//! - [`cluster`]: one node against two nodes on PostgreSQL (when a database is given).
 //! - [`peer`]: the official automerge-repo sync server against Concord's `/v1/repo`,
 //!   driven by the same JavaScript client workload.
 //! - [`report`]: the table and the JSON.
@@ -15,6 +16,7 @@
 //! suite runs it to check the harness works. It asserts no timing.
 
 pub mod cli;
+pub mod cluster;
 pub mod fanout;
 pub mod http;
 pub mod peer;
@@ -55,7 +57,7 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, http, stale, fanout, scale, peer.
+    /// Sections to run (all when empty): trace, http, stale, fanout, scale, peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -86,6 +88,8 @@ pub struct BenchReport {
     pub scale: Option<scale::ScaleReport>,
     /// The automerge-repo sync server against Concord.
     pub peer: Option<peer::PeerReport>,
+    /// One node against two on PostgreSQL.
+    pub cluster: Vec<cluster::ClusterRow>,
     /// Sections skipped, with why.
     pub skipped: Vec<String>,
 }
@@ -141,16 +145,12 @@ impl LocalConcord {
     ) -> Result<Vec<String>, BenchError> {
         let mut urls = Vec::with_capacity(count);
         for _ in 0..count {
-            let body: Value = client
-                .post(format!("http://{}/v1/docs", self.addr))
-                .json(&serde_json::json!({"value": value, "strategy": strategy}))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| BenchError::Io(e.to_string()))?
-                .json()
-                .await
-                .map_err(|e| BenchError::Io(e.to_string()))?;
+            let body: Value = fetch_json(
+                client
+                    .post(format!("http://{}/v1/docs", self.addr))
+                    .json(&serde_json::json!({"value": value, "strategy": strategy})),
+            )
+            .await?;
             let id = body["id"].as_str().unwrap_or_default();
             urls.push(format!("http://{}/v1/docs/{id}", self.addr));
         }
@@ -163,6 +163,18 @@ impl LocalConcord {
             let _ = server.shutdown().await;
         }
     }
+}
+
+/// Sends a request and reads its JSON answer; an error status is an error.
+pub(crate) async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value, BenchError> {
+    request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| BenchError::Io(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| BenchError::Io(e.to_string()))
 }
 
 /// The `q` quantile of `values` (nearest rank), 0 for none.
@@ -265,6 +277,18 @@ pub async fn run(
                 )
                 .await?,
             );
+        }
+    }
+    if options.wants("cluster") {
+        match cluster::url_from_env() {
+            Some(url) => {
+                progress("cluster: one node against two on PostgreSQL");
+                let (agents, writes, docs) = if options.smoke { (4, 40, 8) } else { (64, 3000, 200) };
+                report.cluster = cluster::run(&url, agents, writes, docs).await?;
+            }
+            None => report.skipped.push(
+                "cluster: set CONCORD_BENCH_POSTGRES (or CONCORD_TEST_POSTGRES) to a postgres:// URL".into(),
+            ),
         }
     }
     if options.wants("peer") {

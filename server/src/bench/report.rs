@@ -150,6 +150,26 @@ pub fn table(report: &BenchReport) -> String {
             s.per_open_doc_kb, s.cold_read_p50_ms, s.cold_read_p99_ms
         );
     }
+    if !report.cluster.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nOne node against two on PostgreSQL (small PATCH each, spread over documents)"
+        );
+        for r in &report.cluster {
+            let _ = writeln!(
+                out,
+                "  {} node(s), {} agents: {:>8.0} writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes)",
+                r.nodes, r.agents, r.writes_per_sec, r.p50_ms, r.p99_ms, r.writes
+            );
+        }
+        if let [one, two] = report.cluster.as_slice() {
+            let _ = writeln!(
+                out,
+                "  two nodes / one node: {:.2}x",
+                two.writes_per_sec / one.writes_per_sec.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
     if let Some(peer) = report.peer.as_ref().filter(|p| p.skipped.is_none()) {
         let _ = writeln!(
             out,

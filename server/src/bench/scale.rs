@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{percentile, BenchError};
+use super::{fetch_json, percentile, BenchError};
 
 /// Memory with `docs` idle documents.
 #[derive(Debug, Clone, Serialize)]
@@ -122,16 +122,12 @@ async fn create_many(
         tasks.spawn(async move {
             let mut ids = Vec::with_capacity(mine);
             for i in 0..mine {
-                let body: serde_json::Value = client
-                    .post(format!("http://{addr}/v1/docs"))
-                    .json(&json!({"value": {"title": format!("doc {w}-{i}"), "n": i}}))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| BenchError::Io(e.to_string()))?
-                    .json()
-                    .await
-                    .map_err(|e| BenchError::Io(e.to_string()))?;
+                let body: serde_json::Value = fetch_json(
+                    client
+                        .post(format!("http://{addr}/v1/docs"))
+                        .json(&json!({"value": {"title": format!("doc {w}-{i}"), "n": i}})),
+                )
+                .await?;
                 ids.push(body["id"].as_str().unwrap_or_default().to_owned());
             }
             Ok::<_, BenchError>(ids)

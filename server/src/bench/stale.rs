@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{percentile, BenchError, LocalConcord};
+use super::{fetch_json, percentile, BenchError, LocalConcord};
 
 /// One measured age.
 #[derive(Debug, Clone, Serialize)]
@@ -94,15 +94,7 @@ async fn get(
         Some(v) => format!("{url}?at={v}"),
         None => url.to_owned(),
     };
-    let body: Value = client
-        .get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| BenchError::Io(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| BenchError::Io(e.to_string()))?;
+    let body: Value = fetch_json(client.get(url)).await?;
     Ok((
         body["value"].clone(),
         body["version"].as_str().unwrap_or_default().to_owned(),
@@ -110,16 +102,14 @@ async fn get(
 }
 
 async fn patch_title(client: &reqwest::Client, url: &str, i: usize) -> Result<String, BenchError> {
-    let body: Value = client
-        .patch(url)
-        .header("content-type", "application/json-patch+json")
-        .body(json!([{"op": "replace", "path": "/title", "value": format!("t{i}")}]).to_string())
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| BenchError::Io(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| BenchError::Io(e.to_string()))?;
+    let body: Value = fetch_json(
+        client
+            .patch(url)
+            .header("content-type", "application/json-patch+json")
+            .body(
+                json!([{"op": "replace", "path": "/title", "value": format!("t{i}")}]).to_string(),
+            ),
+    )
+    .await?;
     Ok(body["version"].as_str().unwrap_or_default().to_owned())
 }
