@@ -341,6 +341,22 @@ pub struct IdempotencyDraft {
     pub now_ms: i64,
 }
 
+impl IdempotencyDraft {
+    /// The record to store with the write: the response `respond` makes for `written`,
+    /// which is the one a retry with the same key replays.
+    fn record(self, respond: Responder, written: &Written) -> IdempotencyRecord {
+        let (headers, body) = respond(written, self.status);
+        IdempotencyRecord {
+            key: self.key,
+            fingerprint: self.fingerprint,
+            status: self.status.as_u16(),
+            headers,
+            body,
+            created_at_ms: self.now_ms,
+        }
+    }
+}
+
 /// Builds the response (status, headers, body) for a write; the same function makes the
 /// live answer and the one recorded for idempotent replay.
 pub type Responder = fn(&Written, StatusCode) -> (Vec<(String, String)>, Vec<u8>);
@@ -858,17 +874,7 @@ impl Registry {
             strategy: loaded.meta.strategy,
             new_changes,
         };
-        let record = idempotency.map(|(draft, respond)| {
-            let (headers, body) = respond(&written, draft.status);
-            IdempotencyRecord {
-                key: draft.key,
-                fingerprint: draft.fingerprint,
-                status: draft.status.as_u16(),
-                headers,
-                body,
-                created_at_ms: draft.now_ms,
-            }
-        });
+        let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
         let (first, upto, changes) = {
             let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let first = pending.last + 1;
@@ -1229,17 +1235,7 @@ impl Registry {
             strategy: loaded.meta.strategy,
             new_changes,
         };
-        let record = idempotency.map(|(draft, respond)| {
-            let (headers, body) = respond(&written, draft.status);
-            IdempotencyRecord {
-                key: draft.key,
-                fingerprint: draft.fingerprint,
-                status: draft.status.as_u16(),
-                headers,
-                body,
-                created_at_ms: draft.now_ms,
-            }
-        });
+        let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
         let (upto, changes) = slot
             .pending
             .lock()
