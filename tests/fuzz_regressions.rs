@@ -125,6 +125,7 @@ fn write_fuzz_seeds() {
         Schema {
             text: vec!["/t".into()],
             counters: vec!["/n".into()],
+            ids: Vec::new(),
         },
         &meta(),
     )

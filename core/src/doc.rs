@@ -12,10 +12,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::patch::{apply_merge_patch, apply_patch, PatchOp};
 use crate::pointer::Pointer;
-use crate::reconcile::{reconcile_root, ENCODING};
+use crate::lost::{detect, LostEdit, LostLog, LostNote};
+use crate::reconcile::{reconcile_prop, reconcile_root, write_new, Ctx, Present, Settle, ENCODING};
 use crate::schema::{CompiledSchema, Schema};
 use crate::storage::StoredChange;
-use crate::value::{conflicts, read_pointer, Conflict};
+use crate::value::{conflicts, len, locate, read_pointer, Conflict};
 use crate::version::Version;
 
 /// Who writes, when, and why: recorded in the change.
@@ -80,6 +81,12 @@ struct Note {
     agent: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// Edits this change found no longer visible (see [`crate::lost`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lost: Vec<LostNote>,
+    /// Lost-edit records this change settles (restored or dismissed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    settles: Vec<String>,
 }
 
 /// Reads a change message: `(agent, message)`. Messages not written by Concord (raw changes
@@ -94,10 +101,12 @@ pub fn decode_note(message: Option<&str>) -> (Option<String>, Option<String>) {
     }
 }
 
-fn encode_note(meta: &WriteMeta) -> String {
+fn encode_note(meta: &WriteMeta, lost: Vec<LostNote>, settles: Vec<String>) -> String {
     serde_json::to_string(&Note {
         agent: meta.agent.clone(),
         message: meta.message.clone(),
+        lost,
+        settles,
     })
     .expect("a note always serializes")
 }
@@ -109,6 +118,8 @@ pub struct Document {
     pub(crate) compiled: CompiledSchema,
     /// Kept here because Automerge can only count changes by walking the history.
     pub(crate) change_count: usize,
+    /// The open lost-edit records, kept here for the same reason.
+    pub(crate) lost: LostLog,
 }
 
 impl std::fmt::Debug for Document {
@@ -136,16 +147,13 @@ impl Document {
             schema,
             compiled,
             change_count: 0,
+            lost: LostLog::default(),
         };
-        let mut outcome = doc.write(None, meta, |tx, schema| reconcile_root(tx, schema, value))?;
+        let mut outcome = doc.write(None, meta, |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
             // An empty object still gets a first change, so that every document has a version.
-            let hash = doc.doc.empty_commit(commit_options(meta));
-            doc.change_count += 1;
-            outcome = WriteOutcome {
-                version: doc.version(),
-                changes: doc.doc.get_change_by_hash(&hash).into_iter().collect(),
-            };
+            let hash = doc.doc.empty_commit(commit_options(meta, Vec::new(), Vec::new()));
+            outcome = doc.committed(&[hash]);
         }
         Ok((doc, outcome))
     }
@@ -183,12 +191,14 @@ impl Document {
             ));
         }
         let change_count = doc.get_changes_meta(&[]).len();
+        let lost = LostLog::scan(&doc);
         Ok((
             Document {
                 doc,
                 schema,
                 compiled,
                 change_count,
+                lost,
             },
             report,
         ))
@@ -264,7 +274,7 @@ impl Document {
         value: &Value,
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, schema| reconcile_root(tx, schema, value))
+        self.write(base, meta, |tx, cx| reconcile_root(tx, cx, value))
     }
 
     /// Applies JSON Patch operations as of `base`, atomically.
@@ -274,7 +284,7 @@ impl Document {
         ops: &[PatchOp],
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, schema| apply_patch(tx, schema, ops))
+        self.write(base, meta, |tx, cx| apply_patch(tx, cx, ops))
     }
 
     /// Applies an RFC 7396 merge patch as of `base`.
@@ -284,9 +294,7 @@ impl Document {
         patch: &Value,
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, schema| {
-            apply_merge_patch(tx, schema, patch)
-        })
+        self.write(base, meta, |tx, cx| apply_merge_patch(tx, cx, patch))
     }
 
     /// Replaces the present value with `value`, ignoring concurrent history: the
@@ -295,11 +303,18 @@ impl Document {
         self.put(None, value, meta)
     }
 
+    /// Runs `edit` in a transaction at `base` (isolated from what was written since) and
+    /// commits it as one change, merged into the present.
+    ///
+    /// An edit that moves elements needs what they hold now, which a transaction isolated at
+    /// an old version cannot read: its first pass asks, the transaction is rolled back, the
+    /// values are read, and the edit runs again (edits are deterministic). After a stale
+    /// write, the edits it made invisible, or made invisibly, are recorded ([`crate::lost`]).
     fn write(
         &mut self,
         base: Option<&Version>,
         meta: &WriteMeta,
-        edit: impl FnOnce(&mut Transaction<'_>, &CompiledSchema) -> Result<()>,
+        edit: impl Fn(&mut Transaction<'_>, &mut Ctx<'_>) -> Result<()>,
     ) -> Result<WriteOutcome> {
         let stale_heads = match base {
             Some(v) => {
@@ -310,36 +325,149 @@ impl Document {
             }
             None => None,
         };
-        // Only a stale base needs an isolated transaction; one at the current heads is a
-        // plain transaction, which skips computing the isolation clock.
-        let mut tx = match &stale_heads {
-            Some(heads) => self
-                .doc
-                .transaction_at(PatchLog::inactive(), heads)
-                .expect("an inactive patch log belongs to any document"),
-            None => self.doc.transaction(),
+        let mut present = Present {
+            stale: stale_heads.is_some(),
+            ..Present::default()
         };
-        if let Err(e) = edit(&mut tx, &self.compiled) {
+        let mut passes = 0;
+        let (hash, report) = loop {
+            passes += 1;
+            // Only a stale base needs an isolated transaction; one at the current heads is a
+            // plain transaction, which skips computing the isolation clock.
+            let mut tx = match &stale_heads {
+                Some(heads) => self
+                    .doc
+                    .transaction_at(PatchLog::inactive(), heads)
+                    .expect("an inactive patch log belongs to any document"),
+                None => self.doc.transaction(),
+            };
+            let mut cx = Ctx::new(&self.compiled, &present);
+            if let Err(e) = edit(&mut tx, &mut cx) {
+                tx.rollback();
+                return Err(e);
+            }
+            let report = cx.report;
+            if !report.needs.is_empty() && passes < 3 {
+                tx.rollback();
+                for id in &report.needs {
+                    let value = read_object(&self.doc, id)?;
+                    present.objects.insert(id.clone(), value);
+                }
+                continue;
+            }
+            if automerge::transaction::Transactable::pending_ops(&tx) == 0 {
+                tx.rollback();
+                return Ok(WriteOutcome {
+                    version: self.version(),
+                    changes: Vec::new(),
+                });
+            }
+            let (hash, _) = tx.commit_with(commit_options(meta, Vec::new(), Vec::new()));
+            break (hash, report);
+        };
+        let mut hashes: Vec<ChangeHash> = hash.into_iter().collect();
+        if let Some(base) = &stale_heads {
+            let notes = detect(&self.doc, base, &hashes, &report, &meta.agent)?;
+            if !notes.is_empty() {
+                hashes.push(self.doc.empty_commit(commit_options(meta, notes, Vec::new())));
+            }
+        }
+        Ok(self.committed(&hashes))
+    }
+
+    /// The outcome of the changes just committed locally, taken in.
+    fn committed(&mut self, hashes: &[ChangeHash]) -> WriteOutcome {
+        let changes: Vec<Change> = hashes
+            .iter()
+            .filter_map(|h| self.doc.get_change_by_hash(h))
+            .collect();
+        self.took_in(&changes);
+        WriteOutcome {
+            version: self.version(),
+            changes,
+        }
+    }
+
+    /// Counts new changes and reads their notes.
+    fn took_in(&mut self, changes: &[Change]) {
+        self.change_count += changes.len();
+        for c in changes {
+            self.lost
+                .add(&c.hash(), c.timestamp(), c.message());
+        }
+    }
+
+    /// The open lost-edit records: edits no longer visible because their object was deleted
+    /// concurrently, oldest first.
+    pub fn lost(&self) -> &[LostEdit] {
+        self.lost.open()
+    }
+
+    /// Closes a lost-edit record without restoring it.
+    pub fn dismiss_lost(&mut self, id: &str, meta: &WriteMeta) -> Result<WriteOutcome> {
+        if self.lost.find(id).is_none() {
+            return Err(Error::LostNotFound(id.to_owned()));
+        }
+        let hash = self
+            .doc
+            .empty_commit(commit_options(meta, Vec::new(), vec![id.to_owned()]));
+        Ok(self.committed(&[hash]))
+    }
+
+    /// Writes a lost value back where it was (a list element is inserted at its old index,
+    /// or at the end if the list is shorter now) and closes its record, in one change.
+    pub fn restore_lost(&mut self, id: &str, meta: &WriteMeta) -> Result<WriteOutcome> {
+        let lost = self
+            .lost
+            .find(id)
+            .cloned()
+            .ok_or_else(|| Error::LostNotFound(id.to_owned()))?;
+        let pointer = Pointer::parse(&lost.path)?;
+        let present = Present::default();
+        let mut tx = self.doc.transaction();
+        let mut cx = Ctx::new(&self.compiled, &present);
+        let restored = (|| {
+            let place = locate(&tx, &pointer, None)?.ok_or_else(|| {
+                Error::InvalidValue("a lost value is never the whole document".into())
+            })?;
+            let mut path = pointer.tokens().to_vec();
+            match place.parent_type {
+                automerge::ObjType::List => {
+                    let length = len(&tx, &place.parent, None);
+                    let index = crate::value::parse_index(&place.token)
+                        .unwrap_or(length)
+                        .min(length);
+                    if let Some(last) = path.last_mut() {
+                        *last = index.to_string();
+                    }
+                    write_new(
+                        &mut tx,
+                        &mut cx,
+                        &place.parent,
+                        automerge::Prop::Seq(index),
+                        true,
+                        &mut path,
+                        &lost.value,
+                    )
+                }
+                _ => reconcile_prop(
+                    &mut tx,
+                    &mut cx,
+                    &place.parent,
+                    automerge::Prop::Map(place.token.clone()),
+                    &mut path,
+                    &lost.value,
+                    Settle::No,
+                ),
+            }
+        })();
+        if let Err(e) = restored {
             tx.rollback();
             return Err(e);
         }
-        if automerge::transaction::Transactable::pending_ops(&tx) == 0 {
-            tx.rollback();
-            return Ok(WriteOutcome {
-                version: self.version(),
-                changes: Vec::new(),
-            });
-        }
-        let (hash, _) = tx.commit_with(commit_options(meta));
-        let changes: Vec<Change> = hash
-            .and_then(|h| self.doc.get_change_by_hash(&h))
-            .into_iter()
-            .collect();
-        self.change_count += changes.len();
-        Ok(WriteOutcome {
-            version: self.version(),
-            changes,
-        })
+        let (hash, _) = tx.commit_with(commit_options(meta, Vec::new(), vec![id.to_owned()]));
+        let hashes: Vec<ChangeHash> = hash.into_iter().collect();
+        Ok(self.committed(&hashes))
     }
 
     /// Applies raw Automerge changes (one or more encoded changes, or a saved document).
@@ -357,7 +485,7 @@ impl Document {
             .apply_changes(incoming)
             .map_err(|e| Error::InvalidChanges(e.to_string()))?;
         let changes = self.doc.get_changes(&before);
-        self.change_count += changes.len();
+        self.took_in(&changes);
         Ok(WriteOutcome {
             version: self.version(),
             changes,
@@ -396,6 +524,7 @@ impl Document {
             schema: self.schema.clone(),
             compiled: self.compiled.clone(),
             change_count: self.change_count,
+            lost: self.lost.clone(),
         };
         let outcome = WriteOutcome {
             version: copy.version(),
@@ -424,7 +553,7 @@ impl Document {
             .apply_changes(missing)
             .map_err(|e| Error::InvalidChanges(e.to_string()))?;
         let changes = self.doc.get_changes(&before);
-        self.change_count += changes.len();
+        self.took_in(&changes);
         Ok(WriteOutcome {
             version: self.version(),
             changes,
@@ -481,9 +610,18 @@ impl Document {
     }
 }
 
-fn commit_options(meta: &WriteMeta) -> CommitOptions {
+/// The value of an object in the present; `None` if it is no longer visible.
+fn read_object(doc: &Automerge, id: &automerge::ObjId) -> Result<Option<Value>> {
+    if doc.parents(id)?.visible_path().is_none() {
+        return Ok(None);
+    }
+    let kind = automerge::Value::Object(doc.object_type(id)?);
+    crate::value::value_to_json(doc, &kind, id, None).map(Some)
+}
+
+fn commit_options(meta: &WriteMeta, lost: Vec<LostNote>, settles: Vec<String>) -> CommitOptions {
     CommitOptions::default()
-        .with_message(encode_note(meta))
+        .with_message(encode_note(meta, lost, settles))
         .with_time(meta.time_ms.div_euclid(1000))
 }
 

@@ -49,6 +49,9 @@ pub enum Error {
     /// Bytes given as Automerge changes could not be decoded or applied.
     #[error("invalid Automerge changes: {0}")]
     InvalidChanges(String),
+    /// A lost-edit id names no open record of this document.
+    #[error("no open lost-edit record {0:?} in this document")]
+    LostNotFound(String),
     /// Stored bytes could not be loaded.
     #[error("stored document could not be loaded: {0}")]
     Load(String),

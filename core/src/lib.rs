@@ -9,6 +9,9 @@
 //! - [`schema`]: [`Schema`], which pointers hold collaborative text and counters.
 //! - [`value`]: Automerge state to JSON, and the conflicts a state holds.
 //! - [`reconcile`]: a whole new JSON value turned into the fewest Automerge operations.
+//! - `listdiff`: which old list element each new one is (identity, not position).
+//! - `textdiff`: the splices between two texts, lines first, then characters.
+//! - [`lost`]: edits a merge could not keep visible, recorded so none vanishes silently.
 //! - [`patch`]: RFC 6902 JSON Patch (with `increment` and `splice`) and RFC 7396 merge patch.
 //! - [`strategy`]: [`Strategy`], the write policies compared by the comparison mode.
 //! - [`sync`]: the Automerge sync protocol: [`sync::SyncState`] per peer, messages in and out.
@@ -35,6 +38,8 @@
 
 pub mod doc;
 pub mod error;
+mod listdiff;
+pub mod lost;
 pub mod patch;
 pub mod pointer;
 pub mod reconcile;
@@ -42,11 +47,13 @@ pub mod schema;
 pub mod storage;
 pub mod strategy;
 pub mod sync;
+mod textdiff;
 pub mod value;
 pub mod version;
 
 pub use doc::{Document, WriteMeta, WriteOutcome};
 pub use error::Error;
+pub use lost::LostEdit;
 pub use schema::Schema;
 pub use strategy::Strategy;
 pub use version::Version;

@@ -5,6 +5,12 @@
 //! Extensions: `{"op":"increment","path","value":n}` adds to a counter (creating it at a
 //! missing map key), and `{"op":"splice","path","pos","del","insert"}` edits collaborative
 //! text at a position counted in Unicode code points.
+//!
+//! As RFC 6902 §4 asks, members an operation does not define are ignored. An operation that
+//! names a place (`add`, `replace`, a merge patch member) writes it even when it shows that
+//! value already: that is how a conflict of concurrent values is settled. `move` carries the
+//! value the moved object holds now, edits made since the base included, and does not bring
+//! back an object deleted since the base.
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, Prop, ReadDoc, ScalarValue};
@@ -13,13 +19,14 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::pointer::Pointer;
-use crate::reconcile::{json_equal, reconcile_prop, reconcile_root, write_new};
-use crate::schema::CompiledSchema;
-use crate::value::{get, len, locate, parse_index, prop_for, read_pointer, Place};
+use crate::reconcile::{
+    json_equal, merge3, reconcile_prop, reconcile_root, write_new, Ctx, Settle,
+};
+use crate::value::{counter_sum, get, len, locate, parse_index, prop_for, read_pointer, Place};
 
 /// One JSON Patch operation.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "lowercase")]
 pub enum PatchOp {
     /// Adds a member, inserts a list element (`-` appends), or replaces the root.
     Add {
@@ -101,32 +108,33 @@ pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
 /// Applies every operation in order; the caller rolls back on error.
 pub(crate) fn apply_patch<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     ops: &[PatchOp],
 ) -> Result<()> {
     for op in ops {
-        apply_op(tx, schema, op)?;
+        apply_op(tx, cx, op)?;
     }
     Ok(())
 }
 
-fn apply_op<T: Transactable>(tx: &mut T, schema: &CompiledSchema, op: &PatchOp) -> Result<()> {
+fn apply_op<T: Transactable>(tx: &mut T, cx: &mut Ctx, op: &PatchOp) -> Result<()> {
     match op {
-        PatchOp::Add { path, value } => add(tx, schema, &Pointer::parse(path)?, value),
-        PatchOp::Remove { path } => remove(tx, &Pointer::parse(path)?),
+        PatchOp::Add { path, value } => add(tx, cx, &Pointer::parse(path)?, value),
+        PatchOp::Remove { path } => remove(tx, cx, &Pointer::parse(path)?),
         PatchOp::Replace { path, value } => {
             let pointer = Pointer::parse(path)?;
             let Some(place) = locate(tx, &pointer, None)? else {
-                return reconcile_root(tx, schema, value);
+                return reconcile_root(tx, cx, value);
             };
             let prop = existing_prop(tx, &place, &pointer)?;
             reconcile_prop(
                 tx,
-                schema,
+                cx,
                 &place.parent,
                 prop,
                 &mut pointer.tokens().to_vec(),
                 value,
+                Settle::Yes,
             )
         }
         PatchOp::Move { from, path } => {
@@ -140,12 +148,24 @@ fn apply_op<T: Transactable>(tx: &mut T, schema: &CompiledSchema, op: &PatchOp) 
                     "cannot move {from} into its own child {to}"
                 )));
             }
-            remove(tx, &from)?;
-            add(tx, schema, &to, &value)
+            // An object moves with what it holds now; one deleted since the base stays so.
+            let object = object_at(tx, &from)?;
+            if let Some(id) = &object {
+                cx.report.moved.insert(id.clone());
+            }
+            remove(tx, cx, &from)?;
+            let carried = match &object {
+                Some(id) => match cx.present_value(id, &value) {
+                    Some(now) => merge3(&value, &now, &value),
+                    None => return Ok(()),
+                },
+                None => value,
+            };
+            add(tx, cx, &to, &carried)
         }
         PatchOp::Copy { from, path } => {
             let value = must_read(tx, &Pointer::parse(from)?)?;
-            add(tx, schema, &Pointer::parse(path)?, &value)
+            add(tx, cx, &Pointer::parse(path)?, &value)
         }
         PatchOp::Test { path, value } => {
             let pointer = Pointer::parse(path)?;
@@ -154,14 +174,26 @@ fn apply_op<T: Transactable>(tx: &mut T, schema: &CompiledSchema, op: &PatchOp) 
                 _ => Err(Error::TestFailed { path: path.clone() }),
             }
         }
-        PatchOp::Increment { path, value } => increment(tx, &Pointer::parse(path)?, *value),
+        PatchOp::Increment { path, value } => increment(tx, cx, &Pointer::parse(path)?, *value),
         PatchOp::Splice {
             path,
             pos,
             del,
             insert,
-        } => splice(tx, &Pointer::parse(path)?, *pos, *del, insert),
+        } => splice(tx, cx, &Pointer::parse(path)?, *pos, *del, insert),
     }
+}
+
+/// The object at `pointer`, if the value there is one.
+fn object_at<T: ReadDoc>(tx: &T, pointer: &Pointer) -> Result<Option<automerge::ObjId>> {
+    let Some(place) = locate(tx, pointer, None)? else {
+        return Ok(None);
+    };
+    let prop = existing_prop(tx, &place, pointer)?;
+    Ok(match get(tx, &place.parent, prop, None)? {
+        Some((automerge::Value::Object(_), id)) => Some(id),
+        _ => None,
+    })
 }
 
 fn must_read<T: ReadDoc>(tx: &T, pointer: &Pointer) -> Result<Value> {
@@ -182,24 +214,20 @@ fn existing_prop<T: ReadDoc>(tx: &T, place: &Place, pointer: &Pointer) -> Result
     Ok(prop)
 }
 
-fn add<T: Transactable>(
-    tx: &mut T,
-    schema: &CompiledSchema,
-    pointer: &Pointer,
-    value: &Value,
-) -> Result<()> {
+fn add<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, value: &Value) -> Result<()> {
     let Some(place) = locate(tx, pointer, None)? else {
-        return reconcile_root(tx, schema, value);
+        return reconcile_root(tx, cx, value);
     };
     let mut path = pointer.tokens().to_vec();
     match place.parent_type {
         ObjType::Map | ObjType::Table => reconcile_prop(
             tx,
-            schema,
+            cx,
             &place.parent,
             Prop::Map(place.token.clone()),
             &mut path,
             value,
+            Settle::Yes,
         ),
         ObjType::List => {
             let length = len(tx, &place.parent, None);
@@ -226,7 +254,7 @@ fn add<T: Transactable>(
             }
             write_new(
                 tx,
-                schema,
+                cx,
                 &place.parent,
                 Prop::Seq(index),
                 true,
@@ -241,23 +269,31 @@ fn add<T: Transactable>(
     }
 }
 
-fn remove<T: Transactable>(tx: &mut T, pointer: &Pointer) -> Result<()> {
+fn remove<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer) -> Result<()> {
     let Some(place) = locate(tx, pointer, None)? else {
         return Err(Error::InvalidPatch(
             "cannot remove the document root".into(),
         ));
     };
     let prop = existing_prop(tx, &place, pointer)?;
-    tx.delete(&place.parent, prop)?;
-    Ok(())
+    let parent_path = &pointer.tokens()[..pointer.tokens().len() - 1];
+    cx.delete(tx, &place.parent, prop, parent_path)
 }
 
-fn increment<T: Transactable>(tx: &mut T, pointer: &Pointer, by: i64) -> Result<()> {
+fn increment<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, by: i64) -> Result<()> {
     let Some(place) = locate(tx, pointer, None)? else {
         return Err(not_counter(pointer, "the document root"));
     };
     let length = len(tx, &place.parent, None);
     let prop = prop_for(place.parent_type, &place.token, length, pointer)?;
+    cx.touch(&place.parent, &pointer.tokens()[..pointer.tokens().len() - 1]);
+    let all = tx.get_all(&place.parent, prop.clone())?;
+    if let Some(sum) = counter_sum(&all) {
+        // Concurrent creations of one counter: fold them into one holding the new sum.
+        let total = sum.checked_add(by).ok_or_else(|| Error::InvalidValue(format!("counter at {pointer} overflows")))?;
+        tx.put(&place.parent, prop, ScalarValue::counter(total))?;
+        return Ok(());
+    }
     match get(tx, &place.parent, prop.clone(), None)? {
         Some((automerge::Value::Scalar(s), _)) if s.is_counter() => {
             tx.increment(&place.parent, prop, by)?;
@@ -283,6 +319,7 @@ fn not_counter(pointer: &Pointer, found: &str) -> Error {
 
 fn splice<T: Transactable>(
     tx: &mut T,
+    cx: &mut Ctx,
     pointer: &Pointer,
     pos: usize,
     del: usize,
@@ -307,6 +344,7 @@ fn splice<T: Transactable>(
                     ),
                 });
             }
+            cx.touch(&text, pointer.tokens());
             tx.splice_text(&text, pos, del as isize, insert)?;
             Ok(())
         }
@@ -321,7 +359,7 @@ fn splice<T: Transactable>(
 /// anything else replaces (reconciled, so text and lists merge as a PUT would).
 pub(crate) fn apply_merge_patch<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     patch: &Value,
 ) -> Result<()> {
     let Value::Object(_) = patch else {
@@ -329,12 +367,12 @@ pub(crate) fn apply_merge_patch<T: Transactable>(
             "a merge patch for a document must be a JSON object (the root stays an object)".into(),
         ));
     };
-    merge_into(tx, schema, &automerge::ROOT, &mut Vec::new(), patch)
+    merge_into(tx, cx, &automerge::ROOT, &mut Vec::new(), patch)
 }
 
 fn merge_into<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     obj: &automerge::ObjId,
     path: &mut Vec<String>,
     patch: &Value,
@@ -343,30 +381,59 @@ fn merge_into<T: Transactable>(
         return Ok(());
     };
     for (key, value) in members {
-        let existing = tx
-            .get(obj, key.as_str())?
-            .map(|(v, id)| (v.into_owned(), id));
-        path.push(key.clone());
+        let existing = get(tx, obj, key.as_str(), None)?;
+        let conflicted = tx.get_all(obj, key.as_str())?.len() > 1;
         let result = match (value, existing) {
-            (Value::Null, Some(_)) => tx.delete(obj, key.as_str()).map_err(Error::from),
+            (Value::Null, Some(_)) => cx.delete(tx, obj, Prop::Map(key.clone()), path),
             (Value::Null, None) => Ok(()),
-            (
-                Value::Object(_),
-                Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)),
-            ) => merge_into(tx, schema, &id, path, value),
-            (value, _) => reconcile_prop(
-                tx,
-                schema,
-                obj,
-                Prop::Map(key.clone()),
-                path,
-                &strip_nulls(value),
-            ),
+            // A member that names concurrent objects settles them: the one shown, merged.
+            (Value::Object(_), Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)))
+                if !conflicted =>
+            {
+                path.push(key.clone());
+                let r = merge_into(tx, cx, &id, path, value);
+                path.pop();
+                r
+            }
+            (value, existing) => {
+                let shown = match existing {
+                    Some((v, id)) if conflicted && value.is_object() => {
+                        Some(crate::value::value_to_json(tx, &v, &id, None)?)
+                    }
+                    _ => None,
+                };
+                let target = match shown {
+                    Some(mut shown) => {
+                        json_merge(&mut shown, value);
+                        shown
+                    }
+                    None => strip_nulls(value),
+                };
+                path.push(key.clone());
+                let r = reconcile_prop(tx, cx, obj, Prop::Map(key.clone()), path, &target, Settle::Yes);
+                path.pop();
+                r
+            }
         };
-        path.pop();
         result?;
     }
     Ok(())
+}
+
+/// RFC 7396 applied to a JSON value.
+fn json_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (target, patch) => *target = strip_nulls(patch),
+    }
 }
 
 /// A merge patch's object applied to nothing: its `null` members mean "absent".

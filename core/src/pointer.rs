@@ -105,6 +105,11 @@ impl Pattern {
         Pointer::parse(s).map(Pattern)
     }
 
+    /// The tokens, `*` included.
+    pub fn tokens(&self) -> &[String] {
+        self.0.tokens()
+    }
+
     /// True if `path` matches token by token.
     pub fn matches(&self, path: &[String]) -> bool {
         let tokens = self.0.tokens();

@@ -3,74 +3,210 @@
 //! A writer who read version V and sends back a whole new value means "make it look like
 //! this". Concord diffs V's state against the new value and records only the difference, in
 //! a transaction isolated at V, so that everything written since V survives the merge:
-//! maps are diffed by key, lists by a Myers diff (never `update_object`, which deletes from
-//! the front of a shrinking list), collaborative text by `update_text`, counters by the
-//! difference. A changed scalar is a `put`, which conflicts with (and keeps) a concurrent
-//! `put` of the same place.
+//! - maps are diffed by key;
+//! - lists by element identity ([`crate::listdiff`]): an edited element is reconciled in
+//!   place, a moved one is deleted and inserted with the value it holds *now* (so edits made
+//!   since V move with it, and an element deleted since V is not brought back), never
+//!   `update_object`, which deletes from the front of a shrinking list;
+//! - collaborative text by lines, then characters inside changed lines ([`crate::textdiff`]);
+//! - counters by the difference; concurrent creations of one counter add up and the next
+//!   write folds them into one.
+//!
+//! A changed scalar is a `put`, which conflicts with (and keeps) a concurrent `put` of the
+//! same place. An explicit write of one place ([`Ctx::settle`]) writes it even when it holds
+//! the value shown, which is how a conflict is settled.
+//!
+//! The [`Ctx`] of a write also notes what it deleted and where it wrote, so that the write
+//! can tell afterwards whether it erased edits it had not seen ([`crate::lost`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::transaction::Transactable;
 use automerge::{hydrate, ObjId, ObjType, Prop, ScalarValue, TextEncoding, ROOT};
 use serde_json::{Map, Value};
-use similar::{capture_diff_slices, Algorithm, DiffOp};
 
 use crate::error::{Error, Result};
+use crate::listdiff::{pair, Slot};
 use crate::schema::CompiledSchema;
-use crate::value::{scalar_to_json, value_to_json};
+use crate::textdiff::text_splices;
+use crate::value::{counter_sum, get, scalar_to_json, value_to_json};
 
 /// The text encoding of every Concord document: positions count Unicode code points.
 pub(crate) const ENCODING: TextEncoding = TextEncoding::UnicodeCodePoint;
 
+/// What a write isolated at an old version knows of the present (the document's current
+/// state), gathered before it runs: what moved objects hold now.
+#[derive(Debug, Default)]
+pub(crate) struct Present {
+    /// True if the write's base is older than the present; else the base is the present.
+    pub(crate) stale: bool,
+    /// Objects' present values; `None` for an object no longer visible (deleted).
+    pub(crate) objects: HashMap<ObjId, Option<Value>>,
+}
+
+/// What one pass of a write saw and did, besides its operations.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// Objects whose present value this pass needed and [`Present`] lacked: the write runs
+    /// again once they are read.
+    pub(crate) needs: Vec<ObjId>,
+    /// Objects this write deleted, with their paths at the base.
+    pub(crate) deleted: Vec<(ObjId, Vec<String>)>,
+    /// Objects this write wrote into, with their paths at the base.
+    pub(crate) touched: Vec<(ObjId, Vec<String>)>,
+    /// Objects deleted only to be inserted elsewhere with their present value.
+    pub(crate) moved: HashSet<ObjId>,
+    seen: HashSet<ObjId>,
+}
+
+/// The context of one pass of a write: the schema, the present, and the report.
+pub(crate) struct Ctx<'a> {
+    pub(crate) schema: &'a CompiledSchema,
+    present: &'a Present,
+    pub(crate) report: Report,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(schema: &'a CompiledSchema, present: &'a Present) -> Self {
+        Ctx {
+            schema,
+            present,
+            report: Report::default(),
+        }
+    }
+
+    /// Notes that the write puts an operation into `obj` (at `path`).
+    pub(crate) fn touch(&mut self, obj: &ObjId, path: &[String]) {
+        if self.report.seen.insert(obj.clone()) {
+            self.report.touched.push((obj.clone(), path.to_vec()));
+        }
+    }
+
+    /// Notes that the write deletes the value at `prop` of `obj`, if it is an object.
+    fn deleting<T: Transactable>(&mut self, tx: &T, obj: &ObjId, prop: Prop, path: &[String]) {
+        if let Ok(Some((automerge::Value::Object(_), id))) = tx.get(obj, prop) {
+            self.report.deleted.push((id, path.to_vec()));
+        }
+    }
+
+    /// Deletes the value at `prop` of `obj` (whose path is `obj_path`).
+    pub(crate) fn delete<T: Transactable>(
+        &mut self,
+        tx: &mut T,
+        obj: &ObjId,
+        prop: Prop,
+        obj_path: &[String],
+    ) -> Result<()> {
+        let mut path = obj_path.to_vec();
+        path.push(prop_token(&prop));
+        self.deleting(tx, obj, prop.clone(), &path);
+        self.touch(obj, obj_path);
+        tx.delete(obj, prop)?;
+        Ok(())
+    }
+
+    /// The present value of a moved object; `None` if it is gone. In a first pass that has
+    /// not read it yet, the value the writer sent stands in, and the write runs again.
+    pub(crate) fn present_value(&mut self, id: &ObjId, sent: &Value) -> Option<Value> {
+        if !self.present.stale {
+            return Some(sent.clone());
+        }
+        match self.present.objects.get(id) {
+            Some(value) => value.clone(),
+            None => {
+                self.report.needs.push(id.clone());
+                Some(sent.clone())
+            }
+        }
+    }
+}
+
+fn prop_token(prop: &Prop) -> String {
+    match prop {
+        Prop::Map(k) => k.clone(),
+        Prop::Seq(i) => i.to_string(),
+    }
+}
+
 /// Makes the root object equal to `new`, which must be a JSON object.
-pub(crate) fn reconcile_root<T: Transactable>(
-    tx: &mut T,
-    schema: &CompiledSchema,
-    new: &Value,
-) -> Result<()> {
+pub(crate) fn reconcile_root<T: Transactable>(tx: &mut T, cx: &mut Ctx, new: &Value) -> Result<()> {
     let Value::Object(map) = new else {
         return Err(Error::InvalidValue(
             "the document root must be a JSON object".into(),
         ));
     };
-    reconcile_map(tx, schema, &ROOT, &mut Vec::new(), map)
+    reconcile_map(tx, cx, &ROOT, &mut Vec::new(), map)
+}
+
+/// How a write treats a place that holds concurrent values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Write only what differs from the value shown (a PUT).
+    No,
+    /// The write names this place: write it even if it shows the value already, so that
+    /// the concurrent values become one.
+    Yes,
 }
 
 /// Makes the value at `prop` of `obj` equal to `new`, touching as little as possible.
 /// `path` is the pointer of that value, for schema matching.
 pub(crate) fn reconcile_prop<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     obj: &ObjId,
     prop: Prop,
     path: &mut Vec<String>,
     new: &Value,
+    settle: Settle,
 ) -> Result<()> {
-    let existing = tx
-        .get(obj, prop.clone())?
-        .map(|(v, id)| (v.into_owned(), id));
+    let obj_path = path[..path.len().saturating_sub(1)].to_vec();
+    let all = tx.get_all(obj, prop.clone())?;
+    let counters = counter_sum(&all);
+    if all.len() > 1 && (settle == Settle::Yes || counters.is_some()) {
+        // Concurrent values: one write replaces them all. Concurrent counters are folded
+        // into one holding their sum (plus this write's change), if it changes them.
+        if let (Some(sum), Some(target)) = (counters, new.as_i64()) {
+            if sum == target && settle == Settle::No {
+                return Ok(());
+            }
+            cx.touch(obj, &obj_path);
+            tx.put(obj, prop, ScalarValue::counter(target))?;
+            return Ok(());
+        }
+        cx.deleting(tx, obj, prop.clone(), path);
+        cx.touch(obj, &obj_path);
+        return write_new(tx, cx, obj, prop, false, path, new);
+    }
+    let existing = get(tx, obj, prop.clone(), None)?;
     match (existing, new) {
         (Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)), Value::Object(m)) => {
-            reconcile_map(tx, schema, &id, path, m)
+            reconcile_map(tx, cx, &id, path, m)
         }
         (Some((automerge::Value::Object(ObjType::List), id)), Value::Array(items)) => {
-            reconcile_list(tx, schema, &id, path, items)
+            reconcile_list(tx, cx, &id, path, items)
         }
         (Some((automerge::Value::Object(ObjType::Text), id)), Value::String(s)) => {
-            Ok(tx.update_text(&id, s)?)
+            let old = tx.text(&id)?;
+            let splices = text_splices(&old, s);
+            if !splices.is_empty() {
+                cx.touch(&id, path);
+            }
+            // From the end, so that each splice's position is still its old one.
+            for s in splices.iter().rev() {
+                tx.splice_text(&id, s.pos, s.del as isize, &s.insert)?;
+            }
+            Ok(())
         }
         (Some((automerge::Value::Scalar(current), _)), Value::Number(n))
             if current.is_counter() && n.as_i64().is_some() =>
         {
-            let current = match current.as_ref() {
-                ScalarValue::Counter(c) => i64::from(c),
-                _ => unreachable!("checked is_counter"),
-            };
+            let current = counter_value(&automerge::Value::Scalar(current));
             let target = n.as_i64().unwrap_or_default();
             let delta = target.checked_sub(current).ok_or_else(|| {
                 Error::InvalidValue(format!("counter change at /{} overflows", path.join("/")))
             })?;
             if delta != 0 {
+                cx.touch(obj, &obj_path);
                 tx.increment(obj, prop, delta)?;
             }
             Ok(())
@@ -80,155 +216,180 @@ pub(crate) fn reconcile_prop<T: Transactable>(
         {
             Ok(())
         }
-        (_, new) => write_new(tx, schema, obj, prop, false, path, new),
+        (existing, new) => {
+            if existing.is_some() {
+                cx.deleting(tx, obj, prop.clone(), path);
+            }
+            cx.touch(obj, &obj_path);
+            write_new(tx, cx, obj, prop, false, path, new)
+        }
+    }
+}
+
+fn counter_value(v: &automerge::Value<'_>) -> i64 {
+    match v {
+        automerge::Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Counter(c) => i64::from(c),
+            _ => 0,
+        },
+        _ => 0,
     }
 }
 
 fn reconcile_map<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     obj: &ObjId,
     path: &mut Vec<String>,
     new: &Map<String, Value>,
 ) -> Result<()> {
     let gone: Vec<String> = tx.keys(obj).filter(|k| !new.contains_key(k)).collect();
     for key in gone {
-        tx.delete(obj, key)?;
+        cx.delete(tx, obj, Prop::Map(key), path)?;
     }
     for (key, value) in new {
         path.push(key.clone());
-        let result = reconcile_prop(tx, schema, obj, Prop::Map(key.clone()), path, value);
+        let result = reconcile_prop(tx, cx, obj, Prop::Map(key.clone()), path, value, Settle::No);
         path.pop();
         result?;
     }
     Ok(())
 }
 
-/// Diffs the list's current elements against `new` (Myers, on whole-element equality) and
-/// applies the edit script: equal runs are left alone, a deleted run next to an inserted run
-/// is reconciled element by element (so an edited object keeps its identity), the rest is
-/// deleted or inserted.
+/// Pairs the list's elements at the base with the new ones by identity, then: deletes the
+/// old elements that were deleted or moved (from the end, so indexes hold), and walks the
+/// new list, reconciling kept elements in place and inserting new and moved ones.
 fn reconcile_list<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     list: &ObjId,
     path: &mut Vec<String>,
     new: &[Value],
 ) -> Result<()> {
-    let old: Vec<Value> =
-        match value_to_json(tx, &automerge::Value::Object(ObjType::List), list, None)? {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-    let mut interned: HashMap<String, u32> = HashMap::new();
-    let mut intern = |v: &Value| {
-        let next = interned.len() as u32;
-        *interned.entry(v.to_string()).or_insert(next)
-    };
-    let old_ids: Vec<u32> = old.iter().map(&mut intern).collect();
-    let new_ids: Vec<u32> = new.iter().map(&mut intern).collect();
-    let ops = capture_diff_slices(Algorithm::Myers, &old_ids, &new_ids);
-
-    let mut cursor = 0usize;
-    let mut i = 0;
-    while i < ops.len() {
-        match ops[i] {
-            DiffOp::Equal { len, .. } => cursor += len,
-            DiffOp::Delete { old_len, .. } => {
-                if let Some(DiffOp::Insert {
-                    new_index, new_len, ..
-                }) = ops.get(i + 1)
-                {
-                    replace_run(
-                        tx,
-                        schema,
-                        list,
-                        path,
-                        &mut cursor,
-                        old_len,
-                        &new[*new_index..*new_index + *new_len],
-                    )?;
-                    i += 1;
-                } else {
-                    for _ in 0..old_len {
-                        tx.delete(list, cursor)?;
-                    }
-                }
-            }
-            DiffOp::Insert {
-                new_index, new_len, ..
-            } => replace_run(
-                tx,
-                schema,
-                list,
-                path,
-                &mut cursor,
-                0,
-                &new[new_index..new_index + new_len],
-            )?,
-            DiffOp::Replace {
-                old_len,
-                new_index,
-                new_len,
-                ..
-            } => replace_run(
-                tx,
-                schema,
-                list,
-                path,
-                &mut cursor,
-                old_len,
-                &new[new_index..new_index + new_len],
-            )?,
+    let length = tx.length(list);
+    let mut old = Vec::with_capacity(length);
+    let mut old_ids = Vec::with_capacity(length);
+    for i in 0..length {
+        if let Some((value, id)) = get(tx, list, i, None)? {
+            old.push(value_to_json(tx, &value, &id, None)?);
+            old_ids.push(matches!(value, automerge::Value::Object(_)).then_some(id));
         }
-        i += 1;
+    }
+    let slots = pair(&old, new, cx.schema.id_key(path));
+    let mut keep = vec![false; old.len()];
+    let mut moved_from: Vec<Option<usize>> = vec![None; new.len()];
+    for (j, slot) in slots.iter().enumerate() {
+        match slot {
+            Slot::Keep(i) => keep[*i] = true,
+            Slot::Moved(i) => moved_from[j] = Some(*i),
+            Slot::New => {}
+        }
+    }
+    for &i in moved_from.iter().flatten() {
+        if let Some(id) = &old_ids[i] {
+            cx.report.moved.insert(id.clone());
+        }
+    }
+    if old.len() != new.len() || keep.iter().any(|k| !k) {
+        cx.touch(list, path);
+    }
+    for i in (0..old.len()).rev().filter(|&i| !keep[i]) {
+        let moved = old_ids[i]
+            .as_ref()
+            .is_some_and(|id| cx.report.moved.contains(id));
+        if moved {
+            tx.delete(list, i)?;
+        } else {
+            cx.delete(tx, list, Prop::Seq(i), path)?;
+        }
+    }
+    let mut cursor = 0;
+    for (slot, value) in slots.iter().zip(new) {
+        path.push(cursor.to_string());
+        let result = match slot {
+            Slot::Keep(_) => {
+                reconcile_prop(tx, cx, list, Prop::Seq(cursor), path, value, Settle::No)
+            }
+            Slot::New => write_new(tx, cx, list, Prop::Seq(cursor), true, path, value),
+            Slot::Moved(i) => match &old_ids[*i] {
+                Some(id) => match cx.present_value(id, value) {
+                    // What the element holds now, with this write's changes to it.
+                    Some(now) => {
+                        let carried = merge3(&old[*i], &now, value);
+                        write_new(tx, cx, list, Prop::Seq(cursor), true, path, &carried)
+                    }
+                    // Deleted since the base: not brought back. If this write changed it
+                    // too, the change is noted as made inside a deleted object, so that it
+                    // is surfaced rather than lost silently.
+                    None => {
+                        if old[*i] != *value && cx.report.seen.insert(id.clone()) {
+                            let mut at = path[..path.len() - 1].to_vec();
+                            at.push(i.to_string());
+                            cx.report.touched.push((id.clone(), at));
+                        }
+                        path.pop();
+                        continue;
+                    }
+                },
+                None => write_new(tx, cx, list, Prop::Seq(cursor), true, path, value),
+            },
+        };
+        path.pop();
+        result?;
+        cursor += 1;
     }
     Ok(())
 }
 
-/// Replaces `old_len` elements at `cursor` by `new`: pairs are reconciled in place, the
-/// surplus deleted or inserted. Leaves `cursor` after the last new element.
-fn replace_run<T: Transactable>(
-    tx: &mut T,
-    schema: &CompiledSchema,
-    list: &ObjId,
-    path: &mut Vec<String>,
-    cursor: &mut usize,
-    old_len: usize,
-    new: &[Value],
-) -> Result<()> {
-    let paired = old_len.min(new.len());
-    for value in &new[..paired] {
-        path.push(cursor.to_string());
-        let result = reconcile_prop(tx, schema, list, Prop::Seq(*cursor), path, value);
-        path.pop();
-        result?;
-        *cursor += 1;
+/// Three-way merge of JSON values: `theirs` (this write) changed `base`; `ours` is what the
+/// document holds now. Members only one side changed take that side; where both changed a
+/// member, objects merge recursively and otherwise this write's value stands.
+pub(crate) fn merge3(base: &Value, ours: &Value, theirs: &Value) -> Value {
+    if theirs == base {
+        return ours.clone();
     }
-    for _ in paired..old_len {
-        tx.delete(list, *cursor)?;
+    if ours == base {
+        return theirs.clone();
     }
-    for value in &new[paired..] {
-        path.push(cursor.to_string());
-        let result = write_new(tx, schema, list, Prop::Seq(*cursor), true, path, value);
-        path.pop();
-        result?;
-        *cursor += 1;
+    match (base, ours, theirs) {
+        (Value::Object(b), Value::Object(o), Value::Object(t)) => {
+            let mut out = Map::new();
+            let keys: Vec<&String> = t
+                .keys()
+                .chain(o.keys().filter(|k| !t.contains_key(*k)))
+                .collect();
+            for k in keys {
+                let merged = match (b.get(k), o.get(k), t.get(k)) {
+                    (Some(b), Some(o), Some(t)) => Some(merge3(b, o, t)),
+                    // Deleted by this write; kept only if changed since.
+                    (Some(b), Some(o), None) => (o != b).then(|| o.clone()),
+                    // Deleted since; kept only if this write changed it.
+                    (Some(b), None, Some(t)) => (t != b).then(|| t.clone()),
+                    (_, Some(o), None) => Some(o.clone()),
+                    (_, _, Some(t)) => Some(t.clone()),
+                    (_, None, None) => None,
+                };
+                if let Some(v) = merged {
+                    out.insert(k.clone(), v);
+                }
+            }
+            Value::Object(out)
+        }
+        _ => theirs.clone(),
     }
-    Ok(())
 }
 
 /// Writes `value` fresh at `prop` of `obj` (inserting at a list index when `insert`).
 pub(crate) fn write_new<T: Transactable>(
     tx: &mut T,
-    schema: &CompiledSchema,
+    cx: &mut Ctx,
     obj: &ObjId,
     prop: Prop,
     insert: bool,
     path: &mut Vec<String>,
     value: &Value,
 ) -> Result<()> {
-    match to_hydrate(schema, path, value)? {
+    match to_hydrate(cx.schema, path, value)? {
         hydrate::Value::Scalar(s) => match (prop, insert) {
             (Prop::Seq(i), true) => tx.insert(obj, i, s)?,
             (prop, _) => tx.put(obj, prop, s)?,
@@ -309,5 +470,27 @@ pub(crate) fn json_equal(a: &Value, b: &Value) -> bool {
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge3;
+    use serde_json::json;
+
+    #[test]
+    fn three_way_merge_table() {
+        let cases = [
+            // (base, ours = now, theirs = this write, expected)
+            (json!({"a": 1}), json!({"a": 1, "done": true}), json!({"a": 2}), json!({"a": 2, "done": true})),
+            (json!({"a": 1}), json!({"a": 3}), json!({"a": 1}), json!({"a": 3})),
+            (json!({"a": 1, "b": 1}), json!({"a": 1, "b": 1}), json!({"a": 1}), json!({"a": 1})),
+            (json!({"a": 1, "b": 1}), json!({"a": 1, "b": 2}), json!({"a": 1}), json!({"a": 1, "b": 2})),
+            (json!({"a": {"x": 1}}), json!({"a": {"x": 1, "y": 2}}), json!({"a": {"x": 5}}), json!({"a": {"x": 5, "y": 2}})),
+            (json!(1), json!(2), json!(3), json!(3)),
+        ];
+        for (base, ours, theirs, expected) in cases {
+            assert_eq!(merge3(&base, &ours, &theirs), expected, "{base} {ours} {theirs}");
+        }
     }
 }

@@ -179,6 +179,7 @@ impl Document {
             schema,
             compiled,
             change_count: 0,
+            lost: crate::lost::LostLog::default(),
         })
     }
 

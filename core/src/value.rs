@@ -191,18 +191,63 @@ pub(crate) fn parse_index(token: &str) -> Option<usize> {
     token.parse().ok()
 }
 
-/// `get` or `get_at`, as `heads` says.
+/// `get` or `get_at`, as `heads` says. Where concurrent writes created one counter more
+/// than once, the value is one counter holding their sum: each creation counted.
 pub(crate) fn get<R: ReadDoc, P: Into<Prop>>(
     doc: &R,
     obj: &automerge::ObjId,
     prop: P,
     heads: Option<&[ChangeHash]>,
 ) -> Result<Option<(automerge::Value<'static>, automerge::ObjId)>> {
+    let prop = prop.into();
     let found = match heads {
-        Some(h) => doc.get_at(obj, prop, h)?,
-        None => doc.get(obj, prop)?,
+        Some(h) => doc.get_at(obj, prop.clone(), h)?,
+        None => doc.get(obj, prop.clone())?,
     };
-    Ok(found.map(|(v, id)| (v.into_owned(), id)))
+    let Some((value, id)) = found else {
+        return Ok(None);
+    };
+    if let automerge::Value::Scalar(s) = &value {
+        if s.is_counter() {
+            if let Some(sum) = counter_sum(&all_at(doc, obj, prop, heads)?) {
+                return Ok(Some((automerge::Value::Scalar(std::borrow::Cow::Owned(ScalarValue::counter(sum))), id)));
+            }
+        }
+    }
+    Ok(Some((value.into_owned(), id)))
+}
+
+/// `get_all` or `get_all_at`, as `heads` says.
+fn all_at<R: ReadDoc>(
+    doc: &R,
+    obj: &automerge::ObjId,
+    prop: Prop,
+    heads: Option<&[ChangeHash]>,
+) -> Result<Vec<(automerge::Value<'static>, automerge::ObjId)>> {
+    Ok(match heads {
+        Some(h) => doc.get_all_at(obj, prop, h)?,
+        None => doc.get_all(obj, prop)?,
+    }
+    .into_iter()
+    .map(|(v, id)| (v.into_owned(), id))
+    .collect())
+}
+
+/// The sum of concurrent values that are all counters (more than one); else `None`.
+pub(crate) fn counter_sum(values: &[(automerge::Value<'_>, automerge::ObjId)]) -> Option<i64> {
+    if values.len() < 2 {
+        return None;
+    }
+    values
+        .iter()
+        .map(|(v, _)| match v {
+            automerge::Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Counter(c) => Some(i64::from(c)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .try_fold(0i64, |sum, n| n.map(|n| sum.saturating_add(n)))
 }
 
 /// `length` or `length_at`, as `heads` says.
@@ -296,7 +341,8 @@ fn walk_conflicts(
             Some(h) => doc.get_all_at(obj, prop.clone(), h)?,
             None => doc.get_all(obj, prop.clone())?,
         };
-        if all.len() > 1 {
+        // Concurrent counters are no conflict: they add up (see `get`).
+        if all.len() > 1 && counter_sum(&all).is_none() {
             let mut values = Vec::with_capacity(all.len());
             // Automerge shows the value with the greatest op id: the last one.
             for (i, (value, id)) in all.iter().enumerate().rev() {

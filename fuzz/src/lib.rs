@@ -41,6 +41,7 @@ fn schema() -> Schema {
     Schema {
         text: vec!["/t".into(), "/l/*/t".into()],
         counters: vec!["/n".into(), "/l/*/n".into()],
+        ids: Vec::new(),
     }
 }
 

@@ -1051,6 +1051,7 @@ mod tests {
             schema: Schema {
                 text: vec!["/title".into()],
                 counters: vec!["/likes".into(), "/items/*/n".into()],
+                ids: Vec::new(),
             },
             created_at_ms,
         }

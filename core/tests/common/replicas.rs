@@ -28,6 +28,7 @@ pub fn schema() -> Schema {
     Schema {
         text: vec!["/text".into()],
         counters: vec!["/n".into()],
+        ids: Vec::new(),
     }
 }
 

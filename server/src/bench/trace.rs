@@ -172,6 +172,7 @@ fn time_concord(edits: &[Edit]) -> Result<(Duration, Document), BenchError> {
     let schema = Schema {
         text: vec!["/text".into()],
         counters: Vec::new(),
+        ids: Vec::new(),
     };
     let (mut doc, _) = Document::create(&json!({"text": ""}), schema, &meta)
         .map_err(|e| BenchError::Invalid(e.to_string()))?;
