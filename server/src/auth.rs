@@ -20,7 +20,7 @@
 //! |---|---|
 //! | `GET /healthz`, `/`, `/web/*`, `/favicon.ico` | nothing |
 //! | `GET /v1/docs/{id}`, `…/history`, `GET …/changes`, `…/events` (SSE) | read |
-//! | `PUT`/`PATCH /v1/docs/{id}`, `POST …/changes` (see Attribution), `POST`/`DELETE …/lock` | write |
+//! | `PUT`/`PATCH /v1/docs/{id}`, `POST …/changes` (see Attribution), `POST`/`DELETE …/lock`, `POST …/lost/{lost}/restore`, `DELETE …/lost/{lost}` | write |
 //! | `POST …/merge` `{"fork"}` | write the document, read the fork |
 //! | `POST …/fork` | write the document and `write:*` (the fork is a new document the caller must be able to write), or admin |
 //! | `GET …/ws`, `GET …/sync` | read; each message that writes needs write |
@@ -385,7 +385,12 @@ fn rule(method: &Method, route: Option<&str>) -> Rule {
         Some("/v1/docs/{id}") if *method == Method::DELETE => Rule::Admin,
         Some("/v1/docs/{id}" | "/v1/docs/{id}/changes") if reads => Rule::Read,
         Some("/v1/docs/{id}/changes") => Rule::RawChanges,
-        Some("/v1/docs/{id}" | "/v1/docs/{id}/lock") => Rule::Write,
+        Some(
+            "/v1/docs/{id}"
+            | "/v1/docs/{id}/lock"
+            | "/v1/docs/{id}/lost/{lost}"
+            | "/v1/docs/{id}/lost/{lost}/restore",
+        ) => Rule::Write,
         Some("/v1/docs/{id}/history" | "/v1/docs/{id}/events") => Rule::Read,
         Some("/v1/docs/{id}/fork") => Rule::Fork,
         Some("/v1/docs/{id}/merge") => Rule::Merge,

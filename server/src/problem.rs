@@ -122,6 +122,7 @@ impl From<concord_core::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", detail)
             }
             E::InvalidChanges(_) => ApiError::bad_request("invalid-changes", detail),
+            E::LostNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "lost-not-found", detail),
             E::Load(_) | E::Automerge(_) => ApiError::internal(detail),
         }
     }

@@ -35,6 +35,8 @@ struct CreateBody {
     text: Vec<String>,
     #[serde(default)]
     counters: Vec<String>,
+    #[serde(default)]
+    ids: Vec<String>,
 }
 
 /// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
@@ -164,6 +166,7 @@ pub(super) async fn create(
     let schema = Schema {
         text: request.text,
         counters: request.counters,
+        ids: request.ids,
     };
     schema.validate()?;
     let value = request.value.unwrap_or_else(|| json!({}));
@@ -291,6 +294,11 @@ pub(super) async fn read(
             if conflicts {
                 body["conflicts"] = serde_json::to_value(doc.conflicts(at.as_ref())?)
                     .map_err(ApiError::internal)?;
+                // Edits no longer visible because their object was deleted concurrently,
+                // until restored or dismissed (concord_core::lost). Only the present has them.
+                if at.is_none() {
+                    body["lost"] = serde_json::to_value(doc.lost()).map_err(ApiError::internal)?;
+                }
             }
             let mut response = Json(body).into_response();
             response.headers_mut().insert(header::ETAG, etag(&version));
@@ -371,6 +379,72 @@ pub(super) async fn patch(
                 Ok(match &ops {
                     Some(ops) => loaded.doc.patch(base.as_ref(), ops, &meta)?,
                     None => loaded.doc.merge_patch(base.as_ref(), &document, &meta)?,
+                })
+            })
+        },
+    )
+    .await
+}
+
+/// Which lost edit a restore or dismiss names, and what it does with it.
+#[derive(Clone, Copy)]
+enum Settle {
+    Restore,
+    Dismiss,
+}
+
+/// `POST /v1/docs/{id}/lost/{lost}/restore`: writes the lost value back where it was.
+pub(super) async fn restore_lost(
+    state: Shared,
+    Path((id, lost)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    settle_lost(state, id, lost, method, headers, Settle::Restore).await
+}
+
+/// `DELETE /v1/docs/{id}/lost/{lost}`: closes the record, leaving the value deleted.
+pub(super) async fn dismiss_lost(
+    state: Shared,
+    Path((id, lost)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    settle_lost(state, id, lost, method, headers, Settle::Dismiss).await
+}
+
+async fn settle_lost(
+    State(state): Shared,
+    id: String,
+    lost: String,
+    method: Method,
+    headers: HeaderMap,
+    how: Settle,
+) -> Result<Response<Body>, ApiError> {
+    let id = doc_id(&id)?;
+    let now = now_ms();
+    let meta = write_meta(&headers, now)?;
+    let if_match = if_match(&headers)?;
+    let lock = lock_token(&headers)?;
+    let path = match how {
+        Settle::Restore => format!("/v1/docs/{id}/lost/{lost}/restore"),
+        Settle::Dismiss => format!("/v1/docs/{id}/lost/{lost}"),
+    };
+    let registry = &state.registry;
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        &[],
+        StatusCode::OK,
+        now,
+        |idem| {
+            registry.write(id, &meta, idem, |loaded| {
+                admit(loaded, WriteKind::Patch, if_match.as_ref(), lock, now)?;
+                Ok(match how {
+                    Settle::Restore => loaded.doc.restore_lost(&lost, &meta)?,
+                    Settle::Dismiss => loaded.doc.dismiss_lost(&lost, &meta)?,
                 })
             })
         },

@@ -39,6 +39,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/docs/{id}/history", get(docs::history))
         .route(
+            "/v1/docs/{id}/lost/{lost}",
+            axum::routing::delete(docs::dismiss_lost),
+        )
+        .route(
+            "/v1/docs/{id}/lost/{lost}/restore",
+            axum::routing::post(docs::restore_lost),
+        )
+        .route(
             "/v1/docs/{id}/changes",
             get(docs::get_changes).post(docs::post_changes),
         )
