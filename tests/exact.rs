@@ -65,7 +65,10 @@ async fn delete_before_an_edited_element_keeps_the_edit() {
         W::Put(json!({"items": [{"id": 2, "t": "b2"}, {"id": 3}]})),
     )
     .await;
-    assert_eq!(value, json!({"items": [{"id": 2, "t": "b2", "done": true}, {"id": 3}]}));
+    assert_eq!(
+        value,
+        json!({"items": [{"id": 2, "t": "b2", "done": true}, {"id": 3}]})
+    );
     assert!(lost.is_empty(), "{lost:?}");
 }
 
@@ -153,7 +156,14 @@ async fn counters_created_concurrently_add_up() {
     assert_eq!(value, json!({"n": 2}));
     assert_eq!(conflicts(&s, &id).await["conflicts"], json!([]));
     // The next write folds them into one counter.
-    let reply = s.patch(&id, "Z", None, &json!([{"op": "increment", "path": "/n", "value": 1}])).await;
+    let reply = s
+        .patch(
+            &id,
+            "Z",
+            None,
+            &json!([{"op": "increment", "path": "/n", "value": 1}]),
+        )
+        .await;
     assert_eq!(reply.json()["value"], json!({"n": 3}));
 }
 
@@ -250,7 +260,10 @@ async fn a_move_carries_the_present_value_and_raises_no_dead() {
         {"op": "remove", "path": "/items/1"}
     ]));
     let (_, value, _) = case(&s, json!({ "value": cba }), y, W::Put(abc.clone())).await;
-    assert_eq!(value, json!({"items": [{"name": "a"}, {"name": "c", "done": true}]}));
+    assert_eq!(
+        value,
+        json!({"items": [{"name": "a"}, {"name": "c", "done": true}]})
+    );
 }
 
 #[tokio::test]
@@ -274,8 +287,11 @@ async fn deleting_a_parent_of_concurrent_edits_is_surfaced_until_settled() {
         let lost_id = lost[0]["id"].as_str().unwrap();
         let reply = s
             .send(
-                s.request(Method::POST, &format!("/v1/docs/{id}/lost/{lost_id}/restore"))
-                    .header("concord-agent", "R"),
+                s.request(
+                    Method::POST,
+                    &format!("/v1/docs/{id}/lost/{lost_id}/restore"),
+                )
+                .header("concord-agent", "R"),
             )
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
@@ -283,14 +299,29 @@ async fn deleting_a_parent_of_concurrent_edits_is_surfaced_until_settled() {
         assert_eq!(conflicts(&s, &id).await["lost"], json!([]));
         // It is gone: a second restore is a 404 problem.
         let again = s
-            .send(s.request(Method::POST, &format!("/v1/docs/{id}/lost/{lost_id}/restore")))
+            .send(s.request(
+                Method::POST,
+                &format!("/v1/docs/{id}/lost/{lost_id}/restore"),
+            ))
             .await;
-        assert_eq!(again.assert_problem(404)["type"], "urn:concord:problem:lost-not-found");
+        assert_eq!(
+            again.assert_problem(404)["type"],
+            "urn:concord:problem:lost-not-found"
+        );
     }
 
     // Y edits inside what X deleted first: surfaced the same way; dismissing closes it.
-    let (id, v) = s.create(json!({"value": {"items": [{"id": 1}, {"id": 2}]}})).await;
-    write(&s, &id, "X", &v, &W::Patch(json!([{"op": "remove", "path": "/items/1"}]))).await;
+    let (id, v) = s
+        .create(json!({"value": {"items": [{"id": 1}, {"id": 2}]}}))
+        .await;
+    write(
+        &s,
+        &id,
+        "X",
+        &v,
+        &W::Patch(json!([{"op": "remove", "path": "/items/1"}])),
+    )
+    .await;
     write(&s, &id, "Y", &v, &done_on(1)).await;
     let lost = conflicts(&s, &id).await["lost"].clone();
     assert_eq!(lost[0]["path"], "/items/1", "{lost}");

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::lost::{detect, LostEdit, LostLog, LostNote};
 use crate::patch::{apply_merge_patch, apply_patch, PatchOp};
 use crate::pointer::Pointer;
-use crate::lost::{detect, LostEdit, LostLog, LostNote};
 use crate::reconcile::{reconcile_prop, reconcile_root, write_new, Ctx, Present, Settle, ENCODING};
 use crate::schema::{CompiledSchema, Schema};
 use crate::storage::StoredChange;
@@ -152,7 +152,9 @@ impl Document {
         let mut outcome = doc.write(None, meta, |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
             // An empty object still gets a first change, so that every document has a version.
-            let hash = doc.doc.empty_commit(commit_options(meta, Vec::new(), Vec::new()));
+            let hash = doc
+                .doc
+                .empty_commit(commit_options(meta, Vec::new(), Vec::new()));
             outcome = doc.committed(&[hash]);
         }
         Ok((doc, outcome))
@@ -369,7 +371,10 @@ impl Document {
         if let Some(base) = &stale_heads {
             let notes = detect(&self.doc, base, &hashes, &report, &meta.agent)?;
             if !notes.is_empty() {
-                hashes.push(self.doc.empty_commit(commit_options(meta, notes, Vec::new())));
+                hashes.push(
+                    self.doc
+                        .empty_commit(commit_options(meta, notes, Vec::new())),
+                );
             }
         }
         Ok(self.committed(&hashes))
@@ -389,11 +394,10 @@ impl Document {
     }
 
     /// Counts new changes and reads their notes.
-    fn took_in(&mut self, changes: &[Change]) {
+    pub(crate) fn took_in(&mut self, changes: &[Change]) {
         self.change_count += changes.len();
         for c in changes {
-            self.lost
-                .add(&c.hash(), c.timestamp(), c.message());
+            self.lost.add(&c.hash(), c.timestamp(), c.message());
         }
     }
 

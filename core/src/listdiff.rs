@@ -385,12 +385,27 @@ mod tests {
             &[New],
         );
         // Scalars pair only when equal; duplicates pair in order.
-        check(json!(["a", "b", "a"]), json!(["a", "a"]), None, &[Keep(0), Keep(2)]);
-        check(json!([1, 2, 3]), json!([3, 1, 2]), None, &[Moved(2), Keep(0), Keep(1)]);
+        check(
+            json!(["a", "b", "a"]),
+            json!(["a", "a"]),
+            None,
+            &[Keep(0), Keep(2)],
+        );
+        check(
+            json!([1, 2, 3]),
+            json!([3, 1, 2]),
+            None,
+            &[Moved(2), Keep(0), Keep(1)],
+        );
         // Scalars between the same neighbours are rewritten in place, in order.
         check(json!(["a"]), json!(["b"]), None, &[Keep(0)]);
         check(json!([1, 1]), json!([3, 2]), None, &[Keep(0), Keep(1)]);
-        check(json!(["x", 1, "y"]), json!(["x", true, "y"]), None, &[Keep(0), New, Keep(2)]);
+        check(
+            json!(["x", 1, "y"]),
+            json!(["x", true, "y"]),
+            None,
+            &[Keep(0), New, Keep(2)],
+        );
         // A changed id is another element.
         check(
             json!([{"id": 1, "t": "a"}]),
@@ -417,9 +432,22 @@ mod tests {
 
     #[test]
     fn similarity_weighs_names_above_flags() {
-        assert_eq!(similarity(&json!({"name": "B"}), &json!({"name": "B", "note": "x"})), 0.5);
-        assert!(similarity(&json!({"t": "x", "done": false}), &json!({"t": "y", "done": false})) < 0.5);
-        assert!(similarity(&json!({"name": "A", "done": false}), &json!({"name": "A", "done": true})) > 0.5);
+        assert_eq!(
+            similarity(&json!({"name": "B"}), &json!({"name": "B", "note": "x"})),
+            0.5
+        );
+        assert!(
+            similarity(
+                &json!({"t": "x", "done": false}),
+                &json!({"t": "y", "done": false})
+            ) < 0.5
+        );
+        assert!(
+            similarity(
+                &json!({"name": "A", "done": false}),
+                &json!({"name": "A", "done": true})
+            ) > 0.5
+        );
         assert_eq!(similarity(&json!([1, 2]), &json!([2, 1])), 1.0);
         assert_eq!(similarity(&json!("a"), &json!("a")), 1.0);
     }

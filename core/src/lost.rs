@@ -150,7 +150,9 @@ pub(crate) fn detect(
             continue;
         }
         let inside = subtree(doc, obj)?;
-        let edited_by = agents(concurrent(&mut cache, doc, base, own), |op| inside.contains(&op.obj.to_string()));
+        let edited_by = agents(concurrent(&mut cache, doc, base, own), |op| {
+            inside.contains(&op.obj.to_string())
+        });
         notes.push(LostNote {
             path: Pointer::from(path.clone()).to_string(),
             deleted_by: vec![writer.to_owned()],

@@ -286,11 +286,16 @@ fn increment<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, by: i
     };
     let length = len(tx, &place.parent, None);
     let prop = prop_for(place.parent_type, &place.token, length, pointer)?;
-    cx.touch(&place.parent, &pointer.tokens()[..pointer.tokens().len() - 1]);
+    cx.touch(
+        &place.parent,
+        &pointer.tokens()[..pointer.tokens().len() - 1],
+    );
     let all = tx.get_all(&place.parent, prop.clone())?;
     if let Some(sum) = counter_sum(&all) {
         // Concurrent creations of one counter: fold them into one holding the new sum.
-        let total = sum.checked_add(by).ok_or_else(|| Error::InvalidValue(format!("counter at {pointer} overflows")))?;
+        let total = sum
+            .checked_add(by)
+            .ok_or_else(|| Error::InvalidValue(format!("counter at {pointer} overflows")))?;
         tx.put(&place.parent, prop, ScalarValue::counter(total))?;
         return Ok(());
     }
@@ -387,9 +392,10 @@ fn merge_into<T: Transactable>(
             (Value::Null, Some(_)) => cx.delete(tx, obj, Prop::Map(key.clone()), path),
             (Value::Null, None) => Ok(()),
             // A member that names concurrent objects settles them: the one shown, merged.
-            (Value::Object(_), Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)))
-                if !conflicted =>
-            {
+            (
+                Value::Object(_),
+                Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)),
+            ) if !conflicted => {
                 path.push(key.clone());
                 let r = merge_into(tx, cx, &id, path, value);
                 path.pop();
@@ -410,7 +416,15 @@ fn merge_into<T: Transactable>(
                     None => strip_nulls(value),
                 };
                 path.push(key.clone());
-                let r = reconcile_prop(tx, cx, obj, Prop::Map(key.clone()), path, &target, Settle::Yes);
+                let r = reconcile_prop(
+                    tx,
+                    cx,
+                    obj,
+                    Prop::Map(key.clone()),
+                    path,
+                    &target,
+                    Settle::Yes,
+                );
                 path.pop();
                 r
             }

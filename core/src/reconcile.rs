@@ -482,15 +482,44 @@ mod tests {
     fn three_way_merge_table() {
         let cases = [
             // (base, ours = now, theirs = this write, expected)
-            (json!({"a": 1}), json!({"a": 1, "done": true}), json!({"a": 2}), json!({"a": 2, "done": true})),
-            (json!({"a": 1}), json!({"a": 3}), json!({"a": 1}), json!({"a": 3})),
-            (json!({"a": 1, "b": 1}), json!({"a": 1, "b": 1}), json!({"a": 1}), json!({"a": 1})),
-            (json!({"a": 1, "b": 1}), json!({"a": 1, "b": 2}), json!({"a": 1}), json!({"a": 1, "b": 2})),
-            (json!({"a": {"x": 1}}), json!({"a": {"x": 1, "y": 2}}), json!({"a": {"x": 5}}), json!({"a": {"x": 5, "y": 2}})),
+            (
+                json!({"a": 1}),
+                json!({"a": 1, "done": true}),
+                json!({"a": 2}),
+                json!({"a": 2, "done": true}),
+            ),
+            (
+                json!({"a": 1}),
+                json!({"a": 3}),
+                json!({"a": 1}),
+                json!({"a": 3}),
+            ),
+            (
+                json!({"a": 1, "b": 1}),
+                json!({"a": 1, "b": 1}),
+                json!({"a": 1}),
+                json!({"a": 1}),
+            ),
+            (
+                json!({"a": 1, "b": 1}),
+                json!({"a": 1, "b": 2}),
+                json!({"a": 1}),
+                json!({"a": 1, "b": 2}),
+            ),
+            (
+                json!({"a": {"x": 1}}),
+                json!({"a": {"x": 1, "y": 2}}),
+                json!({"a": {"x": 5}}),
+                json!({"a": {"x": 5, "y": 2}}),
+            ),
             (json!(1), json!(2), json!(3), json!(3)),
         ];
         for (base, ours, theirs, expected) in cases {
-            assert_eq!(merge3(&base, &ours, &theirs), expected, "{base} {ours} {theirs}");
+            assert_eq!(
+                merge3(&base, &ours, &theirs),
+                expected,
+                "{base} {ours} {theirs}"
+            );
         }
     }
 }

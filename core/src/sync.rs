@@ -216,7 +216,7 @@ impl Document {
         } else {
             self.doc.get_changes(&before)
         };
-        self.change_count += changes.len();
+        self.took_in(&changes);
         Ok(WriteOutcome {
             version: self.version(),
             changes,

@@ -80,7 +80,10 @@ pub(crate) fn text_splices(old: &str, new: &str) -> Vec<Splice> {
                     new_index, new_len, ..
                 }) => {
                     i += 1;
-                    (old_index..old_index + old_len, new_index..new_index + new_len)
+                    (
+                        old_index..old_index + old_len,
+                        new_index..new_index + new_len,
+                    )
                 }
                 _ => (old_index..old_index + old_len, new_index..new_index),
             },
@@ -94,7 +97,10 @@ pub(crate) fn text_splices(old: &str, new: &str) -> Vec<Splice> {
                 old_len,
                 new_index,
                 new_len,
-            } => (old_index..old_index + old_len, new_index..new_index + new_len),
+            } => (
+                old_index..old_index + old_len,
+                new_index..new_index + new_len,
+            ),
         };
         let (old_hunk, new_hunk) = (&old_mid[old_range], &new_mid[new_range]);
         hunk(&mut out, pos, old_hunk, new_hunk);
@@ -158,14 +164,24 @@ fn chars(out: &mut Vec<Splice>, pos: usize, old: &str, new: &str) {
             }
             DiffOp::Insert {
                 new_index, new_len, ..
-            } => push(out, at, 0, b[new_index..new_index + new_len].iter().collect()),
+            } => push(
+                out,
+                at,
+                0,
+                b[new_index..new_index + new_len].iter().collect(),
+            ),
             DiffOp::Replace {
                 old_len,
                 new_index,
                 new_len,
                 ..
             } => {
-                push(out, at, old_len, b[new_index..new_index + new_len].iter().collect());
+                push(
+                    out,
+                    at,
+                    old_len,
+                    b[new_index..new_index + new_len].iter().collect(),
+                );
                 at += old_len;
             }
         }
@@ -252,7 +268,11 @@ mod tests {
         // The insertion lands after "- " of its own line, not after the longest common
         // prefix of the whole text.
         check("- one\n- two\n", "- (!) one\n- two\n", &[(2, 0, "(!) ")]);
-        check("- one\n- two\n", "- zero\n- one\n- two\n", &[(0, 0, "- zero\n")]);
+        check(
+            "- one\n- two\n",
+            "- zero\n- one\n- two\n",
+            &[(0, 0, "- zero\n")],
+        );
         check("a\nb\nc\n", "a\nc\n", &[(2, 2, "")]);
         check("a\nb\nc\n", "a\nB\nc\n", &[(2, 1, "B")]);
         check("a\nb\n", "x\ny\n", &[(0, 1, "x"), (2, 1, "y")]);

@@ -210,7 +210,10 @@ pub(crate) fn get<R: ReadDoc, P: Into<Prop>>(
     if let automerge::Value::Scalar(s) = &value {
         if s.is_counter() {
             if let Some(sum) = counter_sum(&all_at(doc, obj, prop, heads)?) {
-                return Ok(Some((automerge::Value::Scalar(std::borrow::Cow::Owned(ScalarValue::counter(sum))), id)));
+                return Ok(Some((
+                    automerge::Value::Scalar(std::borrow::Cow::Owned(ScalarValue::counter(sum))),
+                    id,
+                )));
             }
         }
     }

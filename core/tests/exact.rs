@@ -56,7 +56,13 @@ fn check(s: Schema, base: Value, y: W, x: W, expected: Value, lost: &[(&str, &st
     let got: Vec<(String, String, String)> = doc
         .lost()
         .iter()
-        .map(|l| (l.path.clone(), l.deleted_by.join(","), l.edited_by.join(",")))
+        .map(|l| {
+            (
+                l.path.clone(),
+                l.deleted_by.join(","),
+                l.edited_by.join(","),
+            )
+        })
         .collect();
     let want: Vec<(String, String, String)> = lost
         .iter()
@@ -85,7 +91,9 @@ fn list_edits_stay_on_their_element() {
         none(),
         json!({"items": [{"name": "A"}, {"name": "B"}, {"name": "C"}]}),
         W::Patch(json!([{"op": "add", "path": "/items/1/done", "value": true}])),
-        W::Put(json!({"items": [{"name": "A"}, {"name": "N"}, {"name": "B", "note": "n"}, {"name": "C"}]})),
+        W::Put(
+            json!({"items": [{"name": "A"}, {"name": "N"}, {"name": "B", "note": "n"}, {"name": "C"}]}),
+        ),
         json!({"items": [{"name": "A"}, {"name": "N"}, {"name": "B", "note": "n", "done": true}, {"name": "C"}]}),
         &[],
     );
@@ -145,7 +153,11 @@ fn concurrent_creations_of_a_counter_add_up() {
     write(&mut doc, Some(&v), &inc(), "A");
     write(&mut doc, Some(&v), &inc(), "B");
     assert_eq!(doc.read(None).unwrap(), json!({"n": 2}));
-    assert_eq!(doc.conflicts(None).unwrap(), vec![], "counters add up, no conflict");
+    assert_eq!(
+        doc.conflicts(None).unwrap(),
+        vec![],
+        "counters add up, no conflict"
+    );
     // The next write folds them into one counter, which keeps counting.
     write(&mut doc, None, &inc(), "C");
     assert_eq!(doc.read(None).unwrap(), json!({"n": 3}));
@@ -196,7 +208,9 @@ fn explicit_writes_settle_conflicts() {
         let shown = doc.read(None).unwrap()[&key].clone();
         // The settling write sends exactly the value shown.
         let fix = match fix {
-            W::Patch(p) => W::Patch(json!([{"op": p[0]["op"], "path": p[0]["path"], "value": shown}])),
+            W::Patch(p) => {
+                W::Patch(json!([{"op": p[0]["op"], "path": p[0]["path"], "value": shown}]))
+            }
             W::Merge(_) => W::Merge(json!({ key.clone(): shown })),
             W::Put(_) => unreachable!(),
         };
@@ -301,8 +315,18 @@ fn lost_edits_are_restored_or_dismissed_and_survive_a_reload() {
     )
     .unwrap();
     let v = doc.version();
-    write(&mut doc, Some(&v), &W::Patch(json!([{"op": "add", "path": "/items/1/done", "value": true}])), "Y");
-    write(&mut doc, Some(&v), &W::Put(json!({"items": [{"id": 1}]})), "X");
+    write(
+        &mut doc,
+        Some(&v),
+        &W::Patch(json!([{"op": "add", "path": "/items/1/done", "value": true}])),
+        "Y",
+    );
+    write(
+        &mut doc,
+        Some(&v),
+        &W::Put(json!({"items": [{"id": 1}]})),
+        "X",
+    );
     let lost = doc.lost().to_vec();
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].value, json!({"id": 2, "t": "b", "done": true}));
@@ -324,7 +348,10 @@ fn lost_edits_are_restored_or_dismissed_and_survive_a_reload() {
     assert!(doc.lost().is_empty());
     assert_eq!(doc.read(None).unwrap(), json!({"items": [{"id": 1}]}));
     let err = doc.dismiss_lost(&lost[0].id, &meta("D")).unwrap_err();
-    assert!(err.to_string().contains("no open lost-edit record"), "{err}");
+    assert!(
+        err.to_string().contains("no open lost-edit record"),
+        "{err}"
+    );
 }
 
 // The property.

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`trace`]: the editing trace through a `String`, raw Automerge and Concord's text path.
+//! - [`textput`]: whole-text PUTs (a replacement, a one-line edit) against `update_text`.
 //! - [`http`]: loopback HTTP writes, crdt against lww against a no-op endpoint.
 //! - [`stale`]: whole-document writes from bases 1, 10 and 100 versions old.
 //! - [`fanout`]: one writer, many WebSocket subscribers.
@@ -23,6 +24,7 @@ pub mod peer;
 pub mod report;
 pub mod scale;
 pub mod stale;
+pub mod textput;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -57,7 +59,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, http, stale, fanout, scale, peer, cluster.
+    /// Sections to run (all when empty): trace, textput, http, stale, fanout, scale, peer,
+    /// cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -78,6 +81,8 @@ pub struct BenchReport {
     pub machine: Value,
     /// Editing trace.
     pub trace: Option<trace::TraceReport>,
+    /// Whole-text PUTs.
+    pub textput: Vec<textput::TextPutRow>,
     /// HTTP writes.
     pub http: Vec<http::HttpRow>,
     /// Stale-base merges.
@@ -217,6 +222,16 @@ pub async fn run(
             Err(BenchError::Missing(why)) => report.skipped.push(format!("trace: {why}")),
             Err(e) => return Err(e),
         }
+    }
+
+    if options.wants("textput") {
+        progress("textput: whole-text PUTs against update_text");
+        let (sizes, baseline_max, rounds): (&[usize], usize, usize) = if options.smoke {
+            (&[2_000], 2_000, 1)
+        } else {
+            (&[40_000, 200_000], 40_000, 3)
+        };
+        report.textput = textput::run(sizes, baseline_max, rounds)?;
     }
 
     let tuning = Tuning {

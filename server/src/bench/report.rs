@@ -104,6 +104,23 @@ pub fn table(report: &BenchReport) -> String {
             );
         }
     }
+    if !report.textput.is_empty() {
+        let _ = writeln!(out, "\nWhole-text PUTs (collaborative text; best of 3)");
+        for r in &report.textput {
+            let baseline = match r.update_text_ms {
+                Some(b) => format!(
+                    "; Automerge update_text {b:.0} ms ({:.1}x Concord's time)",
+                    b / r.concord_ms.max(1e-9)
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:>7} chars, {:<7}: Concord {:.1} ms{baseline}",
+                r.chars, r.kind, r.concord_ms
+            );
+        }
+    }
     if !report.stale.is_empty() {
         let _ = writeln!(out, "\nStale-base merges (whole-document PUT)");
         for r in &report.stale {
