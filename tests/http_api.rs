@@ -637,3 +637,191 @@ async fn branches_fork_edit_and_merge() {
         .await
         .assert_problem(422);
 }
+
+/// `If-Match` uses strong comparison (RFC 9110): a weak tag never matches, so an
+/// `If-Match` of weak tags only is a failed precondition wherever `If-Match` is evaluated,
+/// and nothing is written.
+#[tokio::test]
+async fn weak_if_match_never_matches() {
+    let s = TestServer::start().await;
+    for strategy in ["crdt", "optimistic", "lww"] {
+        let (id, v1) = s
+            .create(json!({"value": {"n": 1}, "strategy": strategy}))
+            .await;
+        let before = s.raw(&id).await;
+        let put = |tag: String| {
+            s.send(
+                s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                    .header("if-match", tag)
+                    .json(&json!({"n": 2})),
+            )
+        };
+        for tag in [format!("W/\"{v1}\""), format!("W/\"{v1}\", W/\"{v1}\"")] {
+            let reply = put(tag).await;
+            if strategy == "lww" {
+                // Last-writer-wins ignores If-Match.
+                assert_eq!(reply.status, StatusCode::OK, "{strategy}");
+                continue;
+            }
+            let problem = reply.assert_problem(412);
+            assert_eq!(
+                problem["type"], "urn:concord:problem:weak-etag",
+                "{strategy}"
+            );
+            assert_eq!(reply.etag(), v1, "{strategy}: the current ETag");
+            assert_eq!(s.raw(&id).await, before, "{strategy}: nothing written");
+        }
+        if strategy != "lww" {
+            // A patch too; and a weak tag beside a strong one is just ignored.
+            let weak_patch = s
+                .send(
+                    s.request(Method::PATCH, &format!("/v1/docs/{id}"))
+                        .header("content-type", "application/json-patch+json")
+                        .header("if-match", format!("W/\"{v1}\""))
+                        .body(r#"[{"op": "replace", "path": "/n", "value": 3}]"#),
+                )
+                .await;
+            weak_patch.assert_problem(412);
+            assert_eq!(s.raw(&id).await, before, "{strategy}: nothing written");
+            let reply = put(format!("W/\"{v1}\", \"{v1}\"")).await;
+            assert_eq!(reply.status, StatusCode::OK, "{strategy}");
+            assert_eq!(s.get(&id).await.0, json!({"n": 2}));
+        }
+    }
+}
+
+/// A list of entity tags matches if any strong tag does: an optimistic write passes when
+/// the list names the current version, and is refused (412) when it does not. Several
+/// `If-Match` lines are one list.
+#[tokio::test]
+async fn if_match_list_matches_any_listed_version() {
+    let s = TestServer::start().await;
+    let (id, v1) = s
+        .create(json!({"value": {"n": 0}, "strategy": "optimistic"}))
+        .await;
+    let v2 = s.put(&id, "a", &v1, &json!({"n": 1})).await.etag();
+    let v3 = s.put(&id, "a", &v2, &json!({"n": 2})).await.etag();
+    let put = |lines: Vec<String>, n: i64| {
+        let mut request = s.request(Method::PUT, &format!("/v1/docs/{id}"));
+        for line in lines {
+            request = request.header("if-match", line);
+        }
+        s.send(request.json(&json!({"n": n})))
+    };
+    // Without the current version: refused with the current ETag.
+    let refused = put(vec![format!("\"{v1}\", \"{v2}\"")], 10).await;
+    let problem = refused.assert_problem(412);
+    assert_eq!(problem["type"], "urn:concord:problem:stale-version");
+    assert_eq!(refused.etag(), v3);
+    let refused = put(vec![format!("\"{v1}\""), format!("\"{v2}\"")], 10).await;
+    refused.assert_problem(412);
+    assert_eq!(s.get(&id).await, (json!({"n": 2}), v3.clone()));
+
+    // With it, in one line or on a second line, first or last: written.
+    let v4 = put(vec![format!("\"{v1}\", \"{v3}\"")], 3).await;
+    assert_eq!(v4.status, StatusCode::OK, "{:?}", v4.json());
+    let v4 = v4.etag();
+    let v5 = put(vec![format!("\"{v4}\""), format!("\"{v1}\"")], 4).await;
+    assert_eq!(v5.status, StatusCode::OK, "{:?}", v5.json());
+    let v5 = v5.etag();
+    let v6 = put(
+        vec![format!("\"{v2}\""), format!("W/\"{v1}\", \"{v5}\"")],
+        5,
+    )
+    .await;
+    assert_eq!(v6.status, StatusCode::OK, "{:?}", v6.json());
+    assert_eq!(s.get(&id).await.0, json!({"n": 5}));
+}
+
+/// On a crdt document a list's base is the current version if the list names it, else
+/// the first strong tag listed.
+#[tokio::test]
+async fn crdt_if_match_list_picks_its_base() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"items": []}})).await;
+    let v2 = s.put(&id, "b", &v1, &json!({"items": ["b"]})).await.etag();
+    let put = |tags: String| {
+        s.send(
+            s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                .header("concord-agent", "a")
+                .header("if-match", tags)
+                .json(&json!({"items": ["a"]})),
+        )
+    };
+    // The current version is listed (second): the write is made at it, so it replaces "b".
+    let reply = put(format!("\"{v1}\", \"{v2}\"")).await;
+    assert_eq!(reply.json()["value"], json!({"items": ["a"]}));
+    let v3 = reply.etag();
+    // Not listed: the first strong tag (v1) is the base, and "a" is added to what is there.
+    let reply = s
+        .send(
+            s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                .header("if-match", format!("W/\"{v3}\", \"{v1}\", \"{v2}\""))
+                .json(&json!({"items": ["c"]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+    let items = reply.json()["value"]["items"].clone();
+    let mut sorted: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["a", "c"], "made at v1: {items}");
+}
+
+/// Entity tags must be quoted; an unquoted or unterminated one is a 400 problem, and the
+/// document is unchanged. Query parameters keep taking a bare version.
+#[tokio::test]
+async fn unquoted_if_match_is_refused() {
+    let s = TestServer::start().await;
+    for strategy in ["crdt", "optimistic"] {
+        let (id, v1) = s
+            .create(json!({"value": {"n": 1}, "strategy": strategy}))
+            .await;
+        let before = s.raw(&id).await;
+        for tag in [
+            v1.clone(),
+            format!("\"{v1}"),
+            format!("{v1}\""),
+            format!("W/{v1}"),
+            format!("\"{v1}\" \"{v1}\""),
+            format!("*, \"{v1}\""),
+        ] {
+            let reply = s
+                .send(
+                    s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                        .header("if-match", &tag)
+                        .json(&json!({"n": 2})),
+                )
+                .await;
+            let problem = reply.assert_problem(400);
+            assert_eq!(
+                problem["type"], "urn:concord:problem:invalid-version",
+                "{strategy} {tag}"
+            );
+            assert_eq!(s.raw(&id).await, before, "{strategy} {tag}");
+        }
+        // A second line with a bad tag spoils the list.
+        let reply = s
+            .send(
+                s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                    .header("if-match", format!("\"{v1}\""))
+                    .header("if-match", v1.clone())
+                    .json(&json!({"n": 2})),
+            )
+            .await;
+        reply.assert_problem(400);
+        // `?at=` and `?since=` are not entity tags: a bare version.
+        let at = s
+            .send(s.request(Method::GET, &format!("/v1/docs/{id}?at={v1}")))
+            .await;
+        assert_eq!(at.json()["value"], json!({"n": 1}));
+        let since = s
+            .send(s.request(Method::GET, &format!("/v1/docs/{id}/changes?since={v1}")))
+            .await;
+        assert_eq!(since.status, StatusCode::OK);
+    }
+}

@@ -608,11 +608,7 @@ impl Session {
         lock: Option<String>,
         body: WriteBody,
     ) -> Result<(String, bool), ApiError> {
-        let if_match = match base.as_deref().map(str::trim) {
-            None => None,
-            Some("*") => Some(IfMatch::Any),
-            Some(base) => Some(IfMatch::Version(parse_version(base)?)),
-        };
+        let if_match = base.as_deref().map(IfMatch::parse_base).transpose()?;
         let lock = lock
             .map(|token| {
                 token.trim().parse::<u64>().map_err(|_| {

@@ -149,24 +149,27 @@ pub(crate) fn agent(headers: &HeaderMap) -> Result<String, ApiError> {
         })
 }
 
-/// Parses a version given in a query parameter.
+/// Parses a version given in a query parameter (`?at=`, `?since=`) or `Last-Event-ID`: a
+/// bare version, not an entity tag.
 pub(crate) fn parse_version(raw: &str) -> Result<Version, ApiError> {
-    let raw = raw.trim().trim_start_matches("W/").trim_matches('"');
-    raw.parse::<Version>().map_err(ApiError::from)
+    crate::policy::parse_version(raw)
 }
 
-/// The request's `If-Match`, if any.
+/// The request's `If-Match`, if any: every field line of it, as one list (RFC 9110).
 pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
+    let lines = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(|value| {
+            value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid-version", "If-Match is not visible ASCII")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if lines.is_empty() {
         return Ok(None);
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("invalid-version", "If-Match is not visible ASCII"))?;
-    if text.trim() == "*" {
-        return Ok(Some(IfMatch::Any));
     }
-    parse_version(text).map(|v| Some(IfMatch::Version(v)))
+    IfMatch::parse_header(lines).map(Some)
 }
 
 /// The media type of the request body, lowercased, without parameters.
