@@ -29,15 +29,26 @@ pub struct TextPutRow {
     pub update_text_ms: Option<f64>,
 }
 
-/// A text of about `chars` characters in lines of prose, distinct per `seed`.
-fn text(chars: usize, seed: usize) -> String {
+/// A text of `chars` characters: lines of words drawn from a small vocabulary by a
+/// generator seeded with `seed`, so that two seeds give unrelated prose.
+fn text(chars: usize, seed: u64) -> String {
+    const WORDS: [&str; 16] = [
+        "agents", "write", "the", "report", "merge", "a", "list", "of", "findings", "and",
+        "notes", "version", "read", "plan", "shared", "draft",
+    ];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut out = String::with_capacity(chars + 64);
-    let mut line = 0;
+    let mut words_in_line = 0;
     while out.len() < chars {
-        out.push_str(&format!(
-            "line {line} of draft {seed}: the agents wrote this sentence together.\n"
-        ));
-        line += 1;
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.push_str(WORDS[(state >> 60) as usize]);
+        words_in_line += 1;
+        if words_in_line == 10 {
+            out.push('\n');
+            words_in_line = 0;
+        } else {
+            out.push(' ');
+        }
     }
     out.truncate(chars);
     out
