@@ -4,7 +4,7 @@
 
 import { api, docPath, agentName, ApiError } from './api.js';
 import { withToken } from './auth.js';
-import { h, clear, shortVersion, clock, fullTime, ago, debounce, preview, valueAt, toast } from './util.js';
+import { h, clear, shortVersion, clock, fullTime, isoTime, ago, debounce, preview, compact, valueAt, toast } from './util.js';
 import { agentColor, strategyColor, STRATEGY_HELP } from './colors.js';
 import { JsonTree } from './tree.js';
 
@@ -12,6 +12,32 @@ import { JsonTree } from './tree.js';
 const HISTORY_CHUNK = 100;
 /** Values of earlier versions kept for summaries and time travel. */
 const VALUE_CACHE = 40;
+/** Nesting the diff of two versions follows; deeper, a subtree is compared whole. */
+const DIFF_DEPTH = 64;
+/**
+ * A document holding a list longer than this is "heavy": reading one of its earlier
+ * versions costs the server far more than reading the present (it grows with the square
+ * of the list's length), so the history's summaries are made only when asked.
+ */
+const HEAVY_LIST = 2000;
+/** A summary read slower than this (ms) makes the document heavy too. */
+const SLOW_READ_MS = 1000;
+
+/** True if a value holds a list longer than HEAVY_LIST, or is too big to look through. */
+function hasLongList(value, budget = 200_000) {
+  const stack = [value];
+  let seen = 0;
+  while (stack.length) {
+    const v = stack.pop();
+    if (v === null || typeof v !== 'object') continue;
+    const children = Array.isArray(v) ? v : Object.values(v);
+    if (Array.isArray(v) && v.length > HEAVY_LIST) return true;
+    seen += children.length;
+    if (seen > budget) return true;
+    for (const c of children) if (c !== null && typeof c === 'object') stack.push(c);
+  }
+  return false;
+}
 
 // ---------------------------------------------------------------- JSON Patch and diffs
 
@@ -85,21 +111,21 @@ export function applyPatch(doc, ops) {
 }
 
 /** The operations that turn `a` into `b`: replace/add/remove, by pointer. */
-function diff(a, b, path = '', out = []) {
+function diff(a, b, path = '', out = [], depth = 0) {
   if (out.length > 200) return out;
   const objA = a !== null && typeof a === 'object';
   const objB = b !== null && typeof b === 'object';
-  if (objA && objB && Array.isArray(a) === Array.isArray(b)) {
+  if (objA && objB && Array.isArray(a) === Array.isArray(b) && depth < DIFF_DEPTH) {
     if (Array.isArray(a)) {
       const common = Math.min(a.length, b.length);
-      for (let i = 0; i < common; i += 1) diff(a[i], b[i], `${path}/${i}`, out);
+      for (let i = 0; i < common; i += 1) diff(a[i], b[i], `${path}/${i}`, out, depth + 1);
       for (let i = common; i < b.length; i += 1) out.push({ op: 'add', path: `${path}/${i}`, value: b[i] });
       for (let i = a.length - 1; i >= common; i -= 1) out.push({ op: 'remove', path: `${path}/${i}` });
     } else {
       const esc = (k) => k.replace(/~/g, '~0').replace(/\//g, '~1');
       for (const k of Object.keys(b)) {
         if (!(k in a)) out.push({ op: 'add', path: `${path}/${esc(k)}`, value: b[k] });
-        else diff(a[k], b[k], `${path}/${esc(k)}`, out);
+        else diff(a[k], b[k], `${path}/${esc(k)}`, out, depth + 1);
       }
       for (const k of Object.keys(a)) if (!(k in b)) out.push({ op: 'remove', path: `${path}/${esc(k)}` });
     }
@@ -276,7 +302,7 @@ class DocPage {
       for (const entry of entries) {
         if (!entry.isIntersecting) continue;
         this.observer.unobserve(entry.target);
-        this.wantSummary(Number(entry.target.dataset.k));
+        if (!this.heavy) this.wantSummary(Number(entry.target.dataset.k));
       }
     });
   }
@@ -286,7 +312,7 @@ class DocPage {
       const t0 = performance.now();
       const doc = await api(`${docPath(this.id)}?conflicts=true`);
       if (this.stopped) return;
-      this.heavy = performance.now() - t0 > 1000 || JSON.stringify(doc.value).length > 1_000_000;
+      this.heavy = performance.now() - t0 > SLOW_READ_MS || JSON.stringify(doc.value).length > 1_000_000 || hasLongList(doc.value);
       this.refreshDelay = Math.max(300, Math.min(10_000, 2 * (performance.now() - t0)));
       this.strategy = doc.strategy;
       this.live = { value: doc.value, version: doc.version, conflicts: doc.conflicts || [] };
@@ -512,8 +538,8 @@ class DocPage {
             {},
             h('button', { type: 'button', class: 'link', 'data-path': c.path }, c.path || '(document)'),
             ' ',
-            c.values.map((v) =>
-              h('span', { class: 'chip', style: { '--agent': agentColor(v.agent) }, title: JSON.stringify(v.value) }, v.agent || '?'),
+            (c.values || []).map((v) =>
+              h('span', { class: 'chip', style: { '--agent': agentColor(v.agent) }, title: compact(v.value, 300) }, v.agent || '?'),
             ),
           ),
         ),
@@ -532,7 +558,7 @@ class DocPage {
       return;
     }
     if (this.stopped) return;
-    this.changes = history.changes || [];
+    this.changes = (Array.isArray(history?.changes) ? history.changes : []).filter((c) => c !== null && typeof c === 'object');
     this.versions = versionsOf(this.changes);
     const n = this.changes.length;
     const r = this.el.range;
@@ -551,7 +577,7 @@ class DocPage {
       const a = c.agent || 'anonymous';
       const seen = agents.get(a) || { count: 0, last: 0 };
       seen.count += 1;
-      seen.last = Math.max(seen.last, c.time * 1000);
+      seen.last = Math.max(seen.last, Number(c.time) * 1000 || 0);
       agents.set(a, seen);
     }
     const sorted = [...agents.entries()].sort((x, y) => y[1].last - x[1].last);
@@ -597,7 +623,7 @@ class DocPage {
               'span',
               { class: 'h-top' },
               h('span', { class: 'agent' }, agent),
-              h('time', { datetime: new Date(c.time * 1000).toISOString(), title: fullTime(c.time * 1000) }, clock(c.time * 1000)),
+              h('time', { datetime: isoTime(c.time * 1000), title: fullTime(c.time * 1000) }, clock(c.time * 1000)),
               h('span', { class: 'muted k' }, `#${k}`),
             ),
             h('span', { class: 'h-sum' }, summary || (k === 1 ? 'created' : `${c.ops} op${c.ops === 1 ? '' : 's'}`)),
@@ -674,7 +700,14 @@ class DocPage {
       this.values.set(version, v);
       return v;
     }
+    const t0 = performance.now();
     const doc = await api(`${docPath(this.id)}?at=${encodeURIComponent(version)}`);
+    if (!this.heavy && performance.now() - t0 > SLOW_READ_MS && !this.stopped) {
+      // Earlier versions are slow to read: no more summaries unless asked for.
+      this.heavy = true;
+      this.summaryQueue = [];
+      this.showHistory();
+    }
     this.values.set(version, doc.value);
     while (this.values.size > VALUE_CACHE) this.values.delete(this.values.keys().next().value);
     return doc.value;

@@ -5,7 +5,9 @@
 //
 // Environment: CHROMIUM (the browser, default /usr/bin/chromium), ARTIFACTS (where
 // screenshots go, default ../../target/browser-artifacts), README_IMAGES (if set, a folder
-// that receives document.png and compare.png for the README).
+// that receives document.png and compare.png for the README), FAR_FUTURE_DOC (the id of a
+// document whose history holds changes dated 9e12 s, one without an agent: made by
+// tests/browser.rs, as no HTTP write can date a change).
 //
 // It fails (exit 1) on any failed check and on any console error or uncaught exception in
 // the page. `tests/browser.rs` starts the real server and runs this.
@@ -34,6 +36,7 @@ const checks = [];
 // ------------------------------------------------------------------ HTTP, as other agents
 
 async function http(method, path, { agent, body, type = 'application/json', ifMatch } = {}) {
+  // (A fetch from Node, not the page: the page's console stays free of these requests.)
   const headers = { 'Content-Type': type };
   if (agent) headers['Concord-Agent'] = agent;
   if (ifMatch) headers['If-Match'] = `"${ifMatch}"`;
@@ -192,6 +195,67 @@ try {
     await page.locator('li[data-ptr="/budget/amount"] > .row .v', { hasText: '1500' }).waitFor();
     await page.locator('li[data-ptr="/budget/amount"] > .row.flash').waitFor();
     await shot('document', { readme: 'document.png' });
+  });
+
+  await step('a change dated 9e12 s and one without an agent render History and Agents', async () => {
+    const farFuture = process.env.FAR_FUTURE_DOC;
+    if (!farFuture) throw new Error('FAR_FUTURE_DOC is not set (tests/browser.rs makes that document)');
+    const before = problems.length;
+    await page.goto(`${base}/#/doc/${farFuture}`);
+    await page.locator('li[data-ptr="/when"] > .row .v', { hasText: '"year 287,000"' }).waitFor();
+    await page.locator('.history li').nth(2).waitFor();
+    await page.locator('.legend li[data-agent="far-future"]').waitFor();
+    await page.locator('.legend li[data-agent="anonymous"]').waitFor();
+    const times = await page.locator('.history time').allTextContents();
+    if (times.filter((t) => t === 'invalid time').length !== 2) throw new Error(`history times: ${times.join(' | ')}`);
+    const out = await text('#travel-out');
+    if (!out.includes('invalid time')) throw new Error(`the version slider says ${out}`);
+    // Travel to the first version and back: the slider's text is made from these times too.
+    await page.focus('#travel');
+    await page.keyboard.press('Home');
+    await page.locator('.banner:not([hidden])').waitFor();
+    await page.click('#go-live');
+    await page.locator('.banner').waitFor({ state: 'hidden' });
+    if (problems.length > before) throw new Error(problems.slice(before).join('; '));
+  });
+
+  await step('a deep and huge document renders, its deepest conflict too', async () => {
+    // 119 nested objects (a request body may nest 127 levels), 10,000 list items and a
+    // 300,000-character string.
+    let deep = { leaf: 'bottom' };
+    for (let i = 0; i < 118; i += 1) deep = { d: deep };
+    const value = {
+      deep,
+      big: Array.from({ length: 10_000 }, (_, i) => i),
+      long: 'x'.repeat(300_000),
+    };
+    const created = await http('POST', '/v1/docs', { agent: 'bulk', body: { value } });
+    const leaf = `/deep${'/d'.repeat(118)}/leaf`;
+    // Two agents set the deepest leaf from one version: a conflict 120 levels down.
+    await patch(created.id, 'alice', [{ op: 'replace', path: leaf, value: 'a' }], created.version);
+    await patch(created.id, 'carol', [{ op: 'replace', path: leaf, value: 'c' }], created.version);
+    const before = problems.length;
+    await page.goto(`${base}/#/doc/${created.id}`);
+    await page.locator('li[data-ptr="/long"] .more-text', { hasText: '300,000' }).waitFor();
+    await page.locator('li[data-ptr="/big"] > .row .summary', { hasText: '10000 items' }).waitFor();
+    await page.locator('li[data-ptr="/big"] > .row > .tog').click();
+    await page.locator('li[data-ptr="/big/99"]').waitFor();
+    await page.locator('li[data-ptr="/big"] button.show-more').waitFor();
+    if ((await page.locator('li[data-ptr="/big/100"]').count()) !== 0) throw new Error('more than one chunk of /big rendered');
+    await page.locator('.history li').nth(2).waitFor();
+    // Earlier versions of a long list are slow to read: their summaries wait to be asked for.
+    if ((await page.locator('.history button.what').count()) !== 3) throw new Error('summaries of a huge document were read unasked');
+    // The conflict's link opens the tree as deep as it renders, and says where it stops.
+    await page.locator(`.conflict-list button[data-path="${leaf}"]`).click();
+    await page.locator('.tree .too-deep').first().waitFor();
+    const deepest = await page.evaluate(() =>
+      Math.max(...[...document.querySelectorAll('.tree li[data-ptr]')].map((li) => li.dataset.ptr.split('/').length - 1)),
+    );
+    if (deepest > 24) throw new Error(`rows ${deepest} levels deep were rendered`);
+    const focused = await page.evaluate(() => document.activeElement?.closest('li[data-ptr]')?.dataset.ptr || '');
+    if (!leaf.startsWith(`${focused}/`)) throw new Error(`the focus went to ${focused}, not an ancestor of the conflict`);
+    if (problems.length > before) throw new Error(problems.slice(before).join('; '));
+    await shot('deep-and-huge');
   });
 
   await step('the documents list is live: new documents and changes appear', async () => {
