@@ -1,6 +1,9 @@
 // The document page: the live JSON tree (over the WebSocket), who changed what (agent
 // colours, legend, history timeline), time travel through earlier versions (read-only,
-// `?at=`), and the conflicts the document holds (`?conflicts=true`).
+// `?at=`), the conflicts the document holds (`?conflicts=true`), and its lost edits: edits
+// that vanished because a concurrent write deleted the object holding them, each of which
+// can be restored or dismissed (servers that do not record them send no `lost`: nothing
+// is shown then).
 
 import { api, docPath, agentName, ApiError } from './api.js';
 import { withToken } from './auth.js';
@@ -12,6 +15,8 @@ import { JsonTree } from './tree.js';
 const HISTORY_CHUNK = 100;
 /** Values of earlier versions kept for summaries and time travel. */
 const VALUE_CACHE = 40;
+/** Lost edits listed at a time; the rest are counted. */
+const LOST_SHOWN = 50;
 /** Nesting the diff of two versions follows; deeper, a subtree is compared whole. */
 const DIFF_DEPTH = 64;
 /**
@@ -175,6 +180,7 @@ class DocPage {
     this.id = id;
     this.stopped = false;
     this.live = { value: undefined, version: null, conflicts: [] };
+    this.lostSeq = 0; // reads of the lost edits: only the newest is shown
     this.strategy = null;
     this.changes = [];
     this.versions = [];
@@ -228,6 +234,13 @@ class DocPage {
     );
     e.legend = h('ul', { class: 'legend', 'aria-label': 'Agents' });
     e.conflicts = h('div', { class: 'conflict-list' });
+    e.lost = h('div', { class: 'lost-list' });
+    e.lostSection = h(
+      'section',
+      { 'aria-labelledby': 'lost-h', class: 'lost-section', hidden: true },
+      h('h2', { id: 'lost-h' }, 'Lost edits'),
+      e.lost,
+    );
     e.history = h('ol', { class: 'history', 'aria-label': 'Changes, newest first' });
     e.historyMore = h('div', { class: 'history-more' });
     e.problem = h('div', { class: 'problem', role: 'alert', hidden: true });
@@ -250,6 +263,10 @@ class DocPage {
       if (!b) return;
       if (this.mode !== 'live') this.goLive().then(() => this.tree.reveal(b.dataset.path));
       else this.tree.reveal(b.dataset.path);
+    });
+    e.lost.addEventListener('click', (ev) => {
+      const b = ev.target.closest('button[data-action]');
+      if (b) this.settleLost(b);
     });
 
     clear(this.main).append(
@@ -287,6 +304,7 @@ class DocPage {
           { class: 'side' },
           h('section', { 'aria-labelledby': 'agents-h' }, h('h2', { id: 'agents-h' }, 'Agents'), e.legend),
           h('section', { 'aria-labelledby': 'conflicts-h' }, h('h2', { id: 'conflicts-h' }, 'Conflicts'), e.conflicts),
+          e.lostSection,
           h(
             'section',
             { 'aria-labelledby': 'history-h' },
@@ -320,6 +338,7 @@ class DocPage {
       this.tree.set(doc.value, this.live.conflicts);
       this.showHeader();
       this.showConflicts(this.live.conflicts);
+      this.showLost(doc.lost);
     } catch (e) {
       this.fail(e);
       return;
@@ -505,9 +524,12 @@ class DocPage {
   }
 
   async loadConflicts() {
+    const seq = ++this.lostSeq;
     try {
       const doc = await api(`${docPath(this.id)}?conflicts=true`);
       if (this.stopped) return;
+      // Lost edits belong to the present, not to the tree's version: the newest read wins.
+      if (seq === this.lostSeq) this.showLost(doc.lost);
       // Only take them if nothing newer arrived meanwhile (then another read follows).
       if (doc.version !== this.live.version) {
         this.dirty = true;
@@ -545,6 +567,85 @@ class DocPage {
         ),
       ),
     );
+  }
+
+  // ------------------------------------------------------------ lost edits
+
+  /** Lists the lost edits (`lost` of `?conflicts=true`); without the field, nothing. */
+  showLost(lost) {
+    const section = this.el.lostSection;
+    const box = this.el.lost;
+    if (!Array.isArray(lost)) {
+      section.hidden = true;
+      box.replaceChildren();
+      return;
+    }
+    section.hidden = false;
+    const records = lost.filter((r) => r !== null && typeof r === 'object');
+    if (!records.length) {
+      box.replaceChildren(h('p', { class: 'muted' }, 'None: no edit vanished under a concurrent delete.'));
+      return;
+    }
+    const names = (list) => (Array.isArray(list) ? list : []).map((a) => (a === null || a === undefined ? null : String(a)));
+    const chips = (list) => {
+      const agents = names(list);
+      if (!agents.length) return h('span', { class: 'muted' }, 'unknown');
+      return agents.map((a) => h('span', { class: 'chip', style: { '--agent': agentColor(a) }, 'data-agent': a || '' }, a || 'unknown agent'));
+    };
+    const items = records.slice(0, LOST_SHOWN).map((r) => {
+      const id = r.id === null || r.id === undefined ? '' : String(r.id);
+      const path = typeof r.path === 'string' ? r.path : String(r.path ?? '');
+      const where = path || '(document)';
+      const deletedBy = names(r.deleted_by).map((a) => a || 'unknown agent').join(', ') || 'unknown';
+      return h(
+        'li',
+        { class: 'lost-item', 'data-lost-id': id, 'data-path': path },
+        h(
+          'div',
+          { class: 'lost-head' },
+          h('code', { class: 'lost-path', title: path }, where),
+          h('time', { datetime: isoTime(r.time), title: fullTime(r.time) }, ago(r.time)),
+        ),
+        h('p', { class: 'lost-who' }, h('span', { class: 'muted' }, 'deleted by '), chips(r.deleted_by)),
+        h('p', { class: 'lost-who' }, h('span', { class: 'muted' }, 'edits lost '), chips(r.edited_by)),
+        h('code', { class: 'lost-value', title: compact(r.value, 2000, 12) }, compact(r.value, 160)),
+        id
+          ? h(
+            'div',
+            { class: 'lost-actions' },
+            h('button', { type: 'button', class: 'small primary', 'data-action': 'restore', 'aria-label': `Restore ${where}, deleted by ${deletedBy}` }, 'Restore'),
+            h('button', { type: 'button', class: 'small', 'data-action': 'dismiss', 'aria-label': `Dismiss the lost edit at ${where}` }, 'Dismiss'),
+          )
+          : null,
+      );
+    });
+    const n = records.length;
+    box.replaceChildren(
+      h('p', { class: 'muted' }, `${n} edit${n === 1 ? '' : 's'} vanished when a concurrent write deleted ${n === 1 ? 'its object' : 'their objects'}:`),
+      h('ul', {}, items),
+      ...(n > LOST_SHOWN ? [h('p', { class: 'muted' }, `and ${(n - LOST_SHOWN).toLocaleString()} more`)] : []),
+    );
+  }
+
+  /** Restores or dismisses one lost edit (its button was clicked), then reads them again. */
+  async settleLost(button) {
+    const item = button.closest('li[data-lost-id]');
+    const lostId = item?.dataset.lostId;
+    if (!lostId) return;
+    const restore = button.dataset.action === 'restore';
+    const where = item.dataset.path || 'the document';
+    for (const b of item.querySelectorAll('button')) b.disabled = true;
+    item.classList.add('busy');
+    const path = docPath(this.id, `/lost/${encodeURIComponent(lostId)}${restore ? '/restore' : ''}`);
+    try {
+      await api(path, { method: restore ? 'POST' : 'DELETE' });
+      toast(restore ? `Restored ${where}` : `Dismissed the lost edit at ${where}`);
+    } catch (e) {
+      if (this.stopped) return;
+      const gone = e instanceof ApiError && e.status === 404;
+      toast(gone ? `That lost edit is gone already (restored or dismissed elsewhere)` : `Could not ${restore ? 'restore' : 'dismiss'} ${where}: ${e.message}`, 'error');
+    }
+    if (!this.stopped) await this.loadConflicts();
   }
 
   // ------------------------------------------------------------ history
