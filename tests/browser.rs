@@ -4,7 +4,9 @@
 //! Needs `/usr/bin/chromium` (Debian's `chromium`; `CHROMIUM` names another), `node`, and
 //! `npm ci` run in `tests/browser`. Without them the test says "browser suite SKIPPED" and
 //! passes, unless `CI` is set: in CI a missing browser is a failure, never a silent pass.
-//! Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=docs/img` (a folder
+//! Before the browser starts, this file stores a document whose history holds changes no
+//! HTTP client can make (dated 9e12 seconds after 1970, one without an agent) and hands its
+//! id to the suite (`FAR_FUTURE_DOC`). Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=docs/img` (a folder
 //! relative to the workspace) the document and comparison pages are also saved there, as
 //! the README's `document.png` and `compare.png`.
 
@@ -13,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use concord_core::{Document, Schema, WriteMeta};
 use concord_tests::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 use tokio::process::Command;
 
 /// The whole suite, browser start included, must finish within this.
@@ -51,6 +56,67 @@ fn missing(suite: &Path, chromium: &Path) -> Option<String> {
     None
 }
 
+/// A change time in seconds that no JavaScript `Date` can hold (its limit is 8.64e12 s).
+const FAR_FUTURE_SECS: i64 = 9_000_000_000_000;
+
+/// Calls `commit` with options made by `set` from the defaults. (This crate does not
+/// depend on Automerge, so it cannot name `CommitOptions`: the type is inferred from
+/// `commit`, which is checked first.)
+fn commit_with<O: Default>(commit: impl FnOnce(O), set: impl FnOnce(O) -> O) {
+    commit(set(O::default()));
+}
+
+/// A document on the server whose history holds a change by `far-future` dated
+/// [`FAR_FUTURE_SECS`], and after it an empty change with no agent (as a raw Automerge
+/// client makes them) dated the same: posted as raw changes. Answers its id.
+async fn far_future_document(server: &TestServer) -> String {
+    let (id, _) = server
+        .create(json!({"value": {"note": "the next change is dated 9e12 s"}}))
+        .await;
+    let meta = WriteMeta {
+        agent: "far-future".into(),
+        time_ms: FAR_FUTURE_SECS * 1000,
+        message: None,
+    };
+    let (doc, _) = Document::create(&json!({"when": "year 287,000"}), Schema::default(), &meta)
+        .expect("a document");
+    let dated = doc.changes_since(None).expect("its changes");
+    let mut raw = doc.automerge().fork();
+    let heads = raw.get_heads();
+    commit_with(
+        |options| {
+            raw.empty_commit(options);
+        },
+        |options| options.with_time(FAR_FUTURE_SECS),
+    );
+    let agentless = raw.save_after(&heads);
+    for bytes in [dated, agentless] {
+        let reply = server
+            .send(
+                server
+                    .request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                    .header("content-type", "application/octet-stream")
+                    .body(bytes),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
+        assert_eq!(reply.json()["new_changes"], 1);
+    }
+    let history = server
+        .send(server.request(Method::GET, &format!("/v1/docs/{id}/history")))
+        .await
+        .json();
+    let changes = history["changes"].as_array().expect("changes");
+    let far: Vec<_> = changes
+        .iter()
+        .filter(|c| c["time"] == FAR_FUTURE_SECS)
+        .map(|c| c["agent"].clone())
+        .collect();
+    assert_eq!(far.len(), 2, "{history}");
+    assert!(far.contains(&json!("far-future")) && far.contains(&json!(null)));
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_in_headless_chromium() {
     let suite = workspace().join("tests/browser");
@@ -78,6 +144,7 @@ async fn viewer_in_headless_chromium() {
         .unwrap_or_else(|| workspace().join("target"));
     let artifacts = target.join("browser-artifacts");
     let server = TestServer::start().await;
+    let far_future = far_future_document(&server).await;
     let url = server.url("");
     let mut command = Command::new("node");
     command
@@ -86,6 +153,7 @@ async fn viewer_in_headless_chromium() {
         .current_dir(&suite)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts)
+        .env("FAR_FUTURE_DOC", &far_future)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(images) = std::env::var_os("README_IMAGES") {

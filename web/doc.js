@@ -1,10 +1,13 @@
 // The document page: the live JSON tree (over the WebSocket), who changed what (agent
 // colours, legend, history timeline), time travel through earlier versions (read-only,
-// `?at=`), and the conflicts the document holds (`?conflicts=true`).
+// `?at=`), the conflicts the document holds (`?conflicts=true`), and its lost edits: edits
+// that vanished because a concurrent write deleted the object holding them, each of which
+// can be restored or dismissed (servers that do not record them send no `lost`: nothing
+// is shown then).
 
 import { api, docPath, agentName, ApiError } from './api.js';
 import { withToken } from './auth.js';
-import { h, clear, shortVersion, clock, fullTime, ago, debounce, preview, valueAt, toast } from './util.js';
+import { h, clear, shortVersion, clock, fullTime, isoTime, ago, debounce, preview, compact, valueAt, toast } from './util.js';
 import { agentColor, strategyColor, STRATEGY_HELP } from './colors.js';
 import { JsonTree } from './tree.js';
 
@@ -12,6 +15,34 @@ import { JsonTree } from './tree.js';
 const HISTORY_CHUNK = 100;
 /** Values of earlier versions kept for summaries and time travel. */
 const VALUE_CACHE = 40;
+/** Lost edits listed at a time; the rest are counted. */
+const LOST_SHOWN = 50;
+/** Nesting the diff of two versions follows; deeper, a subtree is compared whole. */
+const DIFF_DEPTH = 64;
+/**
+ * A document holding a list longer than this is "heavy": reading one of its earlier
+ * versions costs the server far more than reading the present (it grows with the square
+ * of the list's length), so the history's summaries are made only when asked.
+ */
+const HEAVY_LIST = 2000;
+/** A summary read slower than this (ms) makes the document heavy too. */
+const SLOW_READ_MS = 1000;
+
+/** True if a value holds a list longer than HEAVY_LIST, or is too big to look through. */
+function hasLongList(value, budget = 200_000) {
+  const stack = [value];
+  let seen = 0;
+  while (stack.length) {
+    const v = stack.pop();
+    if (v === null || typeof v !== 'object') continue;
+    const children = Array.isArray(v) ? v : Object.values(v);
+    if (Array.isArray(v) && v.length > HEAVY_LIST) return true;
+    seen += children.length;
+    if (seen > budget) return true;
+    for (const c of children) if (c !== null && typeof c === 'object') stack.push(c);
+  }
+  return false;
+}
 
 // ---------------------------------------------------------------- JSON Patch and diffs
 
@@ -85,21 +116,21 @@ export function applyPatch(doc, ops) {
 }
 
 /** The operations that turn `a` into `b`: replace/add/remove, by pointer. */
-function diff(a, b, path = '', out = []) {
+function diff(a, b, path = '', out = [], depth = 0) {
   if (out.length > 200) return out;
   const objA = a !== null && typeof a === 'object';
   const objB = b !== null && typeof b === 'object';
-  if (objA && objB && Array.isArray(a) === Array.isArray(b)) {
+  if (objA && objB && Array.isArray(a) === Array.isArray(b) && depth < DIFF_DEPTH) {
     if (Array.isArray(a)) {
       const common = Math.min(a.length, b.length);
-      for (let i = 0; i < common; i += 1) diff(a[i], b[i], `${path}/${i}`, out);
+      for (let i = 0; i < common; i += 1) diff(a[i], b[i], `${path}/${i}`, out, depth + 1);
       for (let i = common; i < b.length; i += 1) out.push({ op: 'add', path: `${path}/${i}`, value: b[i] });
       for (let i = a.length - 1; i >= common; i -= 1) out.push({ op: 'remove', path: `${path}/${i}` });
     } else {
       const esc = (k) => k.replace(/~/g, '~0').replace(/\//g, '~1');
       for (const k of Object.keys(b)) {
         if (!(k in a)) out.push({ op: 'add', path: `${path}/${esc(k)}`, value: b[k] });
-        else diff(a[k], b[k], `${path}/${esc(k)}`, out);
+        else diff(a[k], b[k], `${path}/${esc(k)}`, out, depth + 1);
       }
       for (const k of Object.keys(a)) if (!(k in b)) out.push({ op: 'remove', path: `${path}/${esc(k)}` });
     }
@@ -149,6 +180,7 @@ class DocPage {
     this.id = id;
     this.stopped = false;
     this.live = { value: undefined, version: null, conflicts: [] };
+    this.lostSeq = 0; // reads of the lost edits: only the newest is shown
     this.strategy = null;
     this.changes = [];
     this.versions = [];
@@ -202,6 +234,13 @@ class DocPage {
     );
     e.legend = h('ul', { class: 'legend', 'aria-label': 'Agents' });
     e.conflicts = h('div', { class: 'conflict-list' });
+    e.lost = h('div', { class: 'lost-list' });
+    e.lostSection = h(
+      'section',
+      { 'aria-labelledby': 'lost-h', class: 'lost-section', hidden: true },
+      h('h2', { id: 'lost-h' }, 'Lost edits'),
+      e.lost,
+    );
     e.history = h('ol', { class: 'history', 'aria-label': 'Changes, newest first' });
     e.historyMore = h('div', { class: 'history-more' });
     e.problem = h('div', { class: 'problem', role: 'alert', hidden: true });
@@ -224,6 +263,10 @@ class DocPage {
       if (!b) return;
       if (this.mode !== 'live') this.goLive().then(() => this.tree.reveal(b.dataset.path));
       else this.tree.reveal(b.dataset.path);
+    });
+    e.lost.addEventListener('click', (ev) => {
+      const b = ev.target.closest('button[data-action]');
+      if (b) this.settleLost(b);
     });
 
     clear(this.main).append(
@@ -261,6 +304,7 @@ class DocPage {
           { class: 'side' },
           h('section', { 'aria-labelledby': 'agents-h' }, h('h2', { id: 'agents-h' }, 'Agents'), e.legend),
           h('section', { 'aria-labelledby': 'conflicts-h' }, h('h2', { id: 'conflicts-h' }, 'Conflicts'), e.conflicts),
+          e.lostSection,
           h(
             'section',
             { 'aria-labelledby': 'history-h' },
@@ -276,7 +320,7 @@ class DocPage {
       for (const entry of entries) {
         if (!entry.isIntersecting) continue;
         this.observer.unobserve(entry.target);
-        this.wantSummary(Number(entry.target.dataset.k));
+        if (!this.heavy) this.wantSummary(Number(entry.target.dataset.k));
       }
     });
   }
@@ -286,7 +330,7 @@ class DocPage {
       const t0 = performance.now();
       const doc = await api(`${docPath(this.id)}?conflicts=true`);
       if (this.stopped) return;
-      this.heavy = performance.now() - t0 > 1000 || JSON.stringify(doc.value).length > 1_000_000;
+      this.heavy = performance.now() - t0 > SLOW_READ_MS || JSON.stringify(doc.value).length > 1_000_000 || hasLongList(doc.value);
       this.refreshDelay = Math.max(300, Math.min(10_000, 2 * (performance.now() - t0)));
       this.strategy = doc.strategy;
       this.live = { value: doc.value, version: doc.version, conflicts: doc.conflicts || [] };
@@ -294,6 +338,7 @@ class DocPage {
       this.tree.set(doc.value, this.live.conflicts);
       this.showHeader();
       this.showConflicts(this.live.conflicts);
+      this.showLost(doc.lost);
     } catch (e) {
       this.fail(e);
       return;
@@ -479,9 +524,12 @@ class DocPage {
   }
 
   async loadConflicts() {
+    const seq = ++this.lostSeq;
     try {
       const doc = await api(`${docPath(this.id)}?conflicts=true`);
       if (this.stopped) return;
+      // Lost edits belong to the present, not to the tree's version: the newest read wins.
+      if (seq === this.lostSeq) this.showLost(doc.lost);
       // Only take them if nothing newer arrived meanwhile (then another read follows).
       if (doc.version !== this.live.version) {
         this.dirty = true;
@@ -512,13 +560,92 @@ class DocPage {
             {},
             h('button', { type: 'button', class: 'link', 'data-path': c.path }, c.path || '(document)'),
             ' ',
-            c.values.map((v) =>
-              h('span', { class: 'chip', style: { '--agent': agentColor(v.agent) }, title: JSON.stringify(v.value) }, v.agent || '?'),
+            (c.values || []).map((v) =>
+              h('span', { class: 'chip', style: { '--agent': agentColor(v.agent) }, title: compact(v.value, 300) }, v.agent || '?'),
             ),
           ),
         ),
       ),
     );
+  }
+
+  // ------------------------------------------------------------ lost edits
+
+  /** Lists the lost edits (`lost` of `?conflicts=true`); without the field, nothing. */
+  showLost(lost) {
+    const section = this.el.lostSection;
+    const box = this.el.lost;
+    if (!Array.isArray(lost)) {
+      section.hidden = true;
+      box.replaceChildren();
+      return;
+    }
+    section.hidden = false;
+    const records = lost.filter((r) => r !== null && typeof r === 'object');
+    if (!records.length) {
+      box.replaceChildren(h('p', { class: 'muted' }, 'None: no edit vanished under a concurrent delete.'));
+      return;
+    }
+    const names = (list) => (Array.isArray(list) ? list : []).map((a) => (a === null || a === undefined ? null : String(a)));
+    const chips = (list) => {
+      const agents = names(list);
+      if (!agents.length) return h('span', { class: 'muted' }, 'unknown');
+      return agents.map((a) => h('span', { class: 'chip', style: { '--agent': agentColor(a) }, 'data-agent': a || '' }, a || 'unknown agent'));
+    };
+    const items = records.slice(0, LOST_SHOWN).map((r) => {
+      const id = r.id === null || r.id === undefined ? '' : String(r.id);
+      const path = typeof r.path === 'string' ? r.path : String(r.path ?? '');
+      const where = path || '(document)';
+      const deletedBy = names(r.deleted_by).map((a) => a || 'unknown agent').join(', ') || 'unknown';
+      return h(
+        'li',
+        { class: 'lost-item', 'data-lost-id': id, 'data-path': path },
+        h(
+          'div',
+          { class: 'lost-head' },
+          h('code', { class: 'lost-path', title: path }, where),
+          h('time', { datetime: isoTime(r.time), title: fullTime(r.time) }, ago(r.time)),
+        ),
+        h('p', { class: 'lost-who' }, h('span', { class: 'muted' }, 'deleted by '), chips(r.deleted_by)),
+        h('p', { class: 'lost-who' }, h('span', { class: 'muted' }, 'edits lost '), chips(r.edited_by)),
+        h('code', { class: 'lost-value', title: compact(r.value, 2000, 12) }, compact(r.value, 160)),
+        id
+          ? h(
+            'div',
+            { class: 'lost-actions' },
+            h('button', { type: 'button', class: 'small primary', 'data-action': 'restore', 'aria-label': `Restore ${where}, deleted by ${deletedBy}` }, 'Restore'),
+            h('button', { type: 'button', class: 'small', 'data-action': 'dismiss', 'aria-label': `Dismiss the lost edit at ${where}` }, 'Dismiss'),
+          )
+          : null,
+      );
+    });
+    const n = records.length;
+    box.replaceChildren(
+      h('p', { class: 'muted' }, `${n} edit${n === 1 ? '' : 's'} vanished when a concurrent write deleted ${n === 1 ? 'its object' : 'their objects'}:`),
+      h('ul', {}, items),
+      ...(n > LOST_SHOWN ? [h('p', { class: 'muted' }, `and ${(n - LOST_SHOWN).toLocaleString()} more`)] : []),
+    );
+  }
+
+  /** Restores or dismisses one lost edit (its button was clicked), then reads them again. */
+  async settleLost(button) {
+    const item = button.closest('li[data-lost-id]');
+    const lostId = item?.dataset.lostId;
+    if (!lostId) return;
+    const restore = button.dataset.action === 'restore';
+    const where = item.dataset.path || 'the document';
+    for (const b of item.querySelectorAll('button')) b.disabled = true;
+    item.classList.add('busy');
+    const path = docPath(this.id, `/lost/${encodeURIComponent(lostId)}${restore ? '/restore' : ''}`);
+    try {
+      await api(path, { method: restore ? 'POST' : 'DELETE' });
+      toast(restore ? `Restored ${where}` : `Dismissed the lost edit at ${where}`);
+    } catch (e) {
+      if (this.stopped) return;
+      const gone = e instanceof ApiError && e.status === 404;
+      toast(gone ? `That lost edit is gone already (restored or dismissed elsewhere)` : `Could not ${restore ? 'restore' : 'dismiss'} ${where}: ${e.message}`, 'error');
+    }
+    if (!this.stopped) await this.loadConflicts();
   }
 
   // ------------------------------------------------------------ history
@@ -532,7 +659,7 @@ class DocPage {
       return;
     }
     if (this.stopped) return;
-    this.changes = history.changes || [];
+    this.changes = (Array.isArray(history?.changes) ? history.changes : []).filter((c) => c !== null && typeof c === 'object');
     this.versions = versionsOf(this.changes);
     const n = this.changes.length;
     const r = this.el.range;
@@ -551,7 +678,7 @@ class DocPage {
       const a = c.agent || 'anonymous';
       const seen = agents.get(a) || { count: 0, last: 0 };
       seen.count += 1;
-      seen.last = Math.max(seen.last, c.time * 1000);
+      seen.last = Math.max(seen.last, Number(c.time) * 1000 || 0);
       agents.set(a, seen);
     }
     const sorted = [...agents.entries()].sort((x, y) => y[1].last - x[1].last);
@@ -597,7 +724,7 @@ class DocPage {
               'span',
               { class: 'h-top' },
               h('span', { class: 'agent' }, agent),
-              h('time', { datetime: new Date(c.time * 1000).toISOString(), title: fullTime(c.time * 1000) }, clock(c.time * 1000)),
+              h('time', { datetime: isoTime(c.time * 1000), title: fullTime(c.time * 1000) }, clock(c.time * 1000)),
               h('span', { class: 'muted k' }, `#${k}`),
             ),
             h('span', { class: 'h-sum' }, summary || (k === 1 ? 'created' : `${c.ops} op${c.ops === 1 ? '' : 's'}`)),
@@ -674,7 +801,14 @@ class DocPage {
       this.values.set(version, v);
       return v;
     }
+    const t0 = performance.now();
     const doc = await api(`${docPath(this.id)}?at=${encodeURIComponent(version)}`);
+    if (!this.heavy && performance.now() - t0 > SLOW_READ_MS && !this.stopped) {
+      // Earlier versions are slow to read: no more summaries unless asked for.
+      this.heavy = true;
+      this.summaryQueue = [];
+      this.showHistory();
+    }
     this.values.set(version, doc.value);
     while (this.values.size > VALUE_CACHE) this.values.delete(this.values.keys().next().value);
     return doc.value;

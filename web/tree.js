@@ -3,7 +3,8 @@
 // Large documents stay responsive because only what is open is in the page: subtrees
 // deeper than a few levels start closed, and children are rendered CHUNK at a time
 // ("show more"). A change re-renders only the subtrees its patch touched, and then
-// highlights them in the colour of the agent that made it.
+// highlights them in the colour of the agent that made it. Nesting past MAX_DEPTH levels
+// is not rendered (a document may nest 160 levels): the row says so instead.
 
 import { h, childPointer, parentPointer, ancestors, pointerTokens, valueAt, preview } from './util.js';
 import { agentColor } from './colors.js';
@@ -12,6 +13,8 @@ import { agentColor } from './colors.js';
 export const CHUNK = 100;
 /** Strings longer than this are cut until asked for. */
 const LONG_STRING = 400;
+/** Containers this deep are shown closed, as a summary, and cannot be opened here. */
+export const MAX_DEPTH = 24;
 /** How long a change stays highlighted, ms (matches the CSS animation). */
 const FLASH_MS = 2600;
 
@@ -198,10 +201,11 @@ export class JsonTree {
       v = Array.isArray(v) ? v[Number(t)] : v[t];
     }
     this.renderAll();
-    const li = this.find(pointer);
+    // Past MAX_DEPTH the nearest rendered ancestor stands for it.
+    const li = this.find(pointer) || this.nearest(pointer);
     if (li) {
-      li.querySelector(':scope > .row').scrollIntoView({ block: 'center' });
-      this.setActive(pointer);
+      li.querySelector(':scope > .row').scrollIntoView({ block: 'center', inline: 'nearest' });
+      this.setActive(li.dataset.ptr);
     }
   }
 
@@ -279,8 +283,9 @@ export class JsonTree {
   /** Open if the user opened it; else the top levels of small containers, where a
    * container's children start closed once it has more than a screenful of them. */
   isOpen(pointer, value, siblings = 0) {
-    if (this.open.has(pointer)) return this.open.get(pointer);
     const depth = depthOf(pointer);
+    if (depth >= MAX_DEPTH) return false;
+    if (this.open.has(pointer)) return this.open.get(pointer);
     if (depth === 0) return true;
     return depth < 3 && size(value) <= 50 && siblings <= 20;
   }
@@ -293,7 +298,8 @@ export class JsonTree {
     li.appendChild(row);
     const container = isContainer(value);
     const open = container && this.isOpen(pointer, value, siblings);
-    if (container) {
+    const tooDeep = container && depth >= MAX_DEPTH;
+    if (container && !tooDeep) {
       const label = `${open ? 'Collapse' : 'Expand'} ${pointer || 'the document'}`;
       row.appendChild(
         h('button', { class: 'tog', type: 'button', tabindex: '-1', 'aria-expanded': String(open), 'aria-label': label, title: label }, open ? '▾' : '▸'),
@@ -308,6 +314,11 @@ export class JsonTree {
     row.appendChild(h('span', { class: 'colon', 'aria-hidden': 'true' }, ':'));
     if (container) {
       row.appendChild(h('span', { class: 'summary' }, preview(value)));
+      if (tooDeep) {
+        row.appendChild(
+          h('span', { class: 'too-deep', title: `Nested ${depth} levels deep; read it with GET …?path=${pointer}` }, 'too deep to show here'),
+        );
+      }
     } else {
       row.appendChild(this.scalar(pointer, value));
     }

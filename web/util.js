@@ -52,10 +52,27 @@ export function shortVersion(version) {
     .join('+');
 }
 
+/** The largest time a Date can hold, ms either side of 1970. */
+const MAX_DATE_MS = 8.64e15;
+
+/** `ms` as a number a Date can hold, or null (not a number, infinite, out of range). */
+export function validMs(ms) {
+  const n = typeof ms === 'number' ? ms : Number(ms);
+  return ms !== null && ms !== '' && Number.isFinite(n) && Math.abs(n) <= MAX_DATE_MS ? n : null;
+}
+
+/** An ISO 8601 timestamp (for a datetime attribute), or null for a time no Date holds. */
+export function isoTime(ms) {
+  const n = validMs(ms);
+  return n === null ? null : new Date(n).toISOString();
+}
+
 /** "12:03:04" today, or "3 Mar 12:03" on another day. */
 export function clock(ms) {
   if (!ms) return '—';
-  const d = new Date(ms);
+  const n = validMs(ms);
+  if (n === null) return 'invalid time';
+  const d = new Date(n);
   const today = new Date();
   const time = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   if (d.toDateString() === today.toDateString()) return time;
@@ -65,7 +82,10 @@ export function clock(ms) {
 /** "5 s ago", "3 min ago"… */
 export function ago(ms, now = Date.now()) {
   if (!ms) return '—';
-  const s = Math.max(0, Math.round((now - ms) / 1000));
+  const n = validMs(ms);
+  if (n === null) return 'invalid time';
+  if (n - now > 60_000) return 'in the future';
+  const s = Math.max(0, Math.round((now - n) / 1000));
   if (s < 5) return 'just now';
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
@@ -75,7 +95,10 @@ export function ago(ms, now = Date.now()) {
 
 /** A full, unambiguous timestamp for a title attribute. */
 export function fullTime(ms) {
-  return ms ? new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC') : '';
+  if (!ms) return '';
+  const iso = isoTime(ms);
+  if (iso === null) return `not a valid time (${String(ms).slice(0, 40)} ms since 1970)`;
+  return iso.replace('T', ' ').replace('Z', ' UTC');
 }
 
 /** Calls f at most once per `ms`, with the latest arguments, after the calls stop. */
@@ -144,6 +167,60 @@ export function preview(value, max = 60) {
     text = `{${n} key${n === 1 ? '' : 's'}}`;
   } else text = JSON.stringify(value);
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+/**
+ * A compact one-line rendering of a JSON value, at most `max` characters and `depth`
+ * levels deep: "{"id": 2, "t": "b"}", "[1, 2, …]". It stops reading as soon as it is full,
+ * so a huge or very deep value costs no more than a small one.
+ */
+export function compact(value, max = 160, depth = 6) {
+  let out = '';
+  let full = false;
+  const put = (text) => {
+    if (full) return;
+    if (out.length + text.length > max) {
+      out += text.slice(0, Math.max(0, max - out.length));
+      full = true;
+    } else out += text;
+  };
+  const scalar = (v) => {
+    if (typeof v === 'string') return JSON.stringify(v.length > max ? v.slice(0, max) : v);
+    if (v === undefined) return '(nothing)';
+    return JSON.stringify(v) ?? String(v);
+  };
+  const walk = (v, level) => {
+    if (full) return;
+    if (v === null || typeof v !== 'object') {
+      put(scalar(v));
+      return;
+    }
+    const list = Array.isArray(v);
+    if (level >= depth) {
+      put(list ? `[${v.length ? '…' : ''}]` : '{…}');
+      return;
+    }
+    put(list ? '[' : '{');
+    let i = 0;
+    if (list) {
+      for (; i < v.length && !full; i += 1) {
+        if (i) put(', ');
+        walk(v[i], level + 1);
+      }
+    } else {
+      for (const k in v) {
+        if (full) break;
+        if (!Object.prototype.hasOwnProperty.call(v, k)) continue;
+        if (i) put(', ');
+        put(`${scalar(k)}: `);
+        walk(v[k], level + 1);
+        i += 1;
+      }
+    }
+    put(list ? ']' : '}');
+  };
+  walk(value, 0);
+  return full ? `${out}…` : out;
 }
 
 /** Shows a short message in the status area (read by screen readers). */

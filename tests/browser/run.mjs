@@ -5,7 +5,9 @@
 //
 // Environment: CHROMIUM (the browser, default /usr/bin/chromium), ARTIFACTS (where
 // screenshots go, default ../../target/browser-artifacts), README_IMAGES (if set, a folder
-// that receives document.png and compare.png for the README).
+// that receives document.png and compare.png for the README), FAR_FUTURE_DOC (the id of a
+// document whose history holds changes dated 9e12 s, one without an agent: made by
+// tests/browser.rs, as no HTTP write can date a change).
 //
 // It fails (exit 1) on any failed check and on any console error or uncaught exception in
 // the page. `tests/browser.rs` starts the real server and runs this.
@@ -34,6 +36,7 @@ const checks = [];
 // ------------------------------------------------------------------ HTTP, as other agents
 
 async function http(method, path, { agent, body, type = 'application/json', ifMatch } = {}) {
+  // (A fetch from Node, not the page: the page's console stays free of these requests.)
   const headers = { 'Content-Type': type };
   if (agent) headers['Concord-Agent'] = agent;
   if (ifMatch) headers['If-Match'] = `"${ifMatch}"`;
@@ -192,6 +195,173 @@ try {
     await page.locator('li[data-ptr="/budget/amount"] > .row .v', { hasText: '1500' }).waitFor();
     await page.locator('li[data-ptr="/budget/amount"] > .row.flash').waitFor();
     await shot('document', { readme: 'document.png' });
+  });
+
+  await step('a change dated 9e12 s and one without an agent render History and Agents', async () => {
+    const farFuture = process.env.FAR_FUTURE_DOC;
+    if (!farFuture) throw new Error('FAR_FUTURE_DOC is not set (tests/browser.rs makes that document)');
+    const before = problems.length;
+    await page.goto(`${base}/#/doc/${farFuture}`);
+    await page.locator('li[data-ptr="/when"] > .row .v', { hasText: '"year 287,000"' }).waitFor();
+    await page.locator('.history li').nth(2).waitFor();
+    await page.locator('.legend li[data-agent="far-future"]').waitFor();
+    await page.locator('.legend li[data-agent="anonymous"]').waitFor();
+    const times = await page.locator('.history time').allTextContents();
+    if (times.filter((t) => t === 'invalid time').length !== 2) throw new Error(`history times: ${times.join(' | ')}`);
+    const out = await text('#travel-out');
+    if (!out.includes('invalid time')) throw new Error(`the version slider says ${out}`);
+    // Travel to the first version and back: the slider's text is made from these times too.
+    await page.focus('#travel');
+    await page.keyboard.press('Home');
+    await page.locator('.banner:not([hidden])').waitFor();
+    await page.click('#go-live');
+    await page.locator('.banner').waitFor({ state: 'hidden' });
+    if (problems.length > before) throw new Error(problems.slice(before).join('; '));
+  });
+
+  await step('a deep and huge document renders, its deepest conflict too', async () => {
+    // 119 nested objects (a request body may nest 127 levels), 10,000 list items and a
+    // 300,000-character string.
+    let deep = { leaf: 'bottom' };
+    for (let i = 0; i < 118; i += 1) deep = { d: deep };
+    const value = {
+      deep,
+      big: Array.from({ length: 10_000 }, (_, i) => i),
+      long: 'x'.repeat(300_000),
+    };
+    const created = await http('POST', '/v1/docs', { agent: 'bulk', body: { value } });
+    const leaf = `/deep${'/d'.repeat(118)}/leaf`;
+    // Two agents set the deepest leaf from one version: a conflict 120 levels down.
+    await patch(created.id, 'alice', [{ op: 'replace', path: leaf, value: 'a' }], created.version);
+    await patch(created.id, 'carol', [{ op: 'replace', path: leaf, value: 'c' }], created.version);
+    const before = problems.length;
+    await page.goto(`${base}/#/doc/${created.id}`);
+    await page.locator('li[data-ptr="/long"] .more-text', { hasText: '300,000' }).waitFor();
+    await page.locator('li[data-ptr="/big"] > .row .summary', { hasText: '10000 items' }).waitFor();
+    await page.locator('li[data-ptr="/big"] > .row > .tog').click();
+    await page.locator('li[data-ptr="/big/99"]').waitFor();
+    await page.locator('li[data-ptr="/big"] button.show-more').waitFor();
+    if ((await page.locator('li[data-ptr="/big/100"]').count()) !== 0) throw new Error('more than one chunk of /big rendered');
+    await page.locator('.history li').nth(2).waitFor();
+    // Earlier versions of a long list are slow to read: their summaries wait to be asked for.
+    if ((await page.locator('.history button.what').count()) !== 3) throw new Error('summaries of a huge document were read unasked');
+    // The conflict's link opens the tree as deep as it renders, and says where it stops.
+    await page.locator(`.conflict-list button[data-path="${leaf}"]`).click();
+    await page.locator('.tree .too-deep').first().waitFor();
+    const deepest = await page.evaluate(() =>
+      Math.max(...[...document.querySelectorAll('.tree li[data-ptr]')].map((li) => li.dataset.ptr.split('/').length - 1)),
+    );
+    if (deepest > 24) throw new Error(`rows ${deepest} levels deep were rendered`);
+    const focused = await page.evaluate(() => document.activeElement?.closest('li[data-ptr]')?.dataset.ptr || '');
+    if (!leaf.startsWith(`${focused}/`)) throw new Error(`the focus went to ${focused}, not an ancestor of the conflict`);
+    if (problems.length > before) throw new Error(problems.slice(before).join('; '));
+    await shot('deep-and-huge');
+  });
+
+  await step('lost edits are listed, restored and dismissed (the server answer stubbed)', async () => {
+    const created = await http('POST', '/v1/docs', { agent: 'setup', body: { value: { items: [{ id: 1 }] } } });
+    const docId = created.id;
+    let deep = { end: true };
+    for (let i = 0; i < 150; i += 1) deep = { d: deep };
+    const state = {
+      lost: [
+        {
+          id: 'aa01', path: '/items/1', deleted_by: ['bob'], edited_by: ['alice'],
+          value: { id: 2, t: 'b', done: true }, change: 'c0ffee', time: Date.now() - 60_000,
+        },
+        {
+          // Odd on purpose: agents unknown, a time no Date holds, a huge and deep value.
+          id: 'aa02', path: '/notes', deleted_by: [null], edited_by: null,
+          value: { huge: 'y'.repeat(1_000_000), list: Array.from({ length: 50_000 }, (_, i) => i), deep },
+          change: 'beef', time: 9e15,
+        },
+      ],
+      calls: [],
+    };
+    const isRead = (url) =>
+      url.pathname === `/v1/docs/${docId}` && url.searchParams.get('conflicts') === 'true' && !url.searchParams.has('at');
+    const isLost = (url) => url.pathname.startsWith(`/v1/docs/${docId}/lost/`);
+    await page.route(isRead, async (route) => {
+      const response = await route.fetch();
+      const json = await response.json();
+      await route.fulfill({ response, json: { ...json, lost: state.lost } });
+    });
+    await page.route(isLost, async (route) => {
+      const request = route.request();
+      const [lostId, action] = new URL(request.url()).pathname.slice(`/v1/docs/${docId}/lost/`.length).split('/');
+      state.calls.push(`${request.method()} ${lostId}${action ? ` ${action}` : ''}${request.headers()['concord-agent'] ? ' with an agent' : ''}`);
+      state.lost = state.lost.filter((r) => r.id !== lostId);
+      const current = await http('GET', `/v1/docs/${docId}`);
+      const json = request.method() === 'POST'
+        ? { id: docId, version: current.version, strategy: 'crdt', value: current.value, new_changes: 0 }
+        : { id: docId, version: current.version };
+      await route.fulfill({ status: 200, contentType: 'application/json', json });
+    });
+    try {
+      const before = problems.length;
+      await page.goto(`${base}/#/doc/${docId}`);
+      const first = page.locator('.lost-item[data-lost-id="aa01"]');
+      await first.waitFor();
+      await first.locator('.lost-path', { hasText: '/items/1' }).waitFor();
+      await first.locator('.chip[data-agent="bob"]').waitFor();
+      await first.locator('.chip[data-agent="alice"]').waitFor();
+      const shown = await first.locator('.lost-value').innerText();
+      if (shown !== '{"id": 2, "t": "b", "done": true}') throw new Error(`the lost value reads ${shown}`);
+      const odd = page.locator('.lost-item[data-lost-id="aa02"]');
+      await odd.waitFor();
+      const oddValue = await odd.locator('.lost-value').innerText();
+      if (oddValue.length > 200) throw new Error(`a huge lost value rendered ${oddValue.length} characters`);
+      if ((await odd.locator('time').innerText()) !== 'invalid time') throw new Error('the odd time is shown as a date');
+      await odd.locator('.chip', { hasText: 'unknown agent' }).waitFor();
+      if (/\bnull\b|undefined/.test(await page.locator('.lost-list').innerText())) throw new Error('"null" or "undefined" shown in the lost edits');
+      await shot('lost-edits');
+      await first.getByRole('button', { name: /^Restore/ }).click();
+      await first.waitFor({ state: 'detached' });
+      await odd.getByRole('button', { name: /^Dismiss/ }).click();
+      await odd.waitFor({ state: 'detached' });
+      await page.locator('.lost-list p', { hasText: 'None' }).waitFor();
+      const calls = state.calls.join(', ');
+      if (calls !== 'POST aa01 restore with an agent, DELETE aa02 with an agent') throw new Error(`calls: ${calls}`);
+      if (problems.length > before) throw new Error(problems.slice(before).join('; '));
+    } finally {
+      await page.unroute(isRead);
+      await page.unroute(isLost);
+    }
+  });
+
+  await step('lost edits from the server: shown, and Restore brings the item back', async () => {
+    const created = await http('POST', '/v1/docs', {
+      agent: 'setup',
+      body: { value: { items: [{ id: 1 }, { id: 2, t: 'b' }] }, strategy: 'crdt' },
+    });
+    const docId = created.id;
+    const v = created.version;
+    const probe = await http('GET', `/v1/docs/${docId}?conflicts=true`);
+    if (!Array.isArray(probe.lost)) {
+      // An older server: the viewer shows no Lost edits section at all.
+      await page.goto(`${base}/#/doc/${docId}`);
+      await page.locator('li[data-ptr="/items/1"]').waitFor();
+      await page.locator('.conflict-list p').waitFor();
+      if (await page.locator('.lost-section').isVisible()) throw new Error('a Lost edits section, from a server that reports none');
+      console.log('     the server reports no lost edits: checked only that none are shown');
+      return;
+    }
+    // alice edits item 2 from v; bob, also from v, writes the list without item 2.
+    await patch(docId, 'alice', [{ op: 'add', path: '/items/1/done', value: true }], v);
+    await http('PUT', `/v1/docs/${docId}`, { agent: 'bob', body: { items: [{ id: 1 }] }, ifMatch: v });
+    const after = await http('GET', `/v1/docs/${docId}?conflicts=true`);
+    if (after.lost.length !== 1) throw new Error(`${after.lost.length} lost edits recorded, expected 1`);
+    await page.goto(`${base}/#/doc/${docId}`);
+    const item = page.locator('.lost-item[data-path="/items/1"]');
+    await item.waitFor();
+    await item.locator('.chip[data-agent="bob"]').waitFor();
+    await item.locator('.chip[data-agent="alice"]').waitFor();
+    if ((await page.locator('li[data-ptr="/items/1"]').count()) !== 0) throw new Error('item 2 is still in the tree');
+    await item.getByRole('button', { name: /^Restore/ }).click();
+    await page.locator('li[data-ptr="/items/1"]').waitFor();
+    await item.waitFor({ state: 'detached' });
+    const restored = (await http('GET', `/v1/docs/${docId}`)).value.items[1];
+    if (restored?.id !== 2 || restored?.t !== 'b') throw new Error(`restored ${JSON.stringify(restored)}`);
   });
 
   await step('the documents list is live: new documents and changes appear', async () => {
