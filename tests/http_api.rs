@@ -825,3 +825,26 @@ async fn unquoted_if_match_is_refused() {
         assert_eq!(since.status, StatusCode::OK);
     }
 }
+
+/// An `Idempotency-Key` fingerprints every `If-Match` line: the same key with another second
+/// line is another request (422), not a replay of the first.
+#[tokio::test]
+async fn idempotency_key_sees_every_if_match_line() {
+    let s = TestServer::start().await;
+    let (id, v1) = s.create(json!({"value": {"n": 0}})).await;
+    let put = |second: String| {
+        s.send(
+            s.request(Method::PUT, &format!("/v1/docs/{id}"))
+                .header("idempotency-key", "two-lines")
+                .header("if-match", format!("\"{v1}\""))
+                .header("if-match", second)
+                .json(&json!({"n": 1})),
+        )
+    };
+    let first = put(format!("\"{v1}\"")).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.json());
+    let replay = put(format!("\"{v1}\"")).await;
+    assert_eq!(replay.header("idempotent-replayed").as_deref(), Some("true"));
+    let other = put(format!("\"{}\"", first.etag())).await;
+    other.assert_problem(422);
+}

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::listdiff::{pair, Slot};
 use crate::schema::CompiledSchema;
 use crate::textdiff::text_splices;
-use crate::value::{counter_sum, get, scalar_to_json, value_to_json};
+use crate::value::{counter_sum, get, list_items, scalar_to_json, value_to_json};
 
 /// A text write that deletes at least this many characters, and at least half of the text,
 /// replaces the text object instead of deleting character by character.
@@ -281,14 +281,12 @@ fn reconcile_list<T: Transactable>(
     path: &mut Vec<String>,
     new: &[Value],
 ) -> Result<()> {
-    let length = tx.length(list);
-    let mut old = Vec::with_capacity(length);
-    let mut old_ids = Vec::with_capacity(length);
-    for i in 0..length {
-        if let Some((value, id)) = get(tx, list, i, None)? {
-            old.push(value_to_json(tx, &value, &id, None)?);
-            old_ids.push(matches!(value, automerge::Value::Object(_)).then_some(id));
-        }
+    let elements = list_items(tx, list, None)?;
+    let mut old = Vec::with_capacity(elements.len());
+    let mut old_ids = Vec::with_capacity(elements.len());
+    for (value, id) in elements {
+        old.push(value_to_json(tx, &value, &id, None)?);
+        old_ids.push(matches!(value, automerge::Value::Object(_)).then_some(id));
     }
     let slots = pair(&old, new, cx.schema.id_key(path));
     let mut keep = vec![false; old.len()];

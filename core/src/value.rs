@@ -63,12 +63,10 @@ fn to_json_at_depth<R: ReadDoc>(
             None => doc.text(id)?,
         })),
         automerge::Value::Object(ObjType::List) => {
-            let length = len(doc, id, heads);
-            let mut items = Vec::with_capacity(length);
-            for i in 0..length {
-                if let Some((v, child)) = get(doc, id, i, heads)? {
-                    items.push(to_json_at_depth(doc, &v, &child, heads, depth + 1)?);
-                }
+            let elements = list_items(doc, id, heads)?;
+            let mut items = Vec::with_capacity(elements.len());
+            for (v, child) in elements {
+                items.push(to_json_at_depth(doc, &v, &child, heads, depth + 1)?);
             }
             Ok(Value::Array(items))
         }
@@ -218,6 +216,35 @@ pub(crate) fn get<R: ReadDoc, P: Into<Prop>>(
         }
     }
     Ok(Some((value.into_owned(), id)))
+}
+
+/// The elements of a list (now or at `heads`), in one pass: looking elements up one index
+/// at a time costs the square of the list's length at an old version. An element holding
+/// concurrent values is read through [`get`], which adds up concurrent counters.
+pub(crate) fn list_items<R: ReadDoc>(
+    doc: &R,
+    list: &automerge::ObjId,
+    heads: Option<&[ChangeHash]>,
+) -> Result<Vec<(automerge::Value<'static>, automerge::ObjId)>> {
+    let range = match heads {
+        Some(h) => doc.list_range_at(list, .., h),
+        None => doc.list_range(list, ..),
+    };
+    let mut out = Vec::new();
+    let mut conflicted = Vec::new();
+    for item in range {
+        if item.conflict {
+            conflicted.push((out.len(), item.index));
+        }
+        let id = item.id();
+        out.push((automerge::Value::from(item.value), id));
+    }
+    for (at, index) in conflicted {
+        if let Some(found) = get(doc, list, index, heads)? {
+            out[at] = found;
+        }
+    }
+    Ok(out)
 }
 
 /// `get_all` or `get_all_at`, as `heads` says.

@@ -179,7 +179,11 @@ fn fingerprint(headers: &HeaderMap, method: &Method, path: &str, body: &[u8]) ->
     hash.update(path);
     for name in [header::IF_MATCH, header::CONTENT_TYPE] {
         hash.update(b"\n");
-        if let Some(v) = headers.get(&name) {
+        // Every line of a header counts: a second If-Match line is part of the request.
+        for (i, v) in headers.get_all(&name).iter().enumerate() {
+            if i > 0 {
+                hash.update(b", ");
+            }
             hash.update(v.as_bytes());
         }
     }
