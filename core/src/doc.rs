@@ -87,6 +87,18 @@ struct Note {
     /// Lost-edit records this change settles (restored or dismissed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     settles: Vec<String>,
+    /// Objects this change moved: `(old object, its copy)`, so that a concurrent delete of
+    /// the old object also deletes the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    moves: Vec<(String, String)>,
+}
+
+/// What a change's note records besides its agent and message.
+#[derive(Default)]
+struct Extra {
+    lost: Vec<LostNote>,
+    settles: Vec<String>,
+    moves: Vec<(String, String)>,
 }
 
 /// Reads a change message: `(agent, message)`. Messages not written by Concord (raw changes
@@ -101,12 +113,13 @@ pub fn decode_note(message: Option<&str>) -> (Option<String>, Option<String>) {
     }
 }
 
-fn encode_note(meta: &WriteMeta, lost: Vec<LostNote>, settles: Vec<String>) -> String {
+fn encode_note(meta: &WriteMeta, extra: Extra) -> String {
     serde_json::to_string(&Note {
         agent: meta.agent.clone(),
         message: meta.message.clone(),
-        lost,
-        settles,
+        lost: extra.lost,
+        settles: extra.settles,
+        moves: extra.moves,
     })
     .expect("a note always serializes")
 }
@@ -154,7 +167,7 @@ impl Document {
             // An empty object still gets a first change, so that every document has a version.
             let hash = doc
                 .doc
-                .empty_commit(commit_options(meta, Vec::new(), Vec::new()));
+                .empty_commit(commit_options(meta, Extra::default()));
             outcome = doc.committed(&[hash]);
         }
         Ok((doc, outcome))
@@ -364,20 +377,55 @@ impl Document {
                     changes: Vec::new(),
                 });
             }
-            let (hash, _) = tx.commit_with(commit_options(meta, Vec::new(), Vec::new()));
+            let moves = report
+                .moves
+                .iter()
+                .map(|(old, new)| (old.to_string(), new.to_string()))
+                .collect();
+            let extra = Extra {
+                moves,
+                ..Extra::default()
+            };
+            let (hash, _) = tx.commit_with(commit_options(meta, extra));
             break (hash, report);
         };
         let mut hashes: Vec<ChangeHash> = hash.into_iter().collect();
         if let Some(base) = &stale_heads {
-            let notes = detect(&self.doc, base, &hashes, &report, &meta.agent)?;
+            // Objects this write deleted that a concurrent write had moved: the copies go
+            // too, in a change at the present (the copies are not visible at the base).
+            let copies = crate::lost::moved_copies(&self.doc, &self.lost, &report)?;
+            if !copies.is_empty() {
+                let mut places = Vec::with_capacity(copies.len());
+                for copy in copies.values() {
+                    places.extend(self.doc_parent(copy)?);
+                }
+                // From the highest index down, so that each index still names its copy.
+                places.sort_by(|a, b| match (&a.1, &b.1) {
+                    (automerge::Prop::Seq(x), automerge::Prop::Seq(y)) => y.cmp(x),
+                    _ => std::cmp::Ordering::Equal,
+                });
+                let mut tx = self.doc.transaction();
+                for (parent, prop) in places {
+                    automerge::transaction::Transactable::delete(&mut tx, &parent, prop)?;
+                }
+                let (hash, _) = tx.commit_with(commit_options(meta, Extra::default()));
+                hashes.extend(hash);
+            }
+            let notes = detect(&self.doc, base, &hashes, &report, &copies, &meta.agent)?;
             if !notes.is_empty() {
-                hashes.push(
-                    self.doc
-                        .empty_commit(commit_options(meta, notes, Vec::new())),
-                );
+                let extra = Extra {
+                    lost: notes,
+                    ..Extra::default()
+                };
+                hashes.push(self.doc.empty_commit(commit_options(meta, extra)));
             }
         }
         Ok(self.committed(&hashes))
+    }
+
+    /// Where an object sits now: its parent and its key or index there.
+    fn doc_parent(&self, obj: &automerge::ObjId) -> Result<Option<(automerge::ObjId, automerge::Prop)>> {
+        Ok(self.doc.parents(obj)?.next().map(|p| (p.obj, p.prop)))
     }
 
     /// The outcome of the changes just committed locally, taken in.
@@ -414,7 +462,13 @@ impl Document {
         }
         let hash = self
             .doc
-            .empty_commit(commit_options(meta, Vec::new(), vec![id.to_owned()]));
+            .empty_commit(commit_options(
+                meta,
+                Extra {
+                    settles: vec![id.to_owned()],
+                    ..Extra::default()
+                },
+            ));
         Ok(self.committed(&[hash]))
     }
 
@@ -469,7 +523,13 @@ impl Document {
             tx.rollback();
             return Err(e);
         }
-        let (hash, _) = tx.commit_with(commit_options(meta, Vec::new(), vec![id.to_owned()]));
+        let (hash, _) = tx.commit_with(commit_options(
+                meta,
+                Extra {
+                    settles: vec![id.to_owned()],
+                    ..Extra::default()
+                },
+            ));
         let hashes: Vec<ChangeHash> = hash.into_iter().collect();
         Ok(self.committed(&hashes))
     }
@@ -623,9 +683,9 @@ fn read_object(doc: &Automerge, id: &automerge::ObjId) -> Result<Option<Value>> 
     crate::value::value_to_json(doc, &kind, id, None).map(Some)
 }
 
-fn commit_options(meta: &WriteMeta, lost: Vec<LostNote>, settles: Vec<String>) -> CommitOptions {
+fn commit_options(meta: &WriteMeta, extra: Extra) -> CommitOptions {
     CommitOptions::default()
-        .with_message(encode_note(meta, lost, settles))
+        .with_message(encode_note(meta, extra))
         .with_time(meta.time_ms.div_euclid(1000))
 }
 

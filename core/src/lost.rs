@@ -14,7 +14,7 @@
 //! is stored, replicated and reloaded with it, and it stays listed until a later change
 //! settles it (restores the value or dismisses the record).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{Automerge, Change, ChangeHash, ObjId, ObjType, ReadDoc};
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,8 @@ pub struct LostEdit {
 pub(crate) struct LostLog {
     open: Vec<LostEdit>,
     settled: HashSet<String>,
+    /// Moved objects (as text ids) and their copies, from the notes of moving changes.
+    moved_to: HashMap<String, String>,
 }
 
 impl LostLog {
@@ -71,6 +73,7 @@ impl LostLog {
         let Some(note) = message.and_then(|m| serde_json::from_str::<NoteFields>(m).ok()) else {
             return;
         };
+        self.moved_to.extend(note.moves);
         for id in note.settles {
             self.open.retain(|l| l.id != id);
             self.settled.insert(id);
@@ -119,6 +122,42 @@ struct NoteFields {
     lost: Vec<LostNote>,
     #[serde(default)]
     settles: Vec<String>,
+    #[serde(default)]
+    moves: Vec<(String, String)>,
+}
+
+/// For each object a write deleted that a concurrent change had moved (its copy is still
+/// visible): the copy, which the write's delete must take too. Follows moves of moves.
+pub(crate) fn moved_copies(
+    doc: &Automerge,
+    log: &LostLog,
+    report: &Report,
+) -> Result<HashMap<ObjId, ObjId>> {
+    let mut out = HashMap::new();
+    for (obj, _) in &report.deleted {
+        if report.moved.contains(obj) {
+            continue;
+        }
+        let mut at = obj.to_string();
+        let mut hops = 0;
+        while let Some(next) = log.moved_to.get(&at) {
+            at = next.clone();
+            hops += 1;
+            if hops > 64 {
+                break;
+            }
+        }
+        if hops == 0 {
+            continue;
+        }
+        let Ok(copy) = doc.import_obj(&at) else {
+            continue;
+        };
+        if doc.parents(&copy)?.visible_path().is_some() {
+            out.insert(obj.clone(), copy);
+        }
+    }
+    Ok(out)
 }
 
 fn lost_id(hash: &ChangeHash, index: usize) -> String {
@@ -132,6 +171,7 @@ pub(crate) fn detect(
     base: &[ChangeHash],
     own: &[ChangeHash],
     report: &Report,
+    copies: &HashMap<ObjId, ObjId>,
     writer: &str,
 ) -> Result<Vec<LostNote>> {
     let mut cache = None;
@@ -145,11 +185,14 @@ pub(crate) fn detect(
         }
         let kind = automerge::Value::Object(doc.object_type(obj)?);
         let before = value_to_json(doc, &kind, obj, Some(base))?;
-        let now = value_to_json(doc, &kind, obj, None)?;
+        // A deleted object that was moved concurrently lives on in its copy.
+        let holder = copies.get(obj).unwrap_or(obj);
+        let now = value_to_json(doc, &kind, holder, None)?;
         if before == now {
             continue;
         }
-        let inside = subtree(doc, obj)?;
+        let mut inside = subtree(doc, obj)?;
+        inside.extend(subtree(doc, holder)?);
         let edited_by = agents(concurrent(&mut cache, doc, base, own), |op| {
             inside.contains(&op.obj.to_string())
         });

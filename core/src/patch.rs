@@ -161,7 +161,22 @@ fn apply_op<T: Transactable>(tx: &mut T, cx: &mut Ctx, op: &PatchOp) -> Result<(
                 },
                 None => value,
             };
-            add(tx, cx, &to, &carried)
+            add(tx, cx, &to, &carried)?;
+            // Note the copy, so that a concurrent delete of the original deletes it too. (A
+            // move to `-` names no index; its copy is found at the end of the list.)
+            let at = match to.split_last() {
+                Some((parent, "-")) => {
+                    let last = read_pointer(tx, &parent, None)?
+                        .and_then(|v| v.as_array().map(Vec::len))
+                        .unwrap_or(0);
+                    parent.child(last.saturating_sub(1).to_string())
+                }
+                _ => to,
+            };
+            if let (Some(old), Ok(Some(copy))) = (object, object_at(tx, &at)) {
+                cx.report.moves.push((old, copy));
+            }
+            Ok(())
         }
         PatchOp::Copy { from, path } => {
             let value = must_read(tx, &Pointer::parse(from)?)?;

@@ -60,6 +60,8 @@ pub(crate) struct Report {
     pub(crate) touched: Vec<(ObjId, Vec<String>)>,
     /// Objects deleted only to be inserted elsewhere with their present value.
     pub(crate) moved: HashSet<ObjId>,
+    /// The moved objects and their copies: `(old, new)`.
+    pub(crate) moves: Vec<(ObjId, ObjId)>,
     seen: HashSet<ObjId>,
 }
 
@@ -329,7 +331,14 @@ fn reconcile_list<T: Transactable>(
                     // What the element holds now, with this write's changes to it.
                     Some(now) => {
                         let carried = merge3(&old[*i], &now, value);
-                        write_new(tx, cx, list, Prop::Seq(cursor), true, path, &carried)
+                        write_new(tx, cx, list, Prop::Seq(cursor), true, path, &carried).and_then(
+                            |()| {
+                                if let Some((_, copy)) = tx.get(list, cursor)? {
+                                    cx.report.moves.push((id.clone(), copy));
+                                }
+                                Ok(())
+                            },
+                        )
                     }
                     // Deleted since the base: not brought back. If this write changed it
                     // too, the change is noted as made inside a deleted object, so that it

@@ -253,6 +253,35 @@ fn moves_carry_the_present_and_raise_no_dead() {
         json!({"items": [{"name": "b"}, {"name": "c"}]}),
         &[],
     );
+    // A delete that comes after a concurrent move deletes the moved copy too.
+    check(
+        none(),
+        abc.clone(),
+        W::Put(json!({"items": [{"name": "b"}, {"name": "a"}, {"name": "c"}]})),
+        W::Put(json!({"items": [{"name": "a"}, {"name": "c"}]})),
+        json!({"items": [{"name": "a"}, {"name": "c"}]}),
+        &[],
+    );
+    check(
+        none(),
+        abc.clone(),
+        W::Patch(json!([{"op": "move", "from": "/items/0", "path": "/items/-"}])),
+        W::Patch(json!([{"op": "remove", "path": "/items/0"}])),
+        json!({"items": [{"name": "b"}, {"name": "c"}]}),
+        &[],
+    );
+    // If the moved copy carried edits the deleter had not seen, they are surfaced.
+    check(
+        none(),
+        abc.clone(),
+        W::Patch(json!([
+            {"op": "add", "path": "/items/0/done", "value": true},
+            {"op": "move", "from": "/items/0", "path": "/items/2"}
+        ])),
+        W::Patch(json!([{"op": "remove", "path": "/items/0"}])),
+        json!({"items": [{"name": "b"}, {"name": "c"}]}),
+        &[("/items/0", "X", "Y")],
+    );
     // A PUT that sorts the list: same, for an edited and a deleted element.
     check(
         none(),
