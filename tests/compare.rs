@@ -8,7 +8,7 @@
 
 use concord_core::Strategy;
 use concord_server::compare::history::{check, Effect, Phase, Recorder};
-use concord_server::compare::run::compare;
+use concord_server::compare::run::{compare, run_strategies, Tracker};
 use concord_server::compare::scenario::seed_scenario;
 use concord_server::compare::wire::{Reply, Wire};
 use concord_server::compare::{no_progress, Options, ThinkRange, Workload};
@@ -102,7 +102,9 @@ async fn stressed_run_loses_writes_under_lww_only() {
 #[tokio::test]
 async fn every_workload_loses_writes_under_lww_only() {
     let s = TestServer::start().await;
-    for workload in Workload::ALL {
+    // The board has a test of its own: deletes and moves made at once lose edits under
+    // every strategy that does not serialise writers, silently or not.
+    for workload in Workload::ALL.into_iter().filter(|w| *w != Workload::Board) {
         let opts = stressed(workload, 4, 2);
         let report = compare(&s.url(""), &opts, no_progress())
             .await
@@ -123,6 +125,39 @@ async fn every_workload_loses_writes_under_lww_only() {
             );
         }
     }
+}
+
+/// The board in lockstep: every round, four agents read the same version, then each inserts,
+/// deletes, edits, votes on or moves a task. Edits of a task another agent deletes (or
+/// moves: a copy put back) in the same round are lost; crdt must surface every one of them
+/// in the document's lost edits, and lose nothing silently.
+#[tokio::test]
+async fn board_loses_nothing_silently_under_crdt_and_lww_loses() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let opts = stressed(Workload::Board, 4, 10);
+    let tracker = Tracker::new(opts.total_writes(), no_progress());
+    let runs = run_strategies(&wire, &opts, &tracker)
+        .await
+        .expect("the comparison runs");
+    let report =
+        concord_server::compare::Report::new(&opts, runs.iter().map(|r| r.row.clone()).collect());
+    let run = |st: Strategy| runs.iter().find(|r| r.row.strategy == st).unwrap();
+    let why = |st: Strategy| format!("{st}: {:?}\n{}", run(st).verdict, report.table());
+    for row in &report.rows {
+        assert!(row.acknowledged > 0, "{}", why(row.strategy));
+    }
+    assert!(run(Strategy::Lww).row.lost > 0, "{}", why(Strategy::Lww));
+    // Writers that take turns (or guard their intents) lose nothing, and so surface nothing.
+    for st in [Strategy::Optimistic, Strategy::Lock, Strategy::Queue] {
+        let row = &run(st).row;
+        assert_eq!((row.lost, row.lost_surfaced), (0, 0), "{}", why(st));
+    }
+    assert_eq!(run(Strategy::Crdt).row.lost, 0, "{}", why(Strategy::Crdt));
+    // The report names both counts, in JSON and in the table.
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["rows"][0].get("lost_surfaced").is_some());
+    assert!(report.table().contains("lost surfaced"));
 }
 
 fn token(reply: &Reply) -> String {
@@ -304,6 +339,7 @@ async fn compare_endpoint_streams_progress_then_result() {
             "conflicts_kept",
             "lock_wait_ms",
             "lost",
+            "lost_surfaced",
             "p50_ms",
             "p99_ms",
             "retries",
@@ -315,6 +351,19 @@ async fn compare_endpoint_streams_progress_then_result() {
     );
     assert_eq!(rows[1]["strategy"], "crdt");
     assert_eq!(rows[1]["lost"], 0);
+    assert_eq!(rows[1]["lost_surfaced"], 0);
+    // The board workload, as the viewer asks for it.
+    let events = post_sse(
+        &s,
+        "/v1/compare",
+        json!({"workload": "board", "agents": 2, "writes": 2, "think_ms": [0, 1],
+               "strategies": ["crdt"]}),
+    )
+    .await;
+    let (name, board) = events.last().unwrap();
+    assert_eq!(name, "result", "{events:?}");
+    assert_eq!(board["workload"], "board");
+    assert_eq!(board["rows"][0]["acknowledged"], 4);
     // The run used a server of its own: this one holds no documents.
     let docs = s.send(s.request(Method::GET, "/v1/docs")).await.json();
     assert_eq!(docs["docs"], json!([]));
