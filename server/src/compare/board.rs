@@ -529,7 +529,7 @@ pub fn check(ops: &[Op<'_>], final_value: &Value, lost: &[LostEdit]) -> BoardVer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::history::{check_with_lost, Event, Timing};
+    use crate::compare::history::{check_with_lost, Basis, Event};
 
     fn bound(op: BoardOp, read: &Value, pick: u64) -> (String, TaskEdit) {
         match resolve(op, read, "m", pick) {
@@ -662,6 +662,7 @@ mod tests {
         sent: f64,
         end: f64,
         phase: Phase,
+        branch: Option<u32>,
     }
 
     /// A write by `agent` of `edit` to `task` that read at `t`, wrote at `t + 2` and was
@@ -676,37 +677,39 @@ mod tests {
             sent: t + 2.0,
             end: t + 3.0,
             phase: Phase::Ok,
+            branch: None,
         }
     }
 
     fn events(writes: &[W]) -> Vec<Event> {
         let mut events = Vec::new();
         for x in writes {
-            let event = |phase, at_ms, effect: Effect, timing| Event {
+            let event = |phase, at_ms, effect: Effect, basis| Event {
                 phase,
                 agent: x.agent.into(),
                 mark: x.mark.into(),
                 effect,
                 at_ms,
-                timing,
+                basis,
             };
             let op = BoardOp::Title;
             events.push(event(
                 Phase::Invoke,
                 x.read.0,
                 Effect::Board { op },
-                Timing::default(),
+                Basis::default(),
             ));
-            let timing = Timing {
+            let basis = Basis {
                 read_sent_ms: Some(x.read.0),
                 read_ms: Some(x.read.1),
                 sent_ms: Some(x.sent),
+                branch: x.branch,
             };
             let effect = Effect::Task {
                 task: x.task.into(),
                 edit: x.edit.clone(),
             };
-            events.push(event(x.phase, x.end, effect, timing));
+            events.push(event(x.phase, x.end, effect, basis));
         }
         events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
         events
@@ -857,6 +860,32 @@ mod tests {
         let mut unknown = done;
         unknown[2].phase = Phase::Unknown;
         assert_eq!(split(&unknown, &shows(true), &[]).2, 0);
+    }
+
+    #[test]
+    fn writes_on_different_branches_never_saw_each_other() {
+        // On the shared document, y read after x was acknowledged: showing x loses y.
+        let mut writes = [
+            w("x", "a", "t1", TaskEdit::Title, 0.0),
+            w("y", "b", "t1", TaskEdit::Title, 5.0),
+        ];
+        let shows_x = board(vec![task("t1", json!({"title": "x"}))]);
+        assert_eq!(split(&writes, &shows_x, &[]).2, 1);
+        // On two forks, merged at the end, they are concurrent: either may show.
+        writes[0].branch = Some(0);
+        writes[1].branch = Some(1);
+        assert_eq!(split(&writes, &shows_x, &[]).2, 0);
+        // A delete on another fork had not seen the edit, however late it read.
+        let mut deleted = [
+            w("title", "a", "t1", TaskEdit::Title, 0.0),
+            w("d", "b", "t1", TaskEdit::Delete, 5.0),
+        ];
+        deleted[0].branch = Some(0);
+        deleted[1].branch = Some(1);
+        assert_eq!(split(&deleted, &board(vec![]), &[]).0, marks(&["title"]));
+        // On the same fork it had.
+        deleted[1].branch = Some(0);
+        assert_eq!(split(&deleted, &board(vec![]), &[]).2, 0);
     }
 
     #[test]

@@ -66,18 +66,21 @@ pub enum Effect {
     },
 }
 
-/// When a write's base read and the write itself happened, in milliseconds since the run
-/// started: what the checker needs to tell whether one write could have seen another.
-/// Recorded with a write's completion; unknown parts are bounded by its invoke and
-/// completion times.
+/// What a write was made from: which copy of the document it read and wrote, when it read
+/// and when it wrote, in milliseconds since the run started. What the checker needs to tell
+/// whether one write could have seen another. Recorded with a write's completion; unknown
+/// times are bounded by its invoke and completion times.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Timing {
+pub struct Basis {
     /// When the read the write was computed from was sent.
     pub read_sent_ms: Option<f64>,
     /// When that read was answered.
     pub read_ms: Option<f64>,
     /// When the write (its last attempt) was sent.
     pub sent_ms: Option<f64>,
+    /// The private copy (the agent's fork, for branches) the write read and wrote, if not
+    /// the shared document: writes on different copies never see each other.
+    pub branch: Option<u32>,
 }
 
 /// One line of the history.
@@ -93,8 +96,8 @@ pub struct Event {
     pub effect: Effect,
     /// Milliseconds since the run started.
     pub at_ms: f64,
-    /// On a completion: when its read and its write happened.
-    pub timing: Timing,
+    /// On a completion: what its write was made from.
+    pub basis: Basis,
 }
 
 /// A history being recorded by many agents at once.
@@ -120,17 +123,17 @@ impl Recorder {
 
     /// Records an event now; returns its time.
     pub fn record(&self, phase: Phase, agent: &str, mark: &str, effect: &Effect) -> f64 {
-        self.complete(phase, agent, mark, effect, Timing::default())
+        self.complete(phase, agent, mark, effect, Basis::default())
     }
 
-    /// Records an event now with the timing of its read and write; returns its time.
+    /// Records an event now with what its write was made from; returns its time.
     pub fn complete(
         &self,
         phase: Phase,
         agent: &str,
         mark: &str,
         effect: &Effect,
-        timing: Timing,
+        basis: Basis,
     ) -> f64 {
         let mut events = self.events.lock().expect("no recorder panics");
         // The time is read under the lock, so that the history is in time order.
@@ -141,7 +144,7 @@ impl Recorder {
             mark: mark.to_owned(),
             effect: effect.clone(),
             at_ms,
-            timing,
+            basis,
         });
         at_ms
     }
@@ -233,8 +236,8 @@ pub struct Op<'h> {
     pub invoked_ms: f64,
     /// When it completed, if it did.
     pub ended_ms: Option<f64>,
-    /// When its read and its write happened.
-    pub timing: Timing,
+    /// What its write was made from.
+    pub basis: Basis,
 }
 
 impl Op<'_> {
@@ -243,17 +246,21 @@ impl Op<'_> {
         self.ended_ms.unwrap_or(f64::INFINITY)
     }
 
-    /// Certainly saw `other`: `other` was acknowledged before this write's read was sent,
-    /// so the version this write was made from holds it.
+    /// Certainly saw `other`: `other` was acknowledged, on the same copy of the document,
+    /// before this write's read was sent, so the version this write was made from holds it.
     pub fn saw(&self, other: &Op<'_>) -> bool {
-        let read_sent = self.timing.read_sent_ms.unwrap_or(self.invoked_ms);
-        other.phase == Phase::Ok && other.effect_by() < read_sent
+        let read_sent = self.basis.read_sent_ms.unwrap_or(self.invoked_ms);
+        self.basis.branch == other.basis.branch
+            && other.phase == Phase::Ok
+            && other.effect_by() < read_sent
     }
 
-    /// Certainly missed `other`: this write's read was answered before `other` was sent.
+    /// Certainly missed `other`: it was written on another copy of the document, or this
+    /// write's read was answered before `other` was sent.
     pub fn missed(&self, other: &Op<'_>) -> bool {
-        let read = self.timing.read_ms.unwrap_or(self.effect_by());
-        read < other.timing.sent_ms.unwrap_or(other.invoked_ms)
+        let read = self.basis.read_ms.unwrap_or(self.effect_by());
+        self.basis.branch != other.basis.branch
+            || read < other.basis.sent_ms.unwrap_or(other.invoked_ms)
     }
 }
 
@@ -276,7 +283,7 @@ pub fn ops(history: &[Event]) -> Vec<Op<'_>> {
                     },
                     invoked_ms: event.at_ms,
                     ended_ms: None,
-                    timing: event.timing,
+                    basis: event.basis,
                 });
             }
             Some(&i) => {
@@ -284,7 +291,7 @@ pub fn ops(history: &[Event]) -> Vec<Op<'_>> {
                 if event.phase != Phase::Invoke {
                     op.phase = event.phase;
                     op.ended_ms = Some(event.at_ms);
-                    op.timing = event.timing;
+                    op.basis = event.basis;
                     op.effect = &event.effect;
                 }
             }
@@ -399,7 +406,7 @@ mod tests {
             mark: mark.into(),
             effect: effect.clone(),
             at_ms: 0.0,
-            timing: Timing::default(),
+            basis: Basis::default(),
         };
         ops.iter()
             .flat_map(|(mark, effect, end)| {

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::board::TaskEdit;
 use super::history::{
-    check_with_lost, percentile, Effect, LostEdit, Phase, Recorder, Timing, Verdict,
+    check_with_lost, percentile, Basis, Effect, LostEdit, Phase, Recorder, Verdict,
 };
 use super::report::{Report, Row};
 use super::wire::{Reply, Wire};
@@ -167,7 +167,7 @@ struct Write<'a> {
     /// The write as made from the agent's (last) read: see [`resolve`].
     bound: &'a mut Effect,
     /// When that read and the write happened, for the history.
-    timing: &'a mut Timing,
+    basis: &'a mut Basis,
     step: Step,
     cost: &'a mut Cost,
 }
@@ -208,13 +208,13 @@ impl Shared {
         }
     }
 
-    /// Reads the document for `w`, noting when in its timing.
+    /// Reads the document for `w`, noting when in its basis.
     async fn read(&self, w: &mut Write<'_>) -> Reply {
         let sent = self.recorder.now_ms();
         let reply = self.wire.read(w.doc, w.agent).await;
         let answered = self.recorder.now_ms();
-        w.timing.read_sent_ms = Some(sent);
-        w.timing.read_ms = Some(answered);
+        w.basis.read_sent_ms = Some(sent);
+        w.basis.read_ms = Some(answered);
         reply
     }
 
@@ -227,7 +227,7 @@ impl Shared {
     /// Notes that `w`'s write is being sent now.
     fn sending(&self, w: &mut Write<'_>) {
         let now = self.recorder.now_ms();
-        w.timing.sent_ms = Some(now);
+        w.basis.sent_ms = Some(now);
         w.cost.write_ms.get_or_insert(now);
     }
 
@@ -399,7 +399,11 @@ async fn agent(
             ..Cost::default()
         };
         let mut bound = effect.clone();
-        let mut timing = Timing::default();
+        let mut basis = Basis {
+            // Branches: the agent reads and writes its own fork.
+            branch: (shared.strategy == Strategy::Branches).then_some(i as u32),
+            ..Basis::default()
+        };
         let phase = match &doc {
             None => {
                 shared.read_gate().await;
@@ -412,7 +416,7 @@ async fn agent(
                     mark: &mark,
                     effect: &effect,
                     bound: &mut bound,
-                    timing: &mut timing,
+                    basis: &mut basis,
                     step,
                     cost: &mut cost,
                 };
@@ -426,9 +430,7 @@ async fn agent(
                 }
             }
         };
-        let at = shared
-            .recorder
-            .complete(phase, &name, &mark, &bound, timing);
+        let at = shared.recorder.complete(phase, &name, &mark, &bound, basis);
         if phase == Phase::Ok {
             cost.acked_ms = Some(at);
         }
