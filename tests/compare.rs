@@ -7,10 +7,14 @@
 //! holder's lease lapses.
 
 use concord_core::Strategy;
-use concord_server::compare::history::{check, Effect, Phase, Recorder};
-use concord_server::compare::run::{compare, run_strategies, Tracker};
+use concord_server::compare::board::TaskEdit;
+use concord_server::compare::history::{
+    check, check_with_lost, Basis, Effect, LostEdit, Phase, Recorder, Verdict,
+};
+use concord_server::compare::run::{compare, create, run_strategies, Tracker};
 use concord_server::compare::scenario::seed_scenario;
 use concord_server::compare::wire::{Reply, Wire};
+use concord_server::compare::workload::rewrite;
 use concord_server::compare::{no_progress, Options, ThinkRange, Workload};
 use concord_tests::TestServer;
 use reqwest::Method;
@@ -158,6 +162,93 @@ async fn board_loses_nothing_silently_under_crdt_and_lww_loses() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["rows"][0].get("lost_surfaced").is_some());
     assert!(report.table().contains("lost surfaced"));
+}
+
+/// Two agents read the same board, then each writes a whole board back against that version
+/// (crdt): `first` and then `second`, each `(agent, mark, effect)`. Returns the checker's
+/// verdict over the final document and its lost edits, and the final value.
+async fn race(
+    wire: &Wire,
+    first: (&str, &str, Effect),
+    second: (&str, &str, Effect),
+) -> (Verdict, Value) {
+    let doc = create(wire, Workload::Board, Strategy::Crdt)
+        .await
+        .expect("the board is created");
+    let history = Recorder::new();
+    for (agent, mark, effect) in [&first, &second] {
+        history.record(Phase::Invoke, agent, mark, effect);
+    }
+    let read_sent = history.now_ms();
+    let base = wire.read(&doc, "both").await;
+    let read = Basis {
+        read_sent_ms: Some(read_sent),
+        read_ms: Some(history.now_ms()),
+        ..Basis::default()
+    };
+    let (version, value) = (base.version().unwrap(), base.value().unwrap().clone());
+    for (agent, mark, effect) in [&first, &second] {
+        let written = rewrite(&value, effect, mark, agent, 0);
+        let basis = Basis {
+            sent_ms: Some(history.now_ms()),
+            ..read
+        };
+        let reply = wire.put(&doc, agent, &version, None, &written).await;
+        assert!(reply.is_done(), "{reply:?}");
+        history.complete(Phase::Ok, agent, mark, effect, basis);
+    }
+    let last = wire.read_with_conflicts(&doc).await;
+    let body = last.body().expect("the final document").clone();
+    let lost = LostEdit::from_answer(&body).expect("lost edits, if any, are a list");
+    (
+        check_with_lost(&history.events(), &body["value"], &lost),
+        body["value"].clone(),
+    )
+}
+
+fn on(task: &str, edit: TaskEdit) -> Effect {
+    Effect::Task {
+        task: task.into(),
+        edit,
+    }
+}
+
+/// An edit of a task that a concurrent write deleted is lost, and crdt must surface it among
+/// the document's lost edits, in whichever order the two writes arrive.
+#[tokio::test]
+async fn board_edit_racing_a_delete_is_surfaced_under_crdt() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let delete = ("A", "d", on("t2", TaskEdit::Delete));
+    let title = ("B", "b-title", on("t2", TaskEdit::Title));
+    for (first, second) in [(delete.clone(), title.clone()), (title, delete)] {
+        let order = format!("{} then {}", first.1, second.1);
+        let (verdict, value) = race(&wire, first, second).await;
+        assert_eq!(
+            (
+                verdict.lost,
+                verdict.lost_surfaced,
+                verdict.surfaced_marks.as_slice()
+            ),
+            (0, 1, &["b-title".to_owned()][..]),
+            "{order}: {verdict:?} {value}"
+        );
+    }
+}
+
+/// A delete racing a move of the same task: whichever arrives first, the delete must not be
+/// lost silently (the task must not come back).
+#[tokio::test]
+async fn board_delete_racing_a_move_is_not_lost_under_crdt() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let delete = ("A", "d", on("t1", TaskEdit::Delete));
+    let moved = ("B", "m", on("t1", TaskEdit::Move { to: 4 }));
+    for (first, second) in [(delete.clone(), moved.clone()), (moved, delete)] {
+        let order = format!("{} then {}", first.1, second.1);
+        let (verdict, value) = race(&wire, first, second).await;
+        assert_eq!(verdict.lost, 0, "{order}: {verdict:?} {value}");
+    }
 }
 
 fn token(reply: &Reply) -> String {
