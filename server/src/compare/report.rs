@@ -132,6 +132,10 @@ pub fn tradeoff(row: &Row) -> String {
     };
     match (row.lost, row.lost_surfaced) {
         (0, 0) => format!("nothing lost; {cost}"),
+        (0, 1) => format!(
+            "nothing lost silently; 1 edit of a deleted value lost but surfaced among the \
+             document's lost edits; {cost}"
+        ),
         (0, n) => format!(
             "nothing lost silently; {n} edits of deleted values lost but surfaced among the \
              document's lost edits; {cost}"
@@ -261,6 +265,11 @@ mod tests {
             lww.tradeoff.contains("(2 more lost but surfaced"),
             "{}",
             lww.tradeoff
+        );
+        let one = surfacing(Strategy::Crdt, 0, 1).tradeoff;
+        assert!(
+            one.starts_with("nothing lost silently; 1 edit of a deleted value"),
+            "{one}"
         );
         let branches = surfacing(Strategy::Branches, 1, 2);
         assert!(
