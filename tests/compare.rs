@@ -7,10 +7,14 @@
 //! holder's lease lapses.
 
 use concord_core::Strategy;
-use concord_server::compare::history::{check, Effect, Phase, Recorder};
-use concord_server::compare::run::compare;
+use concord_server::compare::board::TaskEdit;
+use concord_server::compare::history::{
+    check, check_with_lost, Basis, Effect, LostEdit, Phase, Recorder, Verdict,
+};
+use concord_server::compare::run::{compare, create, run_strategies, Tracker};
 use concord_server::compare::scenario::seed_scenario;
 use concord_server::compare::wire::{Reply, Wire};
+use concord_server::compare::workload::rewrite;
 use concord_server::compare::{no_progress, Options, ThinkRange, Workload};
 use concord_tests::TestServer;
 use reqwest::Method;
@@ -102,7 +106,9 @@ async fn stressed_run_loses_writes_under_lww_only() {
 #[tokio::test]
 async fn every_workload_loses_writes_under_lww_only() {
     let s = TestServer::start().await;
-    for workload in Workload::ALL {
+    // The board has a test of its own: deletes and moves made at once lose edits under
+    // every strategy that does not serialise writers, silently or not.
+    for workload in Workload::ALL.into_iter().filter(|w| *w != Workload::Board) {
         let opts = stressed(workload, 4, 2);
         let report = compare(&s.url(""), &opts, no_progress())
             .await
@@ -122,6 +128,126 @@ async fn every_workload_loses_writes_under_lww_only() {
                 report.table()
             );
         }
+    }
+}
+
+/// The board in lockstep: every round, four agents read the same version, then each inserts,
+/// deletes, edits, votes on or moves a task. Edits of a task another agent deletes (or
+/// moves: a copy put back) in the same round are lost; crdt must surface every one of them
+/// in the document's lost edits, and lose nothing silently.
+#[tokio::test]
+async fn board_loses_nothing_silently_under_crdt_and_lww_loses() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let opts = stressed(Workload::Board, 4, 10);
+    let tracker = Tracker::new(opts.total_writes(), no_progress());
+    let runs = run_strategies(&wire, &opts, &tracker)
+        .await
+        .expect("the comparison runs");
+    let report =
+        concord_server::compare::Report::new(&opts, runs.iter().map(|r| r.row.clone()).collect());
+    let run = |st: Strategy| runs.iter().find(|r| r.row.strategy == st).unwrap();
+    let why = |st: Strategy| format!("{st}: {:?}\n{}", run(st).verdict, report.table());
+    for row in &report.rows {
+        assert!(row.acknowledged > 0, "{}", why(row.strategy));
+    }
+    assert!(run(Strategy::Lww).row.lost > 0, "{}", why(Strategy::Lww));
+    // Writers that take turns (or guard their intents) lose nothing, and so surface nothing.
+    for st in [Strategy::Optimistic, Strategy::Lock, Strategy::Queue] {
+        let row = &run(st).row;
+        assert_eq!((row.lost, row.lost_surfaced), (0, 0), "{}", why(st));
+    }
+    assert_eq!(run(Strategy::Crdt).row.lost, 0, "{}", why(Strategy::Crdt));
+    // The report names both counts, in JSON and in the table.
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["rows"][0].get("lost_surfaced").is_some());
+    assert!(report.table().contains("lost surfaced"));
+}
+
+/// Two agents read the same board, then each writes a whole board back against that version
+/// (crdt): `first` and then `second`, each `(agent, mark, effect)`. Returns the checker's
+/// verdict over the final document and its lost edits, and the final value.
+async fn race(
+    wire: &Wire,
+    first: (&str, &str, Effect),
+    second: (&str, &str, Effect),
+) -> (Verdict, Value) {
+    let doc = create(wire, Workload::Board, Strategy::Crdt)
+        .await
+        .expect("the board is created");
+    let history = Recorder::new();
+    for (agent, mark, effect) in [&first, &second] {
+        history.record(Phase::Invoke, agent, mark, effect);
+    }
+    let read_sent = history.now_ms();
+    let base = wire.read(&doc, "both").await;
+    let read = Basis {
+        read_sent_ms: Some(read_sent),
+        read_ms: Some(history.now_ms()),
+        ..Basis::default()
+    };
+    let (version, value) = (base.version().unwrap(), base.value().unwrap().clone());
+    for (agent, mark, effect) in [&first, &second] {
+        let written = rewrite(&value, effect, mark, agent, 0);
+        let basis = Basis {
+            sent_ms: Some(history.now_ms()),
+            ..read
+        };
+        let reply = wire.put(&doc, agent, &version, None, &written).await;
+        assert!(reply.is_done(), "{reply:?}");
+        history.complete(Phase::Ok, agent, mark, effect, basis);
+    }
+    let last = wire.read_with_conflicts(&doc).await;
+    let body = last.body().expect("the final document").clone();
+    let lost = LostEdit::from_answer(&body).expect("lost edits, if any, are a list");
+    (
+        check_with_lost(&history.events(), &body["value"], &lost),
+        body["value"].clone(),
+    )
+}
+
+fn on(task: &str, edit: TaskEdit) -> Effect {
+    Effect::Task {
+        task: task.into(),
+        edit,
+    }
+}
+
+/// An edit of a task that a concurrent write deleted is lost, and crdt must surface it among
+/// the document's lost edits, in whichever order the two writes arrive.
+#[tokio::test]
+async fn board_edit_racing_a_delete_is_surfaced_under_crdt() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let delete = ("A", "d", on("t2", TaskEdit::Delete));
+    let title = ("B", "b-title", on("t2", TaskEdit::Title));
+    for (first, second) in [(delete.clone(), title.clone()), (title, delete)] {
+        let order = format!("{} then {}", first.1, second.1);
+        let (verdict, value) = race(&wire, first, second).await;
+        assert_eq!(
+            (
+                verdict.lost,
+                verdict.lost_surfaced,
+                verdict.surfaced_marks.as_slice()
+            ),
+            (0, 1, &["b-title".to_owned()][..]),
+            "{order}: {verdict:?} {value}"
+        );
+    }
+}
+
+/// A delete racing a move of the same task: whichever arrives first, the delete must not be
+/// lost silently (the task must not come back).
+#[tokio::test]
+async fn board_delete_racing_a_move_is_not_lost_under_crdt() {
+    let s = TestServer::start().await;
+    let wire = Wire::new(&s.url(""));
+    let delete = ("A", "d", on("t1", TaskEdit::Delete));
+    let moved = ("B", "m", on("t1", TaskEdit::Move { to: 4 }));
+    for (first, second) in [(delete.clone(), moved.clone()), (moved, delete)] {
+        let order = format!("{} then {}", first.1, second.1);
+        let (verdict, value) = race(&wire, first, second).await;
+        assert_eq!(verdict.lost, 0, "{order}: {verdict:?} {value}");
     }
 }
 
@@ -304,6 +430,7 @@ async fn compare_endpoint_streams_progress_then_result() {
             "conflicts_kept",
             "lock_wait_ms",
             "lost",
+            "lost_surfaced",
             "p50_ms",
             "p99_ms",
             "retries",
@@ -315,6 +442,19 @@ async fn compare_endpoint_streams_progress_then_result() {
     );
     assert_eq!(rows[1]["strategy"], "crdt");
     assert_eq!(rows[1]["lost"], 0);
+    assert_eq!(rows[1]["lost_surfaced"], 0);
+    // The board workload, as the viewer asks for it.
+    let events = post_sse(
+        &s,
+        "/v1/compare",
+        json!({"workload": "board", "agents": 2, "writes": 2, "think_ms": [0, 1],
+               "strategies": ["crdt"]}),
+    )
+    .await;
+    let (name, board) = events.last().unwrap();
+    assert_eq!(name, "result", "{events:?}");
+    assert_eq!(board["workload"], "board");
+    assert_eq!(board["rows"][0]["acknowledged"], 4);
     // The run used a server of its own: this one holds no documents.
     let docs = s.send(s.request(Method::GET, "/v1/docs")).await.json();
     assert_eq!(docs["docs"], json!([]));

@@ -13,7 +13,8 @@ const WORKLOADS = [
   ['counter', 'every write adds one to a shared counter'],
   ['fields', 'each agent updates its own field, and names itself in one shared field'],
   ['text', 'every write inserts a unique word into one collaborative text'],
-  ['mix', 'each write is one of the above, chosen by the seed'],
+  ['mix', 'each write is one of list, counter, fields and text, chosen by the seed'],
+  ['board', 'agents work on a list of tasks: insert, delete, set a title or done, vote, add a word to a body, move; an edit of a task deleted meanwhile is lost, silently or surfaced among the document\'s lost edits'],
 ];
 
 const METRICS = [
@@ -270,7 +271,8 @@ class ComparePage {
     const cols = [
       ['strategy', 'Strategy'],
       ['acknowledged', 'Acknowledged'],
-      ['lost', 'Lost'],
+      ['lost', 'Lost silently'],
+      ['lost_surfaced', 'Lost, surfaced'],
       ['retries', 'Retries'],
       ['lock_wait_ms', 'Lock wait (ms)'],
       ['conflicts_kept', 'Conflicts kept'],
@@ -307,7 +309,10 @@ class ComparePage {
     const lost = barChart({
       title: 'Lost writes (acknowledged, then gone)',
       categories,
-      series: [{ name: 'lost', values: rows.map((r) => r.lost) }],
+      series: [
+        { name: 'silently', values: rows.map((r) => r.lost) },
+        { name: 'surfaced', values: rows.map((r) => r.lost_surfaced || 0), opacity: 0.45 },
+      ],
       format: (v) => num(v, 0),
     });
     const latency = barChart({
@@ -320,13 +325,17 @@ class ComparePage {
       format: (v) => num(v, v < 10 ? 1 : 0),
     });
     const lossy = rows.filter((r) => r.lost > 0).map((r) => `${r.strategy} (${r.lost})`);
+    const surfaced = rows.filter((r) => r.lost_surfaced > 0).map((r) => `${r.strategy} (${r.lost_surfaced})`);
+    const surfacedNote = surfaced.length
+      ? ` Lost but surfaced among the document's lost edits, for someone to restore: ${surfaced.join(', ')}.`
+      : '';
     clear(this.el.results).append(
       h(
         'p',
         { class: 'verdict' },
-        lossy.length
-          ? `Lost acknowledged writes: ${lossy.join(', ')}. Every other strategy kept every acknowledged write, at the costs below.`
-          : 'No strategy lost an acknowledged write in this run; compare their costs below.',
+        (lossy.length
+          ? `Lost acknowledged writes silently: ${lossy.join(', ')}. Every other strategy kept every acknowledged write or surfaced it, at the costs below.`
+          : 'No strategy lost an acknowledged write silently in this run; compare their costs below.') + surfacedNote,
       ),
       h('div', { class: 'table-wrap' }, table),
       h('div', { class: 'charts' }, h('figure', { id: 'chart-lost' }, lost), h('figure', { id: 'chart-latency' }, latency)),

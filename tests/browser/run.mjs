@@ -403,8 +403,12 @@ try {
     const crdt = await lost('crdt');
     if (!(lww > 0)) throw new Error(`lww lost ${lww}, expected some`);
     if (crdt !== 0) throw new Error(`crdt lost ${crdt}, expected none`);
-    const bars = await page.locator('#chart-lost rect.bar').count();
-    if (bars !== 6) throw new Error(`${bars} bars in the lost-writes chart`);
+    const bars = await page.locator('#chart-lost rect.bar[data-series="silently"]').count();
+    if (bars !== 6) throw new Error(`${bars} bars of silent losses in the lost-writes chart`);
+    const surfaced = await page.locator('#chart-lost rect.bar[data-series="surfaced"]').count();
+    if (surfaced !== 6) throw new Error(`${surfaced} bars of surfaced losses in the lost-writes chart`);
+    const workloads = await page.locator('#cmp-workload option').allTextContents();
+    if (!workloads.includes('board')) throw new Error(`workloads offered: ${workloads}`);
     await page.locator('#chart-latency rect.bar').nth(11).waitFor();
     console.log(`     lww lost ${lww}, crdt lost ${crdt}`);
   });

@@ -3,15 +3,22 @@
 //! came), each under a unique mark. After the agents finish, the final document is read
 //! and every acknowledged write is looked for. Lost = acknowledged and absent.
 //!
-//! [`check`] is a pure function of the history and the final value.
+//! A write missing from the final value is *lost silently*, unless the document lists it
+//! among its lost edits (`GET /v1/docs/{id}?conflicts=true` answers them as `lost`: edits
+//! of a value that a concurrent write deleted): then it is *lost but surfaced*, kept where
+//! someone can see it and restore it.
+//!
+//! [`check`] and [`check_with_lost`] are pure functions of the history and the final
+//! document.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::board::{self, BoardOp, TaskEdit};
 use super::workload::text_token;
 
 /// Where an operation stands.
@@ -44,6 +51,36 @@ pub enum Effect {
     },
     /// The word `[mark] ` is inserted into `/text`.
     Text,
+    /// A board write as drawn, before the agent read which tasks there are; recorded at
+    /// invoke, and at completion if the write never got as far as choosing its task.
+    Board {
+        /// What it sets out to do.
+        op: BoardOp,
+    },
+    /// A board write bound to the task `task` (see [`board`]).
+    Task {
+        /// The task's id.
+        task: String,
+        /// What the write does to it.
+        edit: TaskEdit,
+    },
+}
+
+/// What a write was made from: which copy of the document it read and wrote, when it read
+/// and when it wrote, in milliseconds since the run started. What the checker needs to tell
+/// whether one write could have seen another. Recorded with a write's completion; unknown
+/// times are bounded by its invoke and completion times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Basis {
+    /// When the read the write was computed from was sent.
+    pub read_sent_ms: Option<f64>,
+    /// When that read was answered.
+    pub read_ms: Option<f64>,
+    /// When the write (its last attempt) was sent.
+    pub sent_ms: Option<f64>,
+    /// The private copy (the agent's fork, for branches) the write read and wrote, if not
+    /// the shared document: writes on different copies never see each other.
+    pub branch: Option<u32>,
 }
 
 /// One line of the history.
@@ -59,6 +96,8 @@ pub struct Event {
     pub effect: Effect,
     /// Milliseconds since the run started.
     pub at_ms: f64,
+    /// On a completion: what its write was made from.
+    pub basis: Basis,
 }
 
 /// A history being recorded by many agents at once.
@@ -84,6 +123,18 @@ impl Recorder {
 
     /// Records an event now; returns its time.
     pub fn record(&self, phase: Phase, agent: &str, mark: &str, effect: &Effect) -> f64 {
+        self.complete(phase, agent, mark, effect, Basis::default())
+    }
+
+    /// Records an event now with what its write was made from; returns its time.
+    pub fn complete(
+        &self,
+        phase: Phase,
+        agent: &str,
+        mark: &str,
+        effect: &Effect,
+        basis: Basis,
+    ) -> f64 {
         let mut events = self.events.lock().expect("no recorder panics");
         // The time is read under the lock, so that the history is in time order.
         let at_ms = self.now_ms();
@@ -93,6 +144,7 @@ impl Recorder {
             mark: mark.to_owned(),
             effect: effect.clone(),
             at_ms,
+            basis,
         });
         at_ms
     }
@@ -109,6 +161,45 @@ impl Default for Recorder {
     }
 }
 
+/// One edit the server reports as lost (`lost` in `GET /v1/docs/{id}?conflicts=true`):
+/// a value deleted by one write while others edited it; their edits are no longer visible.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LostEdit {
+    /// The lost edit's id.
+    #[serde(default)]
+    pub id: String,
+    /// Where the value was (JSON Pointer, as of the version the deleting write read).
+    #[serde(default)]
+    pub path: String,
+    /// The agents whose writes deleted it.
+    #[serde(default)]
+    pub deleted_by: Vec<String>,
+    /// The agents whose edits of it are no longer visible.
+    #[serde(default)]
+    pub edited_by: Vec<String>,
+    /// The deleted value, with those edits.
+    #[serde(default)]
+    pub value: Value,
+    /// The change that deleted it.
+    #[serde(default)]
+    pub change: String,
+    /// When, in ms since the epoch.
+    #[serde(default)]
+    pub time: Option<i64>,
+}
+
+impl LostEdit {
+    /// The lost edits of a `GET /v1/docs/{id}?conflicts=true` answer; none if the answer
+    /// has no `lost` (servers from before lost edits).
+    pub fn from_answer(answer: &Value) -> Result<Vec<LostEdit>, String> {
+        match answer.get("lost") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(lost) => serde_json::from_value(lost.clone())
+                .map_err(|e| format!("the document's lost edits are not a list of edits: {e}")),
+        }
+    }
+}
+
 /// What the checker found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -118,55 +209,139 @@ pub struct Verdict {
     pub failed: usize,
     /// Writes whose fate is unknown (they may be in the document or not; never counted lost).
     pub unknown: usize,
-    /// Acknowledged writes absent from the final document.
+    /// Acknowledged writes absent from the final document and not surfaced: lost silently.
     pub lost: usize,
-    /// The marks of the lost writes that can be named (a counter's losses cannot).
+    /// The marks of the silently lost writes that can be named (a counter's losses cannot).
     pub lost_marks: Vec<String>,
+    /// Acknowledged writes absent from the final value but listed among the document's
+    /// lost edits: lost, but surfaced.
+    pub lost_surfaced: usize,
+    /// The marks of the surfaced writes that can be named.
+    pub surfaced_marks: Vec<String>,
+}
+
+/// One write of a history, as the checker sees it: its last recorded effect (a board write
+/// is bound to its task at completion) and final phase.
+#[derive(Debug, Clone)]
+pub struct Op<'h> {
+    /// The write's mark.
+    pub mark: &'h str,
+    /// Who wrote.
+    pub agent: &'h str,
+    /// What it did.
+    pub effect: &'h Effect,
+    /// Ok, fail or unknown (invoked and never completed counts as unknown).
+    pub phase: Phase,
+    /// When it was invoked.
+    pub invoked_ms: f64,
+    /// When it completed, if it did.
+    pub ended_ms: Option<f64>,
+    /// What its write was made from.
+    pub basis: Basis,
+}
+
+impl Op<'_> {
+    /// The latest time this write can have taken effect.
+    pub fn effect_by(&self) -> f64 {
+        self.ended_ms.unwrap_or(f64::INFINITY)
+    }
+
+    /// Certainly saw `other`: `other` was acknowledged, on the same copy of the document,
+    /// before this write's read was sent, so the version this write was made from holds it.
+    pub fn saw(&self, other: &Op<'_>) -> bool {
+        let read_sent = self.basis.read_sent_ms.unwrap_or(self.invoked_ms);
+        self.basis.branch == other.basis.branch
+            && other.phase == Phase::Ok
+            && other.effect_by() < read_sent
+    }
+
+    /// Certainly missed `other`: it was written on another copy of the document, or this
+    /// write's read was answered before `other` was sent.
+    pub fn missed(&self, other: &Op<'_>) -> bool {
+        let read = self.basis.read_ms.unwrap_or(self.effect_by());
+        self.basis.branch != other.basis.branch
+            || read < other.basis.sent_ms.unwrap_or(other.invoked_ms)
+    }
+}
+
+/// The writes of `history`, one per mark, in invoke order.
+pub fn ops(history: &[Event]) -> Vec<Op<'_>> {
+    let mut ops: Vec<Op<'_>> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for event in history {
+        match at.get(event.mark.as_str()) {
+            None => {
+                at.insert(&event.mark, ops.len());
+                ops.push(Op {
+                    mark: &event.mark,
+                    agent: &event.agent,
+                    effect: &event.effect,
+                    phase: if event.phase == Phase::Invoke {
+                        Phase::Unknown
+                    } else {
+                        event.phase
+                    },
+                    invoked_ms: event.at_ms,
+                    ended_ms: None,
+                    basis: event.basis,
+                });
+            }
+            Some(&i) => {
+                let op = &mut ops[i];
+                if event.phase != Phase::Invoke {
+                    op.phase = event.phase;
+                    op.ended_ms = Some(event.at_ms);
+                    op.basis = event.basis;
+                    op.effect = &event.effect;
+                }
+            }
+        }
+    }
+    ops
 }
 
 /// Looks for every acknowledged write of `history` in `final_value`, the document read
-/// after every agent finished.
+/// after every agent finished, with no lost edits to consult: see [`check_with_lost`].
+pub fn check(history: &[Event], final_value: &Value) -> Verdict {
+    check_with_lost(history, final_value, &[])
+}
+
+/// Looks for every acknowledged write of `history` in `final_value`, the document read
+/// after every agent finished, and in `lost`, the edits the document reports lost.
 ///
 /// - an appended item or a text word is present if its mark is there;
 /// - a field write is present if the field holds its mark or the mark of a later write of
 ///   the same field (superseded by its own agent, not lost);
 /// - counter increments are present up to the counter's value: with `a` acknowledged
 ///   increments and a final count `c` (the count starts at 0), `max(0, a - c)` are lost.
-///   Increments of unknown fate may hide that many losses, as in Jepsen's counter check.
-pub fn check(history: &[Event], final_value: &Value) -> Verdict {
-    // Each mark's effect and final phase, in invoke order.
-    let mut order: Vec<(&str, &Effect)> = Vec::new();
-    let mut phase: HashMap<&str, Phase> = HashMap::new();
-    for event in history {
-        if event.phase == Phase::Invoke {
-            order.push((&event.mark, &event.effect));
-        }
-        phase.insert(&event.mark, event.phase);
-    }
+///   Increments of unknown fate may hide that many losses, as in Jepsen's counter check;
+/// - board writes as [`board::check`] says, the only ones a lost edit can surface.
+pub fn check_with_lost(history: &[Event], final_value: &Value, lost: &[LostEdit]) -> Verdict {
+    let ops = ops(history);
     let mut verdict = Verdict::default();
     let mut increments = 0i64;
     // For each field, its acknowledged writes (in order) and the order of every write.
     let mut fields: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (mark, effect) in &order {
-        match phase.get(mark) {
-            Some(Phase::Ok) => verdict.acknowledged += 1,
-            Some(Phase::Fail) => {
+    for op in &ops {
+        let mark = op.mark;
+        match op.phase {
+            Phase::Ok => verdict.acknowledged += 1,
+            Phase::Fail => {
                 verdict.failed += 1;
                 continue;
             }
-            // Invoked and never completed is as unknown as a lost answer.
-            _ => {
+            Phase::Unknown | Phase::Invoke => {
                 verdict.unknown += 1;
-                if let Effect::Field { key } = effect {
+                if let Effect::Field { key } = op.effect {
                     fields.entry(key.as_str()).or_default().push(mark);
                 }
                 continue;
             }
         }
-        let present = match effect {
+        let present = match op.effect {
             Effect::Append => final_value["items"]
                 .as_array()
-                .is_some_and(|items| items.iter().any(|i| i.as_str() == Some(*mark))),
+                .is_some_and(|items| items.iter().any(|i| i.as_str() == Some(mark))),
             Effect::Text => final_value["text"]
                 .as_str()
                 .is_some_and(|t| t.contains(text_token(mark).trim_end())),
@@ -178,11 +353,14 @@ pub fn check(history: &[Event], final_value: &Value) -> Verdict {
                 fields.entry(key.as_str()).or_default().push(mark);
                 true
             }
+            // Judged below, all together.
+            Effect::Board { .. } | Effect::Task { .. } => true,
         };
         if !present {
-            verdict.lost_marks.push((*mark).to_owned());
+            verdict.lost_marks.push(mark.to_owned());
         }
     }
+    let phase: HashMap<&str, Phase> = ops.iter().map(|op| (op.mark, op.phase)).collect();
     // Fields: the writes after the one the field shows are lost (if acknowledged).
     for (key, marks) in &fields {
         let shown = final_value["fields"][*key].as_str();
@@ -194,9 +372,13 @@ pub fn check(history: &[Event], final_value: &Value) -> Verdict {
             }
         }
     }
+    let board = board::check(&ops, final_value, lost);
+    verdict.lost_marks.extend(board.silent);
+    verdict.surfaced_marks = board.surfaced;
     let counted = final_value["count"].as_i64().unwrap_or(0);
     let counter_lost = (increments - counted).max(0) as usize;
-    verdict.lost = verdict.lost_marks.len() + counter_lost;
+    verdict.lost = verdict.lost_marks.len() + counter_lost + board.silent_votes;
+    verdict.lost_surfaced = verdict.surfaced_marks.len() + board.surfaced_votes;
     verdict
 }
 
@@ -224,6 +406,7 @@ mod tests {
             mark: mark.into(),
             effect: effect.clone(),
             at_ms: 0.0,
+            basis: Basis::default(),
         };
         ops.iter()
             .flat_map(|(mark, effect, end)| {

@@ -5,8 +5,11 @@
 //! # Layout
 //! - [`workload`]: the workloads ([`Workload`]), the document they start from, and how an
 //!   agent rewrites a document (whole-value strategies) or states an intent (queue).
+//! - [`board`]: the board workload (tasks inserted, deleted, edited, voted on, moved) and
+//!   its checker, which tells edits lost silently from edits lost but surfaced.
 //! - [`history`]: the recorded operations ([`history::Event`]) and the pure checker
-//!   ([`history::check`]): lost = acknowledged and absent from the final document.
+//!   ([`history::check`]): lost = acknowledged and absent from the final document; lost
+//!   silently, or surfaced among the document's lost edits.
 //! - [`wire`]: a small HTTP client for the parts of the API the agents use.
 //! - [`run`]: agents that read, think and write the way each strategy requires; one
 //!   [`Report`] row per strategy.
@@ -20,6 +23,7 @@
 //! the browser endpoints) it runs against a separate in-process server on a temporary data
 //! folder ([`LocalServer`]).
 
+pub mod board;
 pub mod cli;
 pub mod history;
 pub mod http;

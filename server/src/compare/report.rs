@@ -34,8 +34,12 @@ pub struct Row {
     pub strategy: Strategy,
     /// Writes the server acknowledged.
     pub acknowledged: usize,
-    /// Acknowledged writes absent from the final document.
+    /// Acknowledged writes absent from the final document, with no trace: lost silently.
     pub lost: usize,
+    /// Acknowledged writes absent from the final value but listed among the document's lost
+    /// edits (`?conflicts=true`, `lost`): lost, but surfaced for someone to restore. Only
+    /// edits of a deleted value can be; 0 for every workload but board.
+    pub lost_surfaced: usize,
     /// Writes sent again after a refusal (optimistic: 412; lock: a lapsed lease).
     pub retries: u64,
     /// Time spent waiting for lock leases, all agents together, ms.
@@ -74,6 +78,7 @@ impl Row {
             strategy,
             acknowledged: verdict.acknowledged,
             lost: verdict.lost,
+            lost_surfaced: verdict.lost_surfaced,
             retries,
             lock_wait_ms: lock_wait_ms.round() as u64,
             conflicts_kept,
@@ -90,10 +95,14 @@ impl Row {
 
 /// The trade-off of a row, in words, with its figures.
 pub fn tradeoff(row: &Row) -> String {
+    let surfaced = match row.lost_surfaced {
+        0 => String::new(),
+        n => format!(" ({n} more lost but surfaced among the document's lost edits)"),
+    };
     let cost = match row.strategy {
         Strategy::Lww if row.lost > 0 => {
             return format!(
-                "lost {} of {} acknowledged writes, silently: every writer got 200 OK",
+                "lost {} of {} acknowledged writes, silently: every writer got 200 OK{surfaced}",
                 row.lost, row.acknowledged
             )
         }
@@ -121,10 +130,17 @@ pub fn tradeoff(row: &Row) -> String {
         ),
         Strategy::Crdt => "no waiting, no retries; concurrent edits merged".to_owned(),
     };
-    if row.lost > 0 {
-        format!("LOST {} acknowledged writes; {cost}", row.lost)
-    } else {
-        format!("nothing lost; {cost}")
+    match (row.lost, row.lost_surfaced) {
+        (0, 0) => format!("nothing lost; {cost}"),
+        (0, 1) => format!(
+            "nothing lost silently; 1 edit of a deleted value lost but surfaced among the \
+             document's lost edits; {cost}"
+        ),
+        (0, n) => format!(
+            "nothing lost silently; {n} edits of deleted values lost but surfaced among the \
+             document's lost edits; {cost}"
+        ),
+        (lost, _) => format!("LOST {lost} acknowledged writes silently{surfaced}; {cost}"),
     }
 }
 
@@ -155,7 +171,8 @@ impl Report {
         let header = [
             "strategy",
             "acked",
-            "lost",
+            "lost silently",
+            "lost surfaced",
             "retries",
             "lock wait ms",
             "conflicts",
@@ -172,6 +189,7 @@ impl Report {
                     r.strategy.to_string(),
                     r.acknowledged.to_string(),
                     r.lost.to_string(),
+                    r.lost_surfaced.to_string(),
                     r.retries.to_string(),
                     r.lock_wait_ms.to_string(),
                     r.conflicts_kept.to_string(),
@@ -212,9 +230,14 @@ mod tests {
     use super::*;
 
     fn row(strategy: Strategy, lost: usize) -> Row {
+        surfacing(strategy, lost, 0)
+    }
+
+    fn surfacing(strategy: Strategy, lost: usize, lost_surfaced: usize) -> Row {
         let verdict = Verdict {
             acknowledged: 10,
             lost,
+            lost_surfaced,
             ..Verdict::default()
         };
         Row::new(strategy, &verdict, 3, 120.4, 1, (12.34, 56.78), 2000.0)
@@ -230,6 +253,32 @@ mod tests {
         assert!(row(Strategy::Lock, 0).tradeoff.contains("120 ms"));
         assert!(row(Strategy::Crdt, 0).tradeoff.contains("1 same-field"));
         assert!(row(Strategy::Queue, 2).tradeoff.starts_with("LOST 2"));
+        // Surfaced losses are told apart from silent ones.
+        let crdt = surfacing(Strategy::Crdt, 0, 3);
+        assert!(
+            crdt.tradeoff.starts_with("nothing lost silently; 3 edits"),
+            "{}",
+            crdt.tradeoff
+        );
+        let lww = surfacing(Strategy::Lww, 7, 2);
+        assert!(
+            lww.tradeoff.contains("(2 more lost but surfaced"),
+            "{}",
+            lww.tradeoff
+        );
+        let one = surfacing(Strategy::Crdt, 0, 1).tradeoff;
+        assert!(
+            one.starts_with("nothing lost silently; 1 edit of a deleted value"),
+            "{one}"
+        );
+        let branches = surfacing(Strategy::Branches, 1, 2);
+        assert!(
+            branches
+                .tradeoff
+                .starts_with("LOST 1 acknowledged writes silently (2 more"),
+            "{}",
+            branches.tradeoff
+        );
     }
 
     #[test]
@@ -239,9 +288,11 @@ mod tests {
         let table = report.table();
         assert_eq!(table.lines().count(), 3 + Strategy::ALL.len());
         assert!(table.contains("trade-off"));
+        assert!(table.contains("lost silently  lost surfaced"), "{table}");
         let json = serde_json::to_value(&report).unwrap();
         let keys: Vec<&String> = json["rows"][0].as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 11);
+        assert_eq!(keys.len(), 12);
+        assert_eq!(json["rows"][0]["lost_surfaced"], 0);
         assert_eq!(json["think_ms"], serde_json::json!([10, 50]));
     }
 }

@@ -15,10 +15,13 @@ use serde_json::Value;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use super::history::{check, percentile, Effect, Phase, Recorder, Verdict};
+use super::board::TaskEdit;
+use super::history::{
+    check_with_lost, percentile, Basis, Effect, LostEdit, Phase, Recorder, Verdict,
+};
 use super::report::{Report, Row};
 use super::wire::{Reply, Wire};
-use super::workload::{agent_name, intent, rewrite, Workload};
+use super::workload::{agent_name, intent, resolve, rewrite, without_ids, Workload};
 use super::{CompareError, Options, Progress, ProgressFn, ThinkRange};
 
 /// How long a lock request waits on the server before asking again (the server allows 60 s).
@@ -159,7 +162,12 @@ struct Write<'a> {
     doc: &'a str,
     agent: &'a str,
     mark: &'a str,
+    /// What the agent set out to do.
     effect: &'a Effect,
+    /// The write as made from the agent's (last) read: see [`resolve`].
+    bound: &'a mut Effect,
+    /// When that read and the write happened, for the history.
+    basis: &'a mut Basis,
     step: Step,
     cost: &'a mut Cost,
 }
@@ -200,25 +208,48 @@ impl Shared {
         }
     }
 
+    /// Reads the document for `w`, noting when in its basis.
+    async fn read(&self, w: &mut Write<'_>) -> Reply {
+        let sent = self.recorder.now_ms();
+        let reply = self.wire.read(w.doc, w.agent).await;
+        let answered = self.recorder.now_ms();
+        w.basis.read_sent_ms = Some(sent);
+        w.basis.read_ms = Some(answered);
+        reply
+    }
+
+    /// Binds `w`'s write to `value`, the value just read, and rewrites it.
+    fn rewrite(&self, w: &mut Write<'_>, value: &Value) -> Value {
+        *w.bound = resolve(w.effect, value, w.mark, w.step.pick);
+        rewrite(value, w.bound, w.mark, w.agent, w.step.pick)
+    }
+
+    /// Notes that `w`'s write is being sent now.
+    fn sending(&self, w: &mut Write<'_>) {
+        let now = self.recorder.now_ms();
+        w.basis.sent_ms = Some(now);
+        w.cost.write_ms.get_or_insert(now);
+    }
+
     /// crdt, lww and branches (on the agent's fork): read, think, send the whole document
     /// back with the version read.
-    async fn rewrite_and_put(&self, w: Write<'_>) -> Phase {
-        let read = self.wire.read(w.doc, w.agent).await;
+    async fn rewrite_and_put(&self, mut w: Write<'_>) -> Phase {
+        let read = self.read(&mut w).await;
         w.cost.read_ms = Some(self.recorder.now_ms());
         self.read_gate().await;
         let Some((value, version)) = read_parts(&read) else {
             return Phase::Fail;
         };
         think(w.step.think_ms).await;
-        let value = rewrite(&value, w.effect, w.mark, w.agent, w.step.pick);
-        w.cost.write_ms = Some(self.recorder.now_ms());
+        let value = self.rewrite(&mut w, &value);
+        self.sending(&mut w);
         phase_of(&self.wire.put(w.doc, w.agent, &version, None, &value).await)
     }
 
     /// optimistic: read, think, write if the version is still current; on 412 read again,
     /// think again, and retry.
-    async fn optimistic(&self, w: Write<'_>, retry_rng: &mut ChaCha8Rng) -> Phase {
-        let read = self.wire.read(w.doc, w.agent).await;
+    async fn optimistic(&self, mut w: Write<'_>, retry_rng: &mut ChaCha8Rng) -> Phase {
+        let read = self.read(&mut w).await;
         w.cost.read_ms = Some(self.recorder.now_ms());
         self.read_gate().await;
         let Some((mut value, mut version)) = read_parts(&read) else {
@@ -226,8 +257,8 @@ impl Shared {
         };
         think(w.step.think_ms).await;
         loop {
-            let new = rewrite(&value, w.effect, w.mark, w.agent, w.step.pick);
-            w.cost.write_ms.get_or_insert(self.recorder.now_ms());
+            let new = self.rewrite(&mut w, &value);
+            self.sending(&mut w);
             let reply = self.wire.put(w.doc, w.agent, &version, None, &new).await;
             if reply.status() != 412 {
                 return phase_of(&reply);
@@ -236,7 +267,7 @@ impl Shared {
             if w.cost.retries >= MAX_RETRIES {
                 return Phase::Fail;
             }
-            let Some(again) = read_parts(&self.wire.read(w.doc, w.agent).await) else {
+            let Some(again) = read_parts(&self.read(&mut w).await) else {
                 return Phase::Fail;
             };
             (value, version) = again;
@@ -247,7 +278,7 @@ impl Shared {
 
     /// lock: take the lease (waiting for it), read, think, write with the token, release.
     /// A write refused because the lease lapsed is retried from the start.
-    async fn locked(&self, w: Write<'_>) -> Phase {
+    async fn locked(&self, mut w: Write<'_>) -> Phase {
         loop {
             let token = loop {
                 let asked = self.recorder.now_ms();
@@ -267,15 +298,15 @@ impl Shared {
                     _ => return Phase::Fail,
                 }
             };
-            let read = self.wire.read(w.doc, w.agent).await;
+            let read = self.read(&mut w).await;
             w.cost.read_ms.get_or_insert(self.recorder.now_ms());
             let Some((value, version)) = read_parts(&read) else {
                 self.wire.unlock(w.doc, w.agent, &token).await;
                 return Phase::Fail;
             };
             think(w.step.think_ms).await;
-            let value = rewrite(&value, w.effect, w.mark, w.agent, w.step.pick);
-            w.cost.write_ms.get_or_insert(self.recorder.now_ms());
+            let value = self.rewrite(&mut w, &value);
+            self.sending(&mut w);
             let reply = self
                 .wire
                 .put(w.doc, w.agent, &version, Some(&token), &value)
@@ -295,18 +326,44 @@ impl Shared {
     }
 
     /// queue: read, think, send an intent; the document's single writer applies intents in
-    /// arrival order.
-    async fn queued(&self, w: Write<'_>) -> Phase {
-        let read = self.wire.read(w.doc, w.agent).await;
+    /// arrival order. An intent whose `test` no longer holds (a board task is no longer at
+    /// the index read) is refused whole: the agent reads again and sends it again, without
+    /// thinking again.
+    async fn queued(&self, mut w: Write<'_>) -> Phase {
+        let read = self.read(&mut w).await;
         w.cost.read_ms = Some(self.recorder.now_ms());
         self.read_gate().await;
-        if !read.is_done() {
+        let Some(mut value) = read.value().cloned() else {
             return Phase::Fail;
-        }
+        };
         think(w.step.think_ms).await;
-        w.cost.write_ms = Some(self.recorder.now_ms());
-        let ops = intent(w.effect, w.mark, w.agent);
-        phase_of(&self.wire.patch(w.doc, w.agent, &ops).await)
+        loop {
+            *w.bound = resolve(w.effect, &value, w.mark, w.step.pick);
+            let ops = intent(&value, w.bound, w.mark, w.agent);
+            self.sending(&mut w);
+            let reply = self.wire.patch(w.doc, w.agent, &ops).await;
+            // A guarded board intent refused because the list moved on: its test failed, or
+            // the index it names (or moves to) is past the end by now.
+            let guarded = matches!(
+                w.bound,
+                Effect::Task { edit, .. } if !matches!(edit, TaskEdit::Insert { .. })
+            );
+            match &reply {
+                Reply::Refused { kind, .. }
+                    if guarded
+                        && matches!(kind.as_str(), "test-failed" | "path-not-found")
+                        && w.cost.retries + 1 < MAX_RETRIES =>
+                {
+                    w.cost.retries += 1;
+                }
+                other => return phase_of(other),
+            }
+            let read = self.read(&mut w).await;
+            let Some(again) = read.value().cloned() else {
+                return Phase::Fail;
+            };
+            value = again;
+        }
     }
 }
 
@@ -341,6 +398,12 @@ async fn agent(
             invoked_ms: shared.recorder.record(Phase::Invoke, &name, &mark, &effect),
             ..Cost::default()
         };
+        let mut bound = effect.clone();
+        let mut basis = Basis {
+            // Branches: the agent reads and writes its own fork.
+            branch: (shared.strategy == Strategy::Branches).then_some(i as u32),
+            ..Basis::default()
+        };
         let phase = match &doc {
             None => {
                 shared.read_gate().await;
@@ -352,6 +415,8 @@ async fn agent(
                     agent: &name,
                     mark: &mark,
                     effect: &effect,
+                    bound: &mut bound,
+                    basis: &mut basis,
                     step,
                     cost: &mut cost,
                 };
@@ -365,7 +430,7 @@ async fn agent(
                 }
             }
         };
-        let at = shared.recorder.record(phase, &name, &mark, &effect);
+        let at = shared.recorder.complete(phase, &name, &mark, &bound, basis);
         if phase == Phase::Ok {
             cost.acked_ms = Some(at);
         }
@@ -387,17 +452,7 @@ pub async fn run_strategy(
     tracker: &Tracker,
 ) -> Result<StrategyRun, CompareError> {
     tracker.start(strategy);
-    let created = wire.create(&opts.workload.create_body(strategy)).await;
-    let doc = created
-        .body()
-        .and_then(|b| b["id"].as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            CompareError::Server(format!(
-                "cannot create the {strategy} document: {}",
-                created.summary()
-            ))
-        })?;
+    let doc = create(wire, opts.workload, strategy).await?;
     let agents = opts.agents as usize;
     let shared = Arc::new(Shared {
         wire: wire.clone(),
@@ -445,7 +500,9 @@ pub async fn run_strategy(
             last.summary()
         ))
     })?;
-    let verdict = check(&shared.recorder.events(), &final_body["value"]);
+    let lost = LostEdit::from_answer(&final_body)
+        .map_err(|e| CompareError::Server(format!("the final {strategy} document: {e}")))?;
+    let verdict = check_with_lost(&shared.recorder.events(), &final_body["value"], &lost);
     let conflicts_kept = final_body["conflicts"].as_array().map_or(0, Vec::len);
     let effect_ms = |c: &Cost| match strategy {
         Strategy::Branches => c.acked_ms.and(merged_at[c.agent]),
@@ -470,6 +527,33 @@ pub async fn run_strategy(
         overlap: overlap(&costs),
         doc,
     })
+}
+
+/// Creates the document of `workload` under `strategy`; returns its id. A server that
+/// refuses the `ids` field (from before list identity keys) is asked again without it: it
+/// finds the `id` key by itself.
+pub async fn create(
+    wire: &Wire,
+    workload: Workload,
+    strategy: Strategy,
+) -> Result<String, CompareError> {
+    let body = workload.create_body(strategy);
+    let mut created = wire.create(&body).await;
+    if let Reply::Refused { status, detail, .. } = &created {
+        if status.as_u16() == 422 && body.get("ids").is_some() && detail.contains("`ids`") {
+            created = wire.create(&without_ids(&body)).await;
+        }
+    }
+    created
+        .body()
+        .and_then(|b| b["id"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            CompareError::Server(format!(
+                "cannot create the {strategy} document: {}",
+                created.summary()
+            ))
+        })
 }
 
 /// Share of writes during whose read→write window another agent's write was acknowledged.

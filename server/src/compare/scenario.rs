@@ -236,7 +236,7 @@ async fn play(wire: &Wire, strategy: Strategy) -> Result<ScenarioRun, CompareErr
             p.invoke("B");
             p.read(2, "B", &doc).await;
             for (t, actor) in [(4, "B"), (5, "A")] {
-                let ops = intent(&Effect::Append, item(actor), actor);
+                let ops = intent(&Value::Null, &Effect::Append, item(actor), actor);
                 let reply = p.wire.patch(&doc, actor, &ops).await;
                 let detail = format!(
                     "add /items/- → {}: {}",

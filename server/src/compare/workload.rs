@@ -9,6 +9,7 @@ use concord_core::Strategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::board;
 use super::history::Effect;
 
 /// What the agents write.
@@ -27,18 +28,23 @@ pub enum Workload {
     Fields,
     /// Every write inserts a unique word into one collaborative text (`/text`).
     Text,
-    /// Each write is one of the above, chosen by the seed.
+    /// Each write is one of list, counter, fields and text, chosen by the seed.
     Mix,
+    /// Agents work on a list of tasks (`/tasks`): insert, delete, set a title or done, vote,
+    /// add a word to a body, move a task. An edit of a task deleted meanwhile is lost:
+    /// silently, or surfaced among the document's lost edits.
+    Board,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::List,
         Workload::Counter,
         Workload::Fields,
         Workload::Text,
         Workload::Mix,
+        Workload::Board,
     ];
 
     /// The name used on the command line and in JSON.
@@ -49,6 +55,7 @@ impl Workload {
             Workload::Fields => "fields",
             Workload::Text => "text",
             Workload::Mix => "mix",
+            Workload::Board => "board",
         }
     }
 
@@ -62,17 +69,29 @@ impl Workload {
             Workload::Mix => {
                 json!({"items": [], "count": 0, "fields": {}, "editor": "", "text": ""})
             }
+            Workload::Board => board::initial(),
         }
     }
 
-    /// The body of `POST /v1/docs` that creates the document under `strategy`.
+    /// The body of `POST /v1/docs` that creates the document under `strategy`. The board
+    /// names its tasks' identity key (`ids`); a server that does not know `ids` finds the
+    /// `id` key by itself, so [`without_ids`] may drop it.
     pub fn create_body(self, strategy: Strategy) -> Value {
-        json!({
-            "value": self.initial(),
-            "strategy": strategy,
-            "text": ["/text"],
-            "counters": ["/count"],
-        })
+        match self {
+            Workload::Board => json!({
+                "value": self.initial(),
+                "strategy": strategy,
+                "text": ["/tasks/*/body"],
+                "counters": ["/tasks/*/votes"],
+                "ids": ["/tasks/*/id"],
+            }),
+            _ => json!({
+                "value": self.initial(),
+                "strategy": strategy,
+                "text": ["/text"],
+                "counters": ["/count"],
+            }),
+        }
     }
 
     /// The effect of one write by `agent`; `roll` picks the kind for the mix.
@@ -87,6 +106,9 @@ impl Workload {
             other => other,
         };
         match kind {
+            Workload::Board => Effect::Board {
+                op: board::BoardOp::from_roll(roll),
+            },
             Workload::Counter => Effect::Increment,
             Workload::Fields => Effect::Field {
                 key: agent.to_owned(),
@@ -111,7 +133,9 @@ impl FromStr for Workload {
             .into_iter()
             .find(|w| w.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown workload {s:?} (expected list, counter, fields, text or mix)")
+                format!(
+                    "unknown workload {s:?} (expected list, counter, fields, text, mix or board)"
+                )
             })
     }
 }
@@ -126,8 +150,17 @@ pub fn text_token(mark: &str) -> String {
     format!("[{mark}] ")
 }
 
+/// `body` without its `ids` field: what an older server accepts.
+pub fn without_ids(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("ids");
+    }
+    body
+}
+
 /// The places in a text where a word may go: the start, and after every word.
-fn word_boundaries(text: &str) -> Vec<usize> {
+pub(super) fn word_boundaries(text: &str) -> Vec<usize> {
     std::iter::once(0)
         .chain(
             text.char_indices()
@@ -144,8 +177,18 @@ fn object_at<'v>(doc: &'v mut Value, key: &str) -> &'v mut serde_json::Map<Strin
     doc[key].as_object_mut().expect("made an object")
 }
 
+/// The write `effect` as it is made from `read`, the value the agent read: a board write is
+/// bound to one of the tasks read (`pick` chooses); every other write is what it was.
+pub fn resolve(effect: &Effect, read: &Value, mark: &str, pick: u64) -> Effect {
+    match effect {
+        Effect::Board { op } => board::resolve(*op, read, mark, pick),
+        other => other.clone(),
+    }
+}
+
 /// The whole document as `agent` rewrote it from the value it read: the write of every
-/// strategy but queue. `pick` chooses where a text word goes.
+/// strategy but queue. `effect` is resolved against `read` ([`resolve`]); `pick` chooses
+/// where a text word goes.
 pub fn rewrite(read: &Value, effect: &Effect, mark: &str, agent: &str, pick: u64) -> Value {
     let mut doc = if read.is_object() {
         read.clone()
@@ -177,14 +220,19 @@ pub fn rewrite(read: &Value, effect: &Effect, mark: &str, agent: &str, pick: u64
             text.insert_str(at, &text_token(mark));
             doc["text"] = json!(text);
         }
+        Effect::Task { task, edit } => board::rewrite(&mut doc, task, edit, mark, pick),
+        // Not bound to a task yet ([`resolve`] first): it changes nothing.
+        Effect::Board { .. } => {}
     }
     doc
 }
 
 /// The queue's intent: JSON Patch operations that mean the same whatever the document
 /// holds when the single writer applies them. That is why a text word goes at the start:
-/// a position the agent read could fall inside another agent's word by then.
-pub fn intent(effect: &Effect, mark: &str, agent: &str) -> Value {
+/// a position the agent read could fall inside another agent's word by then. A board
+/// write, resolved against `read`, names a task by its index in `read` and tests its id
+/// there ([`board::intent`]).
+pub fn intent(read: &Value, effect: &Effect, mark: &str, agent: &str) -> Value {
     match effect {
         Effect::Append => json!([{"op": "add", "path": "/items/-", "value": mark}]),
         Effect::Increment => json!([{"op": "increment", "path": "/count", "value": 1}]),
@@ -195,6 +243,9 @@ pub fn intent(effect: &Effect, mark: &str, agent: &str) -> Value {
         Effect::Text => json!([{
             "op": "splice", "path": "/text", "pos": 0, "del": 0, "insert": text_token(mark),
         }]),
+        Effect::Task { task, edit } => board::intent(read, task, edit, mark),
+        // Not bound to a task yet ([`resolve`] first): no operations.
+        Effect::Board { .. } => json!([]),
     }
 }
 
@@ -234,8 +285,11 @@ mod tests {
         let written = rewrite(&doc, &field, "m", "agent-1", 0);
         assert_eq!(written["fields"], json!({"agent-1": "m"}));
         assert_eq!(written["editor"], "agent-1");
-        assert_eq!(intent(&field, "m", "agent-1")[0]["path"], "/fields/agent-1");
-        assert_eq!(intent(&Effect::Text, "m", "a")[0]["insert"], "[m] ");
+        assert_eq!(
+            intent(&doc, &field, "m", "agent-1")[0]["path"],
+            "/fields/agent-1"
+        );
+        assert_eq!(intent(&doc, &Effect::Text, "m", "a")[0]["insert"], "[m] ");
     }
 
     #[test]
