@@ -844,7 +844,10 @@ async fn idempotency_key_sees_every_if_match_line() {
     let first = put(format!("\"{v1}\"")).await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.json());
     let replay = put(format!("\"{v1}\"")).await;
-    assert_eq!(replay.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(
+        replay.header("idempotent-replayed").as_deref(),
+        Some("true")
+    );
     let other = put(format!("\"{}\"", first.etag())).await;
     other.assert_problem(422);
 }

@@ -165,9 +165,7 @@ impl Document {
         let mut outcome = doc.write(None, meta, |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
             // An empty object still gets a first change, so that every document has a version.
-            let hash = doc
-                .doc
-                .empty_commit(commit_options(meta, Extra::default()));
+            let hash = doc.doc.empty_commit(commit_options(meta, Extra::default()));
             outcome = doc.committed(&[hash]);
         }
         Ok((doc, outcome))
@@ -424,7 +422,10 @@ impl Document {
     }
 
     /// Where an object sits now: its parent and its key or index there.
-    fn doc_parent(&self, obj: &automerge::ObjId) -> Result<Option<(automerge::ObjId, automerge::Prop)>> {
+    fn doc_parent(
+        &self,
+        obj: &automerge::ObjId,
+    ) -> Result<Option<(automerge::ObjId, automerge::Prop)>> {
         Ok(self.doc.parents(obj)?.next().map(|p| (p.obj, p.prop)))
     }
 
@@ -460,15 +461,13 @@ impl Document {
         if self.lost.find(id).is_none() {
             return Err(Error::LostNotFound(id.to_owned()));
         }
-        let hash = self
-            .doc
-            .empty_commit(commit_options(
-                meta,
-                Extra {
-                    settles: vec![id.to_owned()],
-                    ..Extra::default()
-                },
-            ));
+        let hash = self.doc.empty_commit(commit_options(
+            meta,
+            Extra {
+                settles: vec![id.to_owned()],
+                ..Extra::default()
+            },
+        ));
         Ok(self.committed(&[hash]))
     }
 
@@ -524,12 +523,12 @@ impl Document {
             return Err(e);
         }
         let (hash, _) = tx.commit_with(commit_options(
-                meta,
-                Extra {
-                    settles: vec![id.to_owned()],
-                    ..Extra::default()
-                },
-            ));
+            meta,
+            Extra {
+                settles: vec![id.to_owned()],
+                ..Extra::default()
+            },
+        ));
         let hashes: Vec<ChangeHash> = hash.into_iter().collect();
         Ok(self.committed(&hashes))
     }

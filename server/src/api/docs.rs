@@ -126,6 +126,27 @@ pub(crate) fn admit(
     base_for(loaded.meta.strategy, kind, if_match, &loaded.doc.version())
 }
 
+/// What a write request says besides its body: which document, when (the server's clock),
+/// who, against which version, with which lease.
+struct WriteHead {
+    id: Uuid,
+    now: i64,
+    meta: WriteMeta,
+    if_match: Option<IfMatch>,
+    lock: Option<u64>,
+}
+
+fn write_head(id: &str, headers: &HeaderMap) -> Result<WriteHead, ApiError> {
+    let now = now_ms();
+    Ok(WriteHead {
+        id: doc_id(id)?,
+        now,
+        meta: write_meta(headers, now)?,
+        if_match: if_match(headers)?,
+        lock: lock_token(headers)?,
+    })
+}
+
 pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, ApiError> {
     Ok(WriteMeta {
         agent: agent(headers)?,
@@ -314,11 +335,13 @@ pub(super) async fn put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let id = doc_id(&id)?;
-    let now = now_ms();
-    let meta = write_meta(&headers, now)?;
-    let if_match = if_match(&headers)?;
-    let lock = lock_token(&headers)?;
+    let WriteHead {
+        id,
+        now,
+        meta,
+        if_match,
+        lock,
+    } = write_head(&id, &headers)?;
     let value = json_body(&headers, &body, &["application/json"])?;
     let path = format!("/v1/docs/{id}");
     let registry = &state.registry;
@@ -347,11 +370,13 @@ pub(super) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let id = doc_id(&id)?;
-    let now = now_ms();
-    let meta = write_meta(&headers, now)?;
-    let if_match = if_match(&headers)?;
-    let lock = lock_token(&headers)?;
+    let WriteHead {
+        id,
+        now,
+        meta,
+        if_match,
+        lock,
+    } = write_head(&id, &headers)?;
     let accepted = [
         "application/json-patch+json",
         "application/merge-patch+json",
@@ -421,11 +446,13 @@ async fn settle_lost(
     headers: HeaderMap,
     how: Settle,
 ) -> Result<Response<Body>, ApiError> {
-    let id = doc_id(&id)?;
-    let now = now_ms();
-    let meta = write_meta(&headers, now)?;
-    let if_match = if_match(&headers)?;
-    let lock = lock_token(&headers)?;
+    let WriteHead {
+        id,
+        now,
+        meta,
+        if_match,
+        lock,
+    } = write_head(&id, &headers)?;
     let path = match how {
         Settle::Restore => format!("/v1/docs/{id}/lost/{lost}/restore"),
         Settle::Dismiss => format!("/v1/docs/{id}/lost/{lost}"),

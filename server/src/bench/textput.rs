@@ -33,14 +33,18 @@ pub struct TextPutRow {
 /// generator seeded with `seed`, so that two seeds give unrelated prose.
 fn text(chars: usize, seed: u64) -> String {
     const WORDS: [&str; 16] = [
-        "agents", "write", "the", "report", "merge", "a", "list", "of", "findings", "and",
-        "notes", "version", "read", "plan", "shared", "draft",
+        "agents", "write", "the", "report", "merge", "a", "list", "of", "findings", "and", "notes",
+        "version", "read", "plan", "shared", "draft",
     ];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = String::with_capacity(chars + 64);
     let mut words_in_line = 0;
     while out.len() < chars {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         out.push_str(WORDS[(state >> 60) as usize]);
         words_in_line += 1;
         if words_in_line == 10 {

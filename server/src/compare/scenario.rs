@@ -64,17 +64,7 @@ struct Play {
 
 impl Play {
     async fn new(wire: &Wire, strategy: Strategy) -> Result<Play, CompareError> {
-        let created = wire.create(&Workload::List.create_body(strategy)).await;
-        let doc = created
-            .body()
-            .and_then(|b| b["id"].as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                CompareError::Server(format!(
-                    "cannot create the {strategy} document: {}",
-                    created.summary()
-                ))
-            })?;
+        let doc = super::run::create(wire, Workload::List, strategy).await?;
         Ok(Play {
             wire: wire.clone(),
             doc,
