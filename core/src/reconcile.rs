@@ -322,6 +322,8 @@ fn reconcile_list<T: Transactable>(
     for (slot, value) in slots.iter().zip(new) {
         path.push(cursor.to_string());
         let result = match slot {
+            // Unchanged: nothing to do (and no lookup by index, which costs the list's length).
+            Slot::Keep(i) if old[*i] == *value => Ok(()),
             Slot::Keep(_) => {
                 reconcile_prop(tx, cx, list, Prop::Seq(cursor), path, value, Settle::No)
             }
