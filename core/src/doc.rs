@@ -3,6 +3,11 @@
 //! Every write is one Automerge change made in a transaction isolated at the writer's base
 //! version, then merged into the present: what others wrote since that version survives.
 //! The change records the agent (in its message, as `{"agent": …}`) and the time.
+//!
+//! Longer than the ~500-line habit because it is the one place a document changes: the
+//! write loop, its notes (agent, lost edits, moves, settles), loading, raw changes, forks,
+//! and the strict chunk decoder they share. The merge logic itself lives in `reconcile`,
+//! `listdiff`, `textdiff` and `lost`; splitting the note format out is the next step.
 
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, PatchLog, ReadDoc};
@@ -162,7 +167,7 @@ impl Document {
             change_count: 0,
             lost: LostLog::default(),
         };
-        let mut outcome = doc.write(None, meta, |tx, cx| reconcile_root(tx, cx, value))?;
+        let mut outcome = doc.write(None, meta, &[], |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
             // An empty object still gets a first change, so that every document has a version.
             let hash = doc.doc.empty_commit(commit_options(meta, Extra::default()));
@@ -287,7 +292,7 @@ impl Document {
         value: &Value,
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, cx| reconcile_root(tx, cx, value))
+        self.write(base, meta, &[], |tx, cx| reconcile_root(tx, cx, value))
     }
 
     /// Applies JSON Patch operations as of `base`, atomically.
@@ -297,7 +302,7 @@ impl Document {
         ops: &[PatchOp],
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, cx| apply_patch(tx, cx, ops))
+        self.write(base, meta, &[], |tx, cx| apply_patch(tx, cx, ops))
     }
 
     /// Applies an RFC 7396 merge patch as of `base`.
@@ -307,7 +312,7 @@ impl Document {
         patch: &Value,
         meta: &WriteMeta,
     ) -> Result<WriteOutcome> {
-        self.write(base, meta, |tx, cx| apply_merge_patch(tx, cx, patch))
+        self.write(base, meta, &[], |tx, cx| apply_merge_patch(tx, cx, patch))
     }
 
     /// Replaces the present value with `value`, ignoring concurrent history: the
@@ -323,10 +328,12 @@ impl Document {
     /// an old version cannot read: its first pass asks, the transaction is rolled back, the
     /// values are read, and the edit runs again (edits are deterministic). After a stale
     /// write, the edits it made invisible, or made invisibly, are recorded ([`crate::lost`]).
+    /// `settles` names the lost-edit records the change closes.
     fn write(
         &mut self,
         base: Option<&Version>,
         meta: &WriteMeta,
+        settles: &[String],
         edit: impl Fn(&mut Transaction<'_>, &mut Ctx<'_>) -> Result<()>,
     ) -> Result<WriteOutcome> {
         let stale_heads = match base {
@@ -382,6 +389,7 @@ impl Document {
                 .collect();
             let extra = Extra {
                 moves,
+                settles: settles.to_vec(),
                 ..Extra::default()
             };
             let (hash, _) = tx.commit_with(commit_options(meta, extra));
@@ -480,57 +488,37 @@ impl Document {
             .cloned()
             .ok_or_else(|| Error::LostNotFound(id.to_owned()))?;
         let pointer = Pointer::parse(&lost.path)?;
-        let present = Present::default();
-        let mut tx = self.doc.transaction();
-        let mut cx = Ctx::new(&self.compiled, &present);
-        let restored = (|| {
-            let place = locate(&tx, &pointer, None)?.ok_or_else(|| {
+        self.write(None, meta, &[id.to_owned()], |tx, cx| {
+            let place = locate(tx, &pointer, None)?.ok_or_else(|| {
                 Error::InvalidValue("a lost value is never the whole document".into())
             })?;
             let mut path = pointer.tokens().to_vec();
             match place.parent_type {
                 automerge::ObjType::List => {
-                    let length = len(&tx, &place.parent, None);
+                    let length = len(tx, &place.parent, None);
                     let index = crate::value::parse_index(&place.token)
                         .unwrap_or(length)
                         .min(length);
                     if let Some(last) = path.last_mut() {
                         *last = index.to_string();
                     }
-                    write_new(
-                        &mut tx,
-                        &mut cx,
+                    let at = automerge::Prop::Seq(index);
+                    write_new(tx, cx, &place.parent, at, true, &mut path, &lost.value)
+                }
+                _ => {
+                    let at = automerge::Prop::Map(place.token.clone());
+                    reconcile_prop(
+                        tx,
+                        cx,
                         &place.parent,
-                        automerge::Prop::Seq(index),
-                        true,
+                        at,
                         &mut path,
                         &lost.value,
+                        Settle::No,
                     )
                 }
-                _ => reconcile_prop(
-                    &mut tx,
-                    &mut cx,
-                    &place.parent,
-                    automerge::Prop::Map(place.token.clone()),
-                    &mut path,
-                    &lost.value,
-                    Settle::No,
-                ),
             }
-        })();
-        if let Err(e) = restored {
-            tx.rollback();
-            return Err(e);
-        }
-        let (hash, _) = tx.commit_with(commit_options(
-            meta,
-            Extra {
-                settles: vec![id.to_owned()],
-                ..Extra::default()
-            },
-        ));
-        let hashes: Vec<ChangeHash> = hash.into_iter().collect();
-        Ok(self.committed(&hashes))
+        })
     }
 
     /// Applies raw Automerge changes (one or more encoded changes, or a saved document).

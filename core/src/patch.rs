@@ -314,7 +314,7 @@ fn increment<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, by: i
         tx.put(&place.parent, prop, ScalarValue::counter(total))?;
         return Ok(());
     }
-    match get(tx, &place.parent, prop.clone(), None)? {
+    match all.into_iter().last() {
         Some((automerge::Value::Scalar(s), _)) if s.is_counter() => {
             tx.increment(&place.parent, prop, by)?;
         }
@@ -401,8 +401,16 @@ fn merge_into<T: Transactable>(
         return Ok(());
     };
     for (key, value) in members {
-        let existing = get(tx, obj, key.as_str(), None)?;
-        let conflicted = tx.get_all(obj, key.as_str())?.len() > 1;
+        let all = tx.get_all(obj, key.as_str())?;
+        let conflicted = all.len() > 1;
+        // The value shown: the last of the concurrent ones, concurrent counters summed.
+        let existing = match counter_sum(&all) {
+            Some(sum) => Some((
+                automerge::Value::Scalar(std::borrow::Cow::Owned(ScalarValue::counter(sum))),
+                all[0].1.clone(),
+            )),
+            None => all.into_iter().last().map(|(v, id)| (v.into_owned(), id)),
+        };
         let result = match (value, existing) {
             (Value::Null, Some(_)) => cx.delete(tx, obj, Prop::Map(key.clone()), path),
             (Value::Null, None) => Ok(()),

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::listdiff::{pair, Slot};
 use crate::schema::CompiledSchema;
 use crate::textdiff::text_splices;
-use crate::value::{counter_sum, get, list_items, scalar_to_json, value_to_json};
+use crate::value::{counter_sum, list_items, scalar_to_json, value_to_json};
 
 /// A text write that deletes at least this many characters, and at least half of the text,
 /// replaces the text object instead of deleting character by character.
@@ -183,7 +183,9 @@ pub(crate) fn reconcile_prop<T: Transactable>(
         cx.touch(obj, &obj_path);
         return write_new(tx, cx, obj, prop, false, path, new);
     }
-    let existing = get(tx, obj, prop.clone(), None)?;
+    // The value shown is the last of the concurrent ones (Automerge's `get`); concurrent
+    // counters, which `get` would sum, returned above.
+    let existing = all.into_iter().last().map(|(v, id)| (v.into_owned(), id));
     match (existing, new) {
         (Some((automerge::Value::Object(ObjType::Map | ObjType::Table), id)), Value::Object(m)) => {
             reconcile_map(tx, cx, &id, path, m)

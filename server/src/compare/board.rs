@@ -10,6 +10,10 @@
 //! [`check`] judges every acknowledged board write against the final document and the
 //! document's lost edits (`GET …?conflicts=true`, `lost`): kept, lost but surfaced, or lost
 //! silently.
+//!
+//! About 530 lines of code and 420 of tests in one file: the workload, its seeded plan and
+//! its checker share the task model and are read together; the tests drive the checker on
+//! hand-built documents.
 
 use std::collections::{HashMap, HashSet};
 
