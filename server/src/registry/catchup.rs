@@ -1,0 +1,218 @@
+//! Several nodes on one store: bringing a document in memory up to what the store holds
+//! (catch-up after other nodes' writes and notices, reload after a refused write).
+
+use super::*;
+
+/// Up to this many records caught up at once are published one event each.
+const REPLAYED_ONE_BY_ONE: usize = 32;
+
+/// Applies records another node stored and publishes one event for what they changed,
+/// attributed to the agent of the last new change. A record that does not apply (corrupt)
+/// is skipped, as a load skips it.
+fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) {
+    let mut last = None;
+    for record in records {
+        match loaded.doc.apply_changes(record) {
+            Ok(outcome) => {
+                if let Some(change) = outcome.changes.last() {
+                    last = Some((
+                        concord_core::doc::decode_note(change.message()).0,
+                        change.timestamp().saturating_mul(1000),
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(doc = %loaded.meta.id, error = %e, "skipped a stored record that does not apply");
+            }
+        }
+    }
+    let Some((agent, time_ms)) = last else {
+        return;
+    };
+    match loaded.doc.read(None) {
+        Ok(value) => {
+            let previous = std::mem::replace(&mut loaded.value, value);
+            publish(slot, loaded, &previous, agent, time_ms);
+        }
+        Err(e) => {
+            tracing::warn!(doc = %loaded.meta.id, error = %e, "a caught-up document cannot be read")
+        }
+    }
+}
+
+impl Registry {
+    /// Replaces the document in memory by what the store holds (after a refused write),
+    /// publishing what other nodes changed. Gone from the store: dropped from memory.
+    pub(super) async fn reload_locked(
+        &self,
+        id: Uuid,
+        guard: &mut WriteGuard,
+    ) -> Result<(), ApiError> {
+        let stored = match self.store.load(id).await {
+            Ok(Some(stored)) => stored,
+            failed => {
+                *guard.state = SlotState::Retired;
+                self.retire(id, &guard.slot);
+                return Err(match failed {
+                    Ok(_) => ApiError::doc_not_found(id),
+                    Err(e) => e.into(),
+                });
+            }
+        };
+        let loaded_doc = Document::load(
+            stored.meta.schema.clone(),
+            stored.snapshot.as_deref(),
+            &stored.changes,
+        );
+        let (doc, value) = match loaded_doc
+            .map_err(ApiError::internal)
+            .and_then(|(doc, _)| Ok((doc.read(None)?, doc)))
+        {
+            Ok((value, doc)) => (doc, value),
+            Err(e) => {
+                *guard.state = SlotState::Retired;
+                self.retire(id, &guard.slot);
+                return Err(e);
+            }
+        };
+        let slot = Arc::clone(&guard.slot);
+        let loaded = guard.loaded();
+        loaded.doc = doc;
+        loaded.synced = stored.seq;
+        loaded.unsnapshotted = stored.changes.len();
+        if loaded.doc.version() != loaded.value_version {
+            loaded.last_agent.clone_from(&stored.state.last_agent);
+            loaded.updated_at_ms = stored.state.updated_at_ms;
+            let previous = std::mem::replace(&mut loaded.value, value);
+            publish(
+                &slot,
+                loaded,
+                &previous,
+                stored.state.last_agent.clone(),
+                stored.state.updated_at_ms,
+            );
+        }
+        Ok(())
+    }
+
+    /// Catches a document in memory up with what the store holds (a shared store: other
+    /// nodes write too); takes the write lock only if there is something to apply.
+    pub(super) async fn catch_up(&self, id: Uuid, slot: &Arc<Slot>) -> Result<(), ApiError> {
+        let since = match &*slot.state.read().await {
+            SlotState::Live(loaded) => loaded.synced,
+            SlotState::Retired => return Ok(()),
+        };
+        let delta = self.store.changes_since(id, since).await?;
+        if delta.as_ref().is_some_and(|d| d.seq <= since) {
+            return Ok(());
+        }
+        let mut state = Arc::clone(&slot.state).write_owned().await;
+        self.apply_delta(id, slot, &mut state, delta)
+    }
+
+    /// [`Registry::catch_up`] for a document locked for writing.
+    pub(super) async fn catch_up_locked(
+        &self,
+        id: Uuid,
+        guard: &mut WriteGuard,
+    ) -> Result<(), ApiError> {
+        let since = guard.loaded().synced;
+        let delta = self.store.changes_since(id, since).await?;
+        let slot = Arc::clone(&guard.slot);
+        self.apply_delta(id, &slot, &mut guard.state, delta)
+    }
+
+    /// Applies what another node stored (`None`: it deleted the document) and publishes it.
+    fn apply_delta(
+        &self,
+        id: Uuid,
+        slot: &Arc<Slot>,
+        state: &mut SlotState,
+        delta: Option<Delta>,
+    ) -> Result<(), ApiError> {
+        let SlotState::Live(loaded) = state else {
+            return Ok(());
+        };
+        let Some(delta) = delta else {
+            *state = SlotState::Retired;
+            self.retire(id, slot);
+            self.announce(FeedEvent::Deleted {
+                id,
+                time_ms: crate::api::now_ms(),
+            });
+            return Err(ApiError::doc_not_found(id));
+        };
+        if delta.seq <= loaded.synced {
+            // Another catch-up got here first.
+            return Ok(());
+        }
+        let before = loaded.doc.version();
+        let changes_before = loaded.doc.change_count();
+        let mut records: Vec<&[u8]> = Vec::with_capacity(delta.changes.len() + 1);
+        if let Some(snapshot) = &delta.snapshot {
+            records.push(snapshot);
+            loaded.unsnapshotted = 0;
+        }
+        records.extend(delta.changes.iter().map(Vec::as_slice));
+        loaded.unsnapshotted += delta.changes.len();
+        // One event per record, as if each were written here; a long backlog (a node that
+        // was away) becomes one event, so that catching up stays linear.
+        if records.len() <= REPLAYED_ONE_BY_ONE {
+            for record in records {
+                apply_remote(slot, loaded, &[record]);
+            }
+        } else {
+            apply_remote(slot, loaded, &records);
+        }
+        loaded.synced = delta.seq;
+        if loaded.doc.version() != before {
+            loaded.last_agent.clone_from(&delta.state.last_agent);
+            loaded.updated_at_ms = delta.state.updated_at_ms;
+            self.announce(FeedEvent::Changed {
+                id,
+                version: loaded.value_version.to_string(),
+                agent: delta.state.last_agent.clone(),
+                time_ms: delta.state.updated_at_ms,
+                strategy: loaded.meta.strategy,
+                changes: loaded.doc.change_count() as u64,
+                new_changes: (loaded.doc.change_count() - changes_before) as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Catches up a document after a notice from another node; nothing if it is not in
+    /// memory (it will load fresh).
+    pub async fn catch_up_loaded(&self, id: Uuid) {
+        let slot = self.slots().get(&id).cloned();
+        if let Some(slot) = slot {
+            if let Err(e) = self.catch_up(id, &slot).await {
+                if e.status != StatusCode::NOT_FOUND {
+                    tracing::warn!(doc = %id, error = %e.detail, "could not catch up a document");
+                }
+            }
+        }
+    }
+
+    /// On a shared store: true if every change of the document in memory was answered by
+    /// the store, else the number to wait for (see [`Slot::answered`]). Call it under the
+    /// document's lock (no change can be queued meanwhile).
+    pub(super) fn unanswered(&self, slot: &Slot) -> Option<u64> {
+        if !self.shared {
+            return None;
+        }
+        let last = slot
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last;
+        (*slot.answered.borrow() < last).then_some(last)
+    }
+
+    /// Waits until the store answered the batch of change number `upto`.
+    pub(super) async fn wait_answered(slot: &Slot, upto: u64) {
+        let mut answered = slot.answered.subscribe();
+        // The sender lives in the slot, which the caller holds.
+        let _ = answered.wait_for(|n| *n >= upto).await;
+    }
+}

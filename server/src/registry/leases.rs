@@ -1,0 +1,111 @@
+//! The lock strategy's leases: granted and released in memory on a store of one node, by
+//! the store when it is shared.
+
+use super::*;
+
+/// A lease of the lock strategy: who may write, until when, with which token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token; only the newest one may write.
+    pub token: u64,
+    /// When the lease ends, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// The agent holding it.
+    pub agent: String,
+}
+
+/// A lease as the store reported it, its end by this node's clock.
+pub(super) fn lease_from(lease: StoredLease, now: i64) -> Lease {
+    Lease {
+        token: lease.token,
+        expires_at_ms: now.saturating_add(lease.remaining_ms),
+        agent: lease.agent,
+    }
+}
+
+impl Registry {
+    /// Takes the lock strategy's lease of a document for `ttl_ms`: `Ok(lease)` if granted,
+    /// `Err(lease)` with the lease that someone else holds. Kept in memory on a store of
+    /// one node, in the store when it is shared.
+    pub async fn acquire_lease(
+        &self,
+        id: Uuid,
+        agent: &str,
+        ttl_ms: u64,
+        now: i64,
+    ) -> Result<Result<Lease, Lease>, ApiError> {
+        let strategy = self.read(id, |loaded| Ok(loaded.meta.strategy)).await?;
+        if strategy != Strategy::Lock {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "strategy-refuses",
+                format!("leases belong to lock documents; this one is {strategy}"),
+            ));
+        }
+        if self.shared {
+            return Ok(match self.store.acquire_lease(id, agent, ttl_ms).await? {
+                LeaseGrant::Granted(lease) => Ok(lease_from(lease, now)),
+                LeaseGrant::Held(lease) => Err(lease_from(lease, now)),
+            });
+        }
+        self.update(id, |loaded| match &loaded.lease {
+            Some(lease) if lease.expires_at_ms > now => Ok(Err(lease.clone())),
+            _ => {
+                loaded.last_token += 1;
+                let lease = Lease {
+                    token: loaded.last_token,
+                    expires_at_ms: now + ttl_ms as i64,
+                    agent: agent.to_owned(),
+                };
+                loaded.lease = Some(lease.clone());
+                Ok(Ok(lease))
+            }
+        })
+        .await
+    }
+
+    /// Releases the lease of `token` and wakes lock requests waiting for it (on every
+    /// node, through the store's notice when it is shared).
+    pub async fn release_lease(&self, id: Uuid, token: u64) -> Result<(), ApiError> {
+        let not_held = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "fenced",
+                format!("token {token} does not hold the lock"),
+            )
+        };
+        if self.shared {
+            self.read(id, |_| Ok(())).await?;
+            if !self.store.release_lease(id, token).await? {
+                return Err(not_held());
+            }
+        } else {
+            self.update(id, |loaded| match &loaded.lease {
+                Some(lease) if lease.token == token => {
+                    loaded.lease = None;
+                    Ok(())
+                }
+                _ => Err(not_held()),
+            })
+            .await?;
+        }
+        self.notify_released(id);
+        Ok(())
+    }
+
+    /// Wakes lock requests waiting on this document.
+    pub fn notify_released(&self, id: Uuid) {
+        if let Some(slot) = self.slots().get(&id) {
+            slot.released.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A receiver that changes whenever a lease of this document is released. Take it
+    /// before checking the lease, then wait on it.
+    pub async fn release_watch(&self, id: Uuid) -> Result<watch::Receiver<u64>, ApiError> {
+        let slot = self.slot(id).await?;
+        let mut receiver = slot.released.subscribe();
+        receiver.borrow_and_update();
+        Ok(receiver)
+    }
+}

@@ -1,0 +1,437 @@
+//! The documents in memory: loaded from storage on first use, one writer at a time each,
+//! and every write queued for storage before its document is unlocked.
+//!
+//! # The write path
+//! A write takes the document's lock, applies the edit to the in-memory [`Document`] (one
+//! Automerge change), queues a [`WriteBatch`] with the store, and releases the lock; only
+//! then does it wait for the batch to be durable, and only then is the write acknowledged.
+//! So writes to one document are ordered by its lock, writes to different documents proceed
+//! in parallel, and many writes (to one document or many) share one fsync.
+//!
+//! A batch carries every change of its document that is not yet known to be durable, not
+//! only its own: if an earlier batch failed, a later acknowledged change can never be
+//! stored without the changes it depends on. Storing a change twice is harmless.
+//!
+//! Readers may see a change a moment before it is acknowledged (while its batch syncs).
+//!
+//! # Live subscribers
+//! Each document broadcasts a [`ChangeEvent`] per committed change ([`Registry::subscribe`]),
+//! and the registry broadcasts a [`FeedEvent`] per create, change and delete of any document
+//! ([`Registry::feed`]), both published under the document's lock so that their order is the
+//! order of the writes. [`Registry::close_live`] tells every live stream to end (shutdown).
+//!
+//! # Several nodes on one store
+//! When the store is shared ([`Store::shared`]: PostgreSQL under several nodes), other
+//! nodes write too, so a document in memory may be behind the store. It is *caught up*
+//! ([`Store::changes_since`], from [`Loaded::synced`]) before every read, subscription and
+//! write, and whenever the store sends a
+//! [`Notice`](concord_core::storage::Notice) (see [`crate::cluster`]); what it gains
+//! is published to subscribers like a local write. Decisions that depend on the current
+//! state are left to the store, in the transaction that stores the write: an optimistic or
+//! queue write carries the version it was made at ([`Expect::version`]), a lock write the
+//! token it was admitted with ([`Expect::lease`]), and a queue write also holds the
+//! document's cluster-wide writer lock ([`Store::lock_writer`]) from before the catch-up
+//! until it is durable. Such a *checked* write keeps the document locked until the store
+//! answers and is published only once stored; a refused one is answered 412 or 409 and the
+//! document is reloaded from the store, so memory never keeps a change the store refused.
+
+mod catchup;
+mod events;
+mod leases;
+mod maintain;
+mod write;
+
+pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS};
+pub use leases::Lease;
+pub use maintain::{Maintained, Tuning};
+pub use write::{IdempotencyDraft, Responder, Written};
+
+use events::publish;
+use leases::lease_from;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::http::StatusCode;
+use concord_core::storage::{
+    Delta, DocMeta, DocState, Expect, IdempotencyRecord, LeaseGrant, Refusal, Store, StoredChange,
+    StoredLease, WriteBatch, WriterLock,
+};
+use concord_core::{Document, Strategy, Version, WriteMeta, WriteOutcome};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, OwnedRwLockWriteGuard, RwLock};
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+
+/// One document in memory.
+pub struct Loaded {
+    /// Creation-time facts.
+    pub meta: DocMeta,
+    /// The CRDT.
+    pub doc: Document,
+    /// The current value as JSON, kept so that reads and change events need no conversion.
+    pub value: Value,
+    /// The version `value` is the value of.
+    pub value_version: Version,
+    /// Agent of the last write.
+    pub last_agent: Option<String>,
+    /// Time of the last write, ms since the epoch.
+    pub updated_at_ms: i64,
+    /// The lease of the lock strategy, if one was ever taken.
+    pub lease: Option<Lease>,
+    /// The newest fencing token issued. Seeded from the clock when the document is loaded
+    /// (microseconds), so tokens keep growing across restarts.
+    pub last_token: u64,
+    /// Recent change events, for subscribers that resume from a version.
+    pub recent: VecDeque<Arc<ChangeEvent>>,
+    /// Number of the last change event.
+    pub event_seq: u64,
+    /// Stored change records not covered by a snapshot: when it passes
+    /// [`Tuning::compact_after`], maintenance writes a snapshot.
+    pub unsnapshotted: usize,
+    /// How far this copy has read the store's change log ([`Store::changes_since`]):
+    /// catching up reads the records after it. Moves past the load only on a shared store.
+    pub synced: u64,
+}
+
+impl Loaded {
+    fn new(
+        meta: DocMeta,
+        doc: Document,
+        last_agent: Option<String>,
+        updated_at_ms: i64,
+    ) -> Result<Loaded, ApiError> {
+        let value = doc.read(None)?;
+        Ok(Loaded {
+            meta,
+            value_version: doc.version(),
+            doc,
+            value,
+            last_agent,
+            updated_at_ms,
+            lease: None,
+            last_token: u64::try_from(crate::api::now_ms())
+                .unwrap_or(0)
+                .saturating_mul(1000),
+            recent: VecDeque::new(),
+            event_seq: 0,
+            unsnapshotted: 0,
+            synced: 0,
+        })
+    }
+}
+
+enum SlotState {
+    Live(Box<Loaded>),
+    /// Deleted or dropped from memory: whoever still holds this slot must look again.
+    Retired,
+}
+
+/// Changes queued for storage but not yet confirmed durable, numbered in queue order.
+#[derive(Default)]
+struct Pending {
+    last: u64,
+    queue: VecDeque<(u64, StoredChange)>,
+}
+
+impl Pending {
+    /// Adds new changes; returns the number of the last one and every unconfirmed change.
+    fn push(&mut self, changes: Vec<StoredChange>) -> (u64, Vec<StoredChange>) {
+        for change in changes {
+            self.last += 1;
+            self.queue.push_back((self.last, change));
+        }
+        (
+            self.last,
+            self.queue.iter().map(|(_, c)| c.clone()).collect(),
+        )
+    }
+
+    /// Everything up to `upto` is durable.
+    fn confirm(&mut self, upto: u64) {
+        while self.queue.front().is_some_and(|(n, _)| *n <= upto) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// The changes numbered `first` and after were refused: they must never be stored.
+    fn discard_from(&mut self, first: u64) {
+        self.queue.retain(|(n, _)| *n < first);
+    }
+}
+
+struct Slot {
+    state: Arc<RwLock<SlotState>>,
+    pending: Mutex<Pending>,
+    /// Change events of this document, for live subscribers.
+    /// Made on the first subscription: a channel's buffer is allocated up front, and most
+    /// documents never have a live subscriber.
+    events: std::sync::OnceLock<broadcast::Sender<Arc<ChangeEvent>>>,
+    /// Counts lease releases, for lock requests that wait (a watch, so that a release
+    /// between a waiter's check and its wait is not missed).
+    released: watch::Sender<u64>,
+    /// The number (as in [`Pending`]) of the last change whose batch the store answered
+    /// (stored or failed). On a shared store a read waits until every change it would show
+    /// was answered, so that no node hands out a version that other nodes cannot find.
+    answered: watch::Sender<u64>,
+    /// When a request last used this document, ms since the epoch: idle documents leave
+    /// memory.
+    last_used: AtomicI64,
+}
+
+impl Slot {
+    fn new(loaded: Loaded) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Arc::new(RwLock::new(SlotState::Live(Box::new(loaded)))),
+            pending: Mutex::new(Pending::default()),
+            events: std::sync::OnceLock::new(),
+            released: watch::channel(0).0,
+            answered: watch::channel(0).0,
+            last_used: AtomicI64::new(crate::api::now_ms()),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_used
+            .store(crate::api::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Every document in memory, and the store behind them.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
+    /// Created, changed and deleted documents, for viewers of the whole store.
+    feed: broadcast::Sender<Arc<FeedEvent>>,
+    /// Set once at shutdown: live streams (WebSocket, SSE) end, so that a graceful
+    /// shutdown does not wait on connections that never finish by themselves.
+    closing: watch::Sender<bool>,
+    /// Eviction and compaction settings.
+    tuning: Tuning,
+    /// Other nodes write to the store too: catch documents up, and let the store decide
+    /// what depends on the current state (see the module docs).
+    shared: bool,
+    /// limits.rs: the largest a document's value may be, as compact JSON, in bytes.
+    max_document_bytes: usize,
+    // -- storage damage (issue 6) --
+    /// What loading skipped (or why it failed), per document: reported by `/healthz` and
+    /// by reads of the document.
+    damage: Mutex<HashMap<Uuid, Vec<String>>>,
+}
+
+/// A document locked for writing.
+struct WriteGuard {
+    slot: Arc<Slot>,
+    state: OwnedRwLockWriteGuard<SlotState>,
+}
+
+impl WriteGuard {
+    /// The document, unless it was dropped from memory while locked.
+    fn loaded_or_retired(&mut self) -> Option<&mut Loaded> {
+        match &mut *self.state {
+            SlotState::Live(loaded) => Some(loaded),
+            SlotState::Retired => None,
+        }
+    }
+
+    fn loaded(&mut self) -> &mut Loaded {
+        match &mut *self.state {
+            SlotState::Live(loaded) => loaded,
+            SlotState::Retired => unreachable!("a guard is only handed out for a live slot"),
+        }
+    }
+}
+
+impl Registry {
+    /// A registry over `store`, with nothing loaded.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::with_tuning(store, Tuning::default())
+    }
+
+    /// A registry with explicit eviction and compaction settings.
+    pub fn with_tuning(store: Arc<dyn Store>, tuning: Tuning) -> Self {
+        Registry {
+            shared: store.shared(),
+            store,
+            slots: Mutex::new(HashMap::new()),
+            feed: broadcast::channel(FEED_BUFFER).0,
+            closing: watch::channel(false).0,
+            tuning,
+            max_document_bytes: crate::limits::Limits::default().max_document_bytes,
+            damage: Mutex::default(),
+        }
+    }
+
+    /// limits.rs: refuses writes that would make a document's value more than `bytes` of
+    /// compact JSON (and the creation of such a document).
+    pub fn with_document_limit(mut self, bytes: usize) -> Self {
+        self.max_document_bytes = bytes;
+        self
+    }
+
+    /// The eviction and compaction settings.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// True if other nodes share the store (see the module docs).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// How many documents are in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.slots().len()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of a document, loading it from storage if it is not in memory.
+    async fn slot(&self, id: Uuid) -> Result<Arc<Slot>, ApiError> {
+        if let Some(slot) = self.slots().get(&id) {
+            slot.touch();
+            return Ok(Arc::clone(slot));
+        }
+        let stored = self
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| ApiError::doc_not_found(id))?;
+        let (doc, report) = Document::load(
+            stored.meta.schema.clone(),
+            stored.snapshot.as_deref(),
+            &stored.changes,
+        )
+        .map_err(|e| {
+            self.note_damage(id, &[format!("the stored document does not load: {e}")]);
+            ApiError::internal(e)
+        })?;
+        for problem in &report.skipped {
+            tracing::warn!(doc = %id, %problem, "skipped a stored record while loading");
+        }
+        self.note_damage(id, &report.skipped);
+        let mut loaded = Loaded::new(
+            stored.meta,
+            doc,
+            stored.state.last_agent,
+            stored.state.updated_at_ms,
+        )?;
+        loaded.unsnapshotted = stored.changes.len();
+        loaded.synced = stored.seq;
+        // Another request may have loaded it meanwhile: keep the first.
+        Ok(Arc::clone(
+            self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),
+        ))
+    }
+
+    /// Remembers what loading `id` skipped (nothing: forgets it).
+    fn note_damage(&self, id: Uuid, skipped: &[String]) {
+        let mut damage = self.damage.lock().unwrap_or_else(PoisonError::into_inner);
+        if skipped.is_empty() {
+            damage.remove(&id);
+        } else {
+            damage.insert(id, skipped.to_vec());
+        }
+    }
+
+    /// What the last load of `id` skipped, one line per stored record (empty: nothing).
+    pub fn damage_of(&self, id: Uuid) -> Vec<String> {
+        self.damage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many documents loaded with damage since start, and how many records they skipped.
+    pub fn damage_summary(&self) -> (usize, usize) {
+        let damage = self.damage.lock().unwrap_or_else(PoisonError::into_inner);
+        (damage.len(), damage.values().map(Vec::len).sum())
+    }
+
+    /// Runs `f` on the document, read-only.
+    pub async fn read<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&Loaded) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        loop {
+            let slot = self.slot(id).await?;
+            if self.shared {
+                self.catch_up(id, &slot).await?;
+            }
+            let state = slot.state.read().await;
+            if let Some(upto) = self.unanswered(&slot) {
+                drop(state);
+                Self::wait_answered(&slot, upto).await;
+                continue;
+            }
+            if let SlotState::Live(loaded) = &*state {
+                return f(loaded);
+            }
+        }
+    }
+
+    async fn lock(&self, id: Uuid) -> Result<WriteGuard, ApiError> {
+        loop {
+            let slot = self.slot(id).await?;
+            let state = Arc::clone(&slot.state).write_owned().await;
+            if let SlotState::Live(_) = &*state {
+                return Ok(WriteGuard { slot, state });
+            }
+        }
+    }
+
+    /// Runs `f` on the document under its write lock, storing nothing (lease bookkeeping).
+    pub async fn update<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&mut Loaded) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.lock(id).await?;
+        f(guard.loaded())
+    }
+
+    /// Deletes a document from memory and storage.
+    pub async fn delete(&self, id: Uuid) -> Result<(), ApiError> {
+        let mut guard = self.lock(id).await?;
+        self.store.delete(id).await?;
+        self.note_damage(id, &[]); // storage damage (issue 6): gone with the document
+        *guard.state = SlotState::Retired;
+        self.retire(id, &guard.slot);
+        self.announce(FeedEvent::Deleted {
+            id,
+            time_ms: crate::api::now_ms(),
+        });
+        // Subscribers see their stream end.
+        drop(guard);
+        Ok(())
+    }
+
+    /// Removes `slot` from the map if it is still the one for `id`.
+    fn retire(&self, id: Uuid, slot: &Arc<Slot>) {
+        let mut slots = self.slots();
+        if slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&id);
+        }
+    }
+
+    /// The documents in memory.
+    pub fn loaded_ids(&self) -> Vec<Uuid> {
+        self.slots().keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

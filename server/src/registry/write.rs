@@ -1,0 +1,501 @@
+//! The write path: a document is created or edited under its lock, the batch is queued
+//! with the store, and the write is acknowledged once the batch is durable (see the
+//! module docs of [`super`]).
+
+use super::*;
+
+/// The outcome of a write, ready to answer.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The document.
+    pub id: Uuid,
+    /// Its version after the write.
+    pub version: Version,
+    /// Its value after the write (the merged present).
+    pub value: Value,
+    /// Its strategy.
+    pub strategy: concord_core::Strategy,
+    /// How many new changes the write made.
+    pub new_changes: usize,
+}
+
+/// What an idempotent request needs recorded with its write.
+#[derive(Debug, Clone)]
+pub struct IdempotencyDraft {
+    /// The client's key.
+    pub key: String,
+    /// Digest of the request.
+    pub fingerprint: String,
+    /// The status the response will have.
+    pub status: StatusCode,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+impl IdempotencyDraft {
+    /// The record to store with the write: the response `respond` makes for `written`,
+    /// which is the one a retry with the same key replays.
+    pub(super) fn record(self, respond: Responder, written: &Written) -> IdempotencyRecord {
+        let (headers, body) = respond(written, self.status);
+        IdempotencyRecord {
+            key: self.key,
+            fingerprint: self.fingerprint,
+            status: self.status.as_u16(),
+            headers,
+            body,
+            created_at_ms: self.now_ms,
+        }
+    }
+}
+
+/// Builds the response (status, headers, body) for a write; the same function makes the
+/// live answer and the one recorded for idempotent replay.
+pub type Responder = fn(&Written, StatusCode) -> (Vec<(String, String)>, Vec<u8>);
+
+/// A refused checked write, answered as the strategy's policy answers it.
+pub(super) fn refused(
+    refusal: &Refusal,
+    strategy: Strategy,
+    current: &Version,
+    token: Option<u64>,
+) -> ApiError {
+    match (refusal, strategy) {
+        (Refusal::Stale { .. }, Strategy::Queue) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "writer-contended",
+            "another node wrote this queue document while this write was applied (its writer lock was lost); nothing was applied: retry",
+        ),
+        (Refusal::Stale { .. }, _) => crate::policy::stale(current),
+        (Refusal::Fenced { newest }, _) => crate::policy::fenced(token.unwrap_or(0), *newest),
+        (Refusal::LeaseExpired, _) => crate::policy::lease_expired(token.unwrap_or(0)),
+    }
+}
+
+/// A checked write on its way to [`Registry::commit_checked`].
+struct CheckedWrite<'a> {
+    outcome: WriteOutcome,
+    new_value: Option<Value>,
+    write: &'a WriteMeta,
+    idempotency: Option<(IdempotencyDraft, Responder)>,
+    expect: Expect,
+    /// The queue's cluster-wide writer lock, released once the write is durable.
+    writer_lock: Option<WriterLock>,
+}
+
+/// A document locked while its checked write is decided by the store. Dropped armed (the
+/// request went away meanwhile), it drops the document from memory: memory may hold a
+/// change the store refused, and the next use reloads what the store holds.
+struct Settling<'a> {
+    registry: &'a Registry,
+    id: Uuid,
+    guard: Option<WriteGuard>,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            *guard.state = SlotState::Retired;
+            self.registry.retire(self.id, &guard.slot);
+            // Readers waiting on this copy look again (and load what the store holds).
+            guard.slot.answered.send_replace(u64::MAX);
+        }
+    }
+}
+
+impl Registry {
+    /// Stores a new document made by `make` (a fresh one, or a fork). `client_chose_id`
+    /// says the id came from the request (and so may already exist).
+    pub async fn create(
+        &self,
+        meta: DocMeta,
+        make: impl FnOnce() -> Result<(Document, WriteOutcome), ApiError>,
+        write: &WriteMeta,
+        client_chose_id: bool,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let id = meta.id;
+        let exists = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "already-exists",
+                format!("document {id} already exists"),
+            )
+        };
+        if self.slots().contains_key(&id)
+            || (client_chose_id && self.store.load(id).await?.is_some())
+        {
+            return Err(exists());
+        }
+        let (doc, outcome) = make()?;
+        let loaded = Loaded::new(meta.clone(), doc, Some(write.agent.clone()), write.time_ms)?;
+        // limits.rs: no document larger than the document limit.
+        crate::limits::check_document(&loaded.value, self.max_document_bytes)?;
+        let slot = Slot::new(loaded);
+        let mut guard = WriteGuard {
+            state: Arc::clone(&slot.state)
+                .try_write_owned()
+                .expect("a new slot is unlocked"),
+            slot: Arc::clone(&slot),
+        };
+        {
+            let mut slots = self.slots();
+            if slots.contains_key(&id) {
+                return Err(exists());
+            }
+            slots.insert(id, Arc::clone(&slot));
+        }
+        // Announced under the new document's lock, so before any change to it.
+        let loaded = guard.loaded();
+        self.announce(FeedEvent::Created {
+            id,
+            version: loaded.value_version.to_string(),
+            agent: Some(write.agent.clone()),
+            time_ms: write.time_ms,
+            strategy: loaded.meta.strategy,
+            changes: loaded.doc.change_count() as u64,
+        });
+        let result = self
+            .commit(guard, Some(meta), outcome, None, write, idempotency)
+            .await;
+        if result.is_err() {
+            // Nothing durable: forget the document again.
+            let mut guard = Arc::clone(&slot.state).write_owned().await;
+            *guard = SlotState::Retired;
+            self.retire(id, &slot);
+            self.announce(FeedEvent::Deleted {
+                id,
+                time_ms: write.time_ms,
+            });
+        }
+        result
+    }
+
+    /// Applies `edit` to the document and stores what it changed; returns once durable.
+    pub async fn write(
+        &self,
+        id: Uuid,
+        write: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+        edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, ApiError>,
+    ) -> Result<Written, ApiError> {
+        let mut guard = self.lock(id).await?;
+        let strategy = guard.loaded().meta.strategy;
+        // Several nodes: the queue's cluster-wide writer lock first, so that the catch-up
+        // below sees every write before this one; then the edit sees the store's present.
+        let writer_lock = match (self.shared, strategy) {
+            (true, Strategy::Queue) => self.store.lock_writer(id).await?,
+            _ => None,
+        };
+        if self.shared {
+            self.catch_up_locked(id, &mut guard).await?;
+            if strategy == Strategy::Lock {
+                // The newest lease, for the policy's check; the store checks it again.
+                let now = crate::api::now_ms();
+                guard.loaded().lease = self.store.lease(id).await?.map(|l| lease_from(l, now));
+            }
+        }
+        let before = guard.loaded().doc.version();
+        // The new value is read here, with the edit, so that a change that cannot be read
+        // back (nested too deep, say) is treated as a failed edit.
+        let edited = edit(guard.loaded()).and_then(|outcome| {
+            let value = if outcome.changes.is_empty() {
+                None
+            } else {
+                Some(guard.loaded().doc.read(None)?)
+            };
+            // limits.rs: refuse a write that makes the document too large.
+            if let Some(value) = &value {
+                crate::limits::check_document(value, self.max_document_bytes)?;
+            }
+            Ok((outcome, value))
+        });
+        let (outcome, value) = match edited {
+            Ok(edited) => edited,
+            Err(e) => {
+                if guard.loaded().doc.version() != before {
+                    self.undo_failed_edit(id, &mut guard, &before).await;
+                }
+                return Err(e);
+            }
+        };
+        match self.expectation(guard.loaded(), &before) {
+            None => {
+                self.commit(guard, None, outcome, value, write, idempotency)
+                    .await
+            }
+            Some(expect) => {
+                let write = CheckedWrite {
+                    outcome,
+                    new_value: value,
+                    write,
+                    idempotency,
+                    expect,
+                    writer_lock,
+                };
+                self.commit_checked(guard, write).await
+            }
+        }
+    }
+
+    /// Puts a document back where it was before an edit that failed after changing it (raw
+    /// changes refused halfway, a value grown past the document limit): memory must not keep
+    /// a change that is not stored. Rewound in place; failing that, the copy is dropped, but
+    /// only once every batch already queued for it is answered, so that the next use
+    /// reloads a store that holds them (a write on its way to the disk is not forgotten).
+    async fn undo_failed_edit(&self, id: Uuid, guard: &mut WriteGuard, before: &Version) {
+        if !crate::limits::rewind(&mut guard.loaded().doc, before) {
+            self.retire_when_answered(id, guard).await;
+        }
+    }
+
+    /// Drops a locked document from memory once every batch queued for it is answered.
+    pub(super) async fn retire_when_answered(&self, id: Uuid, guard: &mut WriteGuard) {
+        let last = guard
+            .slot
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last;
+        Self::wait_answered(&guard.slot, last).await;
+        *guard.state = SlotState::Retired;
+        self.retire(id, &guard.slot);
+    }
+
+    /// What the store must check when it stores a write of this document made at
+    /// `before`: nothing on a store of one node, or for strategies that merge.
+    fn expectation(&self, loaded: &Loaded, before: &Version) -> Option<Expect> {
+        if !self.shared {
+            return None;
+        }
+        match loaded.meta.strategy {
+            Strategy::Optimistic | Strategy::Queue => Some(Expect {
+                version: Some(before.to_string()),
+                lease: None,
+            }),
+            // The policy admitted the write with the newest lease's token (token 0 is
+            // never issued: without a lease, the store refuses).
+            Strategy::Lock => Some(Expect {
+                version: None,
+                lease: Some(loaded.lease.as_ref().map_or(0, |l| l.token)),
+            }),
+            Strategy::Crdt | Strategy::Lww | Strategy::Branches => None,
+        }
+    }
+
+    /// Stores a write whose strategy the store decides (see the module docs): the document
+    /// stays locked until the store answers; the change is published only once stored. A
+    /// refusal reloads the document from the store and is answered as the policy would.
+    async fn commit_checked(
+        &self,
+        mut guard: WriteGuard,
+        checked: CheckedWrite<'_>,
+    ) -> Result<Written, ApiError> {
+        let CheckedWrite {
+            outcome,
+            new_value,
+            write,
+            idempotency,
+            expect,
+            writer_lock,
+        } = checked;
+        let slot = Arc::clone(&guard.slot);
+        let new_changes = outcome.changes.len();
+        let loaded = guard.loaded();
+        let id = loaded.meta.id;
+        let (last_agent, updated_at_ms) = if new_changes > 0 {
+            (Some(write.agent.clone()), write.time_ms)
+        } else {
+            (loaded.last_agent.clone(), loaded.updated_at_ms)
+        };
+        let written = Written {
+            id,
+            version: outcome.version.clone(),
+            value: new_value.clone().unwrap_or_else(|| loaded.value.clone()),
+            strategy: loaded.meta.strategy,
+            new_changes,
+        };
+        let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
+        let (first, upto, changes) = {
+            let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let first = pending.last + 1;
+            let (upto, changes) = pending.push(outcome.stored_changes());
+            (first, upto, changes)
+        };
+        let batch = WriteBatch {
+            doc: id,
+            create: None,
+            changes,
+            state: DocState {
+                version: written.version.to_string(),
+                change_count: loaded.doc.change_count() as u64,
+                updated_at_ms,
+                last_agent: last_agent.clone(),
+            },
+            idempotency: record,
+        };
+        let token = expect.lease;
+        let stored = self.store.write_checked(batch, expect);
+        // If this request is dropped while the store decides, memory may hold a change the
+        // store refuses: the guard then drops the document from memory (it reloads).
+        let mut settling = Settling {
+            registry: self,
+            id,
+            guard: Some(guard),
+        };
+        let answer = stored.await;
+        // The next writer may go once this write is durable (or refused).
+        drop(writer_lock);
+        slot.answered.send_modify(|n| *n = (*n).max(upto));
+        // Still armed: a request dropped while the document is reloaded below leaves it
+        // to the guard too.
+        let guard = settling.guard.as_mut().expect("armed until settled");
+        match answer {
+            Ok(Ok(())) => {
+                slot.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .confirm(upto);
+                let loaded = guard.loaded();
+                loaded.unsnapshotted += new_changes;
+                loaded.last_agent = last_agent;
+                loaded.updated_at_ms = updated_at_ms;
+                if let Some(value) = new_value {
+                    let previous = std::mem::replace(&mut loaded.value, value);
+                    publish(
+                        &slot,
+                        loaded,
+                        &previous,
+                        Some(write.agent.clone()),
+                        write.time_ms,
+                    );
+                    self.announce(FeedEvent::Changed {
+                        id,
+                        version: loaded.value_version.to_string(),
+                        agent: Some(write.agent.clone()),
+                        time_ms: write.time_ms,
+                        strategy: loaded.meta.strategy,
+                        changes: loaded.doc.change_count() as u64,
+                        new_changes: new_changes as u64,
+                    });
+                }
+                settling.guard.take();
+                Ok(written)
+            }
+            Ok(Err(refusal)) => {
+                slot.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .discard_from(first);
+                // Reloaded, memory is the store again (or, failing that, the document was
+                // dropped from memory): settled either way.
+                let reloaded = self.reload_locked(id, guard).await;
+                let strategy = guard.loaded_or_retired().map(|l| l.meta.strategy);
+                let current = guard.loaded_or_retired().map(|l| l.doc.version());
+                settling.guard.take();
+                reloaded?;
+                match (strategy, current) {
+                    (Some(strategy), Some(current)) => {
+                        Err(refused(&refusal, strategy, &current, token))
+                    }
+                    _ => Err(ApiError::doc_not_found(id)),
+                }
+            }
+            // Stored or not, nobody knows: memory must not guess. The armed guard drops the
+            // document from memory; the next use reloads it.
+            Err(e) => {
+                drop(settling);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Queues the batch for a write under the lock, then releases the lock and waits for
+    /// the disk.
+    async fn commit(
+        &self,
+        mut guard: WriteGuard,
+        create: Option<DocMeta>,
+        outcome: WriteOutcome,
+        new_value: Option<Value>,
+        write: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let slot = Arc::clone(&guard.slot);
+        let new_changes = outcome.changes.len();
+        let loaded = guard.loaded();
+        loaded.unsnapshotted += new_changes;
+        if new_changes > 0 || create.is_some() {
+            loaded.last_agent = Some(write.agent.clone());
+            loaded.updated_at_ms = write.time_ms;
+        }
+        if let Some(value) = new_value {
+            let previous = std::mem::replace(&mut loaded.value, value);
+            publish(
+                &slot,
+                loaded,
+                &previous,
+                Some(write.agent.clone()),
+                write.time_ms,
+            );
+            if create.is_none() {
+                self.announce(FeedEvent::Changed {
+                    id: loaded.meta.id,
+                    version: loaded.value_version.to_string(),
+                    agent: Some(write.agent.clone()),
+                    time_ms: write.time_ms,
+                    strategy: loaded.meta.strategy,
+                    changes: loaded.doc.change_count() as u64,
+                    new_changes: new_changes as u64,
+                });
+            }
+        }
+        let written = Written {
+            id: loaded.meta.id,
+            version: outcome.version.clone(),
+            value: loaded.value.clone(),
+            strategy: loaded.meta.strategy,
+            new_changes,
+        };
+        let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
+        let (upto, changes) = slot
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(outcome.stored_changes());
+        let batch = WriteBatch {
+            doc: written.id,
+            create,
+            changes,
+            state: DocState {
+                version: written.version.to_string(),
+                change_count: loaded.doc.change_count() as u64,
+                updated_at_ms: loaded.updated_at_ms,
+                last_agent: loaded.last_agent.clone(),
+            },
+            idempotency: record,
+        };
+        let durable = self.store.write(batch);
+        // Unlock the document before waiting for the disk (see the module docs).
+        drop(guard);
+        // Awaited on a task of its own, so that the answer is recorded even if this
+        // request is dropped meanwhile (readers may be waiting for it).
+        let settled = Arc::clone(&slot);
+        let answer = tokio::spawn(async move {
+            let result = durable.await;
+            if result.is_ok() {
+                settled
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .confirm(upto);
+            }
+            settled.answered.send_modify(|n| *n = (*n).max(upto));
+            result
+        });
+        answer
+            .await
+            .map_err(|e| ApiError::internal(format!("the write's task failed: {e}")))?
+            .map_err(ApiError::from)?;
+        Ok(written)
+    }
+}
