@@ -194,21 +194,6 @@ impl Registry {
         }
     }
 
-    /// On a shared store: true if every change of the document in memory was answered by
-    /// the store, else the number to wait for (see [`Slot::answered`]). Call it under the
-    /// document's lock (no change can be queued meanwhile).
-    pub(super) fn unanswered(&self, slot: &Slot) -> Option<u64> {
-        if !self.shared {
-            return None;
-        }
-        let last = slot
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last;
-        (*slot.answered.borrow() < last).then_some(last)
-    }
-
     /// Waits until the store answered the batch of change number `upto`.
     pub(super) async fn wait_answered(slot: &Slot, upto: u64) {
         let mut answered = slot.answered.subscribe();

@@ -149,12 +149,9 @@ impl Registry {
     ) -> Result<(Catchup, broadcast::Receiver<Arc<ChangeEvent>>), ApiError> {
         loop {
             let slot = self.slot(id).await?;
-            if self.shared {
-                // A version read on another node must be known here.
-                self.catch_up(id, &slot).await?;
-            }
+            self.coordinator.refresh(self, id, &slot).await?;
             let state = slot.state.read().await;
-            if let Some(upto) = self.unanswered(&slot) {
+            if let Some(upto) = self.coordinator.unanswered(&slot) {
                 drop(state);
                 Self::wait_answered(&slot, upto).await;
                 continue;

@@ -42,26 +42,9 @@ impl Registry {
                 format!("leases belong to lock documents; this one is {strategy}"),
             ));
         }
-        if self.shared {
-            return Ok(match self.store.acquire_lease(id, agent, ttl_ms).await? {
-                LeaseGrant::Granted(lease) => Ok(lease_from(lease, now)),
-                LeaseGrant::Held(lease) => Err(lease_from(lease, now)),
-            });
-        }
-        self.update(id, |loaded| match &loaded.lease {
-            Some(lease) if lease.expires_at_ms > now => Ok(Err(lease.clone())),
-            _ => {
-                loaded.last_token += 1;
-                let lease = Lease {
-                    token: loaded.last_token,
-                    expires_at_ms: now + ttl_ms as i64,
-                    agent: agent.to_owned(),
-                };
-                loaded.lease = Some(lease.clone());
-                Ok(Ok(lease))
-            }
-        })
-        .await
+        self.coordinator
+            .acquire_lease(self, id, agent, ttl_ms, now)
+            .await
     }
 
     /// Releases the lease of `token` and wakes lock requests waiting for it (on every
@@ -74,20 +57,8 @@ impl Registry {
                 format!("token {token} does not hold the lock"),
             )
         };
-        if self.shared {
-            self.read(id, |_| Ok(())).await?;
-            if !self.store.release_lease(id, token).await? {
-                return Err(not_held());
-            }
-        } else {
-            self.update(id, |loaded| match &loaded.lease {
-                Some(lease) if lease.token == token => {
-                    loaded.lease = None;
-                    Ok(())
-                }
-                _ => Err(not_held()),
-            })
-            .await?;
+        if !self.coordinator.release_lease(self, id, token).await? {
+            return Err(not_held());
         }
         self.notify_released(id);
         Ok(())

@@ -73,7 +73,7 @@ impl Registry {
     /// Snapshots one document if its log is long enough; true if it did.
     pub(super) async fn compact(&self, id: Uuid, slot: &Arc<Slot>) -> bool {
         // On a shared store, the snapshot must hold every record up to `synced`.
-        if self.shared && self.catch_up(id, slot).await.is_err() {
+        if self.coordinator.refresh(self, id, slot).await.is_err() {
             return false;
         }
         // The snapshot is taken under the read lock (writers wait, readers do not), then

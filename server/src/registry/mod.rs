@@ -36,6 +36,7 @@
 //! document is reloaded from the store, so memory never keeps a change the store refused.
 
 mod catchup;
+mod coordinator;
 mod events;
 mod leases;
 mod maintain;
@@ -46,6 +47,7 @@ pub use leases::Lease;
 pub use maintain::{Maintained, Tuning};
 pub use write::{IdempotencyDraft, Responder, Written};
 
+use coordinator::Coordinator;
 use events::publish;
 use leases::lease_from;
 
@@ -211,9 +213,9 @@ pub struct Registry {
     closing: watch::Sender<bool>,
     /// Eviction and compaction settings.
     tuning: Tuning,
-    /// Other nodes write to the store too: catch documents up, and let the store decide
-    /// what depends on the current state (see the module docs).
-    shared: bool,
+    /// Whether other nodes write to the store too, and what follows from it (see the
+    /// module docs): chosen once, from the store.
+    coordinator: Box<dyn Coordinator>,
     /// limits.rs: the largest a document's value may be, as compact JSON, in bytes.
     max_document_bytes: usize,
     // -- storage damage (issue 6) --
@@ -254,7 +256,7 @@ impl Registry {
     /// A registry with explicit eviction and compaction settings.
     pub fn with_tuning(store: Arc<dyn Store>, tuning: Tuning) -> Self {
         Registry {
-            shared: store.shared(),
+            coordinator: coordinator::for_store(store.as_ref()),
             store,
             slots: Mutex::new(HashMap::new()),
             feed: broadcast::channel(FEED_BUFFER).0,
@@ -279,7 +281,7 @@ impl Registry {
 
     /// True if other nodes share the store (see the module docs).
     pub fn shared(&self) -> bool {
-        self.shared
+        self.store.shared()
     }
 
     /// The store.
@@ -368,11 +370,9 @@ impl Registry {
     ) -> Result<T, ApiError> {
         loop {
             let slot = self.slot(id).await?;
-            if self.shared {
-                self.catch_up(id, &slot).await?;
-            }
+            self.coordinator.refresh(self, id, &slot).await?;
             let state = slot.state.read().await;
-            if let Some(upto) = self.unanswered(&slot) {
+            if let Some(upto) = self.coordinator.unanswered(&slot) {
                 drop(state);
                 Self::wait_answered(&slot, upto).await;
                 continue;

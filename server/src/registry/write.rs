@@ -179,21 +179,7 @@ impl Registry {
         edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, ApiError>,
     ) -> Result<Written, ApiError> {
         let mut guard = self.lock(id).await?;
-        let strategy = guard.loaded().meta.strategy;
-        // Several nodes: the queue's cluster-wide writer lock first, so that the catch-up
-        // below sees every write before this one; then the edit sees the store's present.
-        let writer_lock = match (self.shared, strategy) {
-            (true, Strategy::Queue) => self.store.lock_writer(id).await?,
-            _ => None,
-        };
-        if self.shared {
-            self.catch_up_locked(id, &mut guard).await?;
-            if strategy == Strategy::Lock {
-                // The newest lease, for the policy's check; the store checks it again.
-                let now = crate::api::now_ms();
-                guard.loaded().lease = self.store.lease(id).await?.map(|l| lease_from(l, now));
-            }
-        }
+        let writer_lock = self.coordinator.prepare_write(self, id, &mut guard).await?;
         let before = guard.loaded().doc.version();
         // The new value is read here, with the edit, so that a change that cannot be read
         // back (nested too deep, say) is treated as a failed edit.
@@ -218,7 +204,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        match self.expectation(guard.loaded(), &before) {
+        match self.coordinator.expectation(guard.loaded(), &before) {
             None => {
                 self.commit(guard, None, outcome, value, write, idempotency)
                     .await
@@ -259,27 +245,6 @@ impl Registry {
         Self::wait_answered(&guard.slot, last).await;
         *guard.state = SlotState::Retired;
         self.retire(id, &guard.slot);
-    }
-
-    /// What the store must check when it stores a write of this document made at
-    /// `before`: nothing on a store of one node, or for strategies that merge.
-    fn expectation(&self, loaded: &Loaded, before: &Version) -> Option<Expect> {
-        if !self.shared {
-            return None;
-        }
-        match loaded.meta.strategy {
-            Strategy::Optimistic | Strategy::Queue => Some(Expect {
-                version: Some(before.to_string()),
-                lease: None,
-            }),
-            // The policy admitted the write with the newest lease's token (token 0 is
-            // never issued: without a lease, the store refuses).
-            Strategy::Lock => Some(Expect {
-                version: None,
-                lease: Some(loaded.lease.as_ref().map_or(0, |l| l.token)),
-            }),
-            Strategy::Crdt | Strategy::Lww | Strategy::Branches => None,
-        }
     }
 
     /// Stores a write whose strategy the store decides (see the module docs): the document
