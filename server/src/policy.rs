@@ -152,6 +152,8 @@ pub enum WriteKind {
     Patch,
     /// Raw Automerge changes.
     Changes,
+    /// A fork merged back.
+    Merge,
 }
 
 /// The quoted entity tag of a version.
@@ -192,6 +194,32 @@ fn if_match_required(what: &str) -> ApiError {
             "{what} needs If-Match with the version you read (the ETag of your GET), or If-Match: * to write against the current version"
         ),
     )
+}
+
+/// Applies a document's strategy to a write: the base version to apply it at (`None`: the
+/// present), or why it is refused. `lease` is the document's newest lease, `lock` the token
+/// the writer sent.
+pub fn admit(
+    strategy: Strategy,
+    kind: WriteKind,
+    if_match: Option<&IfMatch>,
+    lease: Option<&Lease>,
+    lock: Option<u64>,
+    now_ms: i64,
+    current: &Version,
+) -> Result<Option<Version>, ApiError> {
+    if kind == WriteKind::Merge {
+        return match strategy {
+            Strategy::Branches | Strategy::Crdt => Ok(None),
+            _ => Err(refuse(&format!(
+                "only branches and crdt documents take merges; this one is {strategy}"
+            ))),
+        };
+    }
+    if strategy == Strategy::Lock {
+        check_lease(lease, lock, now_ms)?;
+    }
+    base_for(strategy, kind, if_match, current)
 }
 
 /// The version a write is applied at (`None`: the current one), or why it is refused.

@@ -59,8 +59,8 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use uuid::Uuid;
 
 use crate::api::now_ms;
-use crate::policy::{base_for, WriteKind};
 use crate::problem::ApiError;
+use crate::registry::{Edit, WriteCommand};
 use crate::AppState;
 
 /// The one protocol version automerge-repo speaks today.
@@ -763,14 +763,13 @@ impl Connection<'_> {
             Ok(_) => tracing::info!(doc = %id, "created a document offered by a repo peer"),
             Err(e) if e.kind == "already-exists" => {
                 registry
-                    .write(id, meta, None, |loaded| {
-                        base_for(
-                            loaded.meta.strategy,
-                            WriteKind::Changes,
-                            None,
-                            &loaded.doc.version(),
-                        )?;
-                        Ok(loaded.doc.merge_from(scratch)?)
+                    .execute(WriteCommand {
+                        doc: id,
+                        meta,
+                        if_match: None,
+                        lock: None,
+                        edit: Edit::Copy(scratch),
+                        idempotency: None,
                     })
                     .await?;
             }
@@ -875,17 +874,13 @@ pub(crate) async fn receive(
     };
     if message.has_changes() {
         registry
-            .write(id, meta, None, |loaded| {
-                base_for(
-                    loaded.meta.strategy,
-                    WriteKind::Changes,
-                    None,
-                    &loaded.doc.version(),
-                )?;
-                loaded
-                    .doc
-                    .receive_sync_message(state, message)
-                    .map_err(refused)
+            .execute(WriteCommand {
+                doc: id,
+                meta,
+                if_match: None,
+                lock: None,
+                edit: Edit::Sync { state, message },
+                idempotency: None,
             })
             .await
             .map(drop)

@@ -17,6 +17,7 @@ use super::docs::{idempotent, write_meta};
 use super::{doc_id, json_body, now_ms};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
+use crate::registry::{Edit, WriteCommand};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -255,25 +256,16 @@ pub(super) async fn merge(
         StatusCode::OK,
         now,
         |idem| {
-            registry.write(target, &meta, idem, |loaded| {
-                if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "strategy-refuses",
-                        format!(
-                            "only branches and crdt documents take merges; this one is {}",
-                            loaded.meta.strategy
-                        ),
-                    ));
-                }
-                if !loaded.doc.shares_origin(&fork) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "not-a-fork",
-                        format!("{} is not a fork of {target}", request.fork),
-                    ));
-                }
-                Ok(loaded.doc.merge_from(&fork)?)
+            registry.execute(WriteCommand {
+                doc: target,
+                meta: &meta,
+                if_match: None,
+                lock: None,
+                edit: Edit::MergeFork {
+                    fork: &fork,
+                    id: request.fork,
+                },
+                idempotency: idem,
             })
         },
     )

@@ -10,16 +10,16 @@ use axum::Json;
 use concord_core::patch::parse_patch;
 use concord_core::pointer::Pointer;
 use concord_core::storage::DocMeta;
-use concord_core::{Document, Schema, Strategy, Version, WriteMeta};
+use concord_core::{Document, Schema, Strategy, WriteMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
 use crate::idempotency::{respond, Begin};
-use crate::policy::{base_for, check_lease, etag, IfMatch, WriteKind, LOCK_HEADER};
+use crate::policy::{etag, IfMatch, LOCK_HEADER};
 use crate::problem::ApiError;
-use crate::registry::{IdempotencyDraft, Loaded, Responder, Written};
+use crate::registry::{Edit, IdempotencyDraft, Responder, WriteCommand, Written};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -109,21 +109,6 @@ fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
                 })
         })
         .transpose()
-}
-
-/// Applies the document's strategy to a write: the base version to apply it at, or why it
-/// is refused.
-pub(crate) fn admit(
-    loaded: &Loaded,
-    kind: WriteKind,
-    if_match: Option<&IfMatch>,
-    lock: Option<u64>,
-    now: i64,
-) -> Result<Option<Version>, ApiError> {
-    if loaded.meta.strategy == Strategy::Lock {
-        check_lease(loaded.lease.as_ref(), lock, now)?;
-    }
-    base_for(loaded.meta.strategy, kind, if_match, &loaded.doc.version())
 }
 
 /// What a write request says besides its body: which document, when (the server's clock),
@@ -354,9 +339,13 @@ pub(super) async fn put(
         StatusCode::OK,
         now,
         |idem| {
-            registry.write(id, &meta, idem, |loaded| {
-                let base = admit(loaded, WriteKind::Put, if_match.as_ref(), lock, now)?;
-                Ok(loaded.doc.put(base.as_ref(), &value, &meta)?)
+            registry.execute(WriteCommand {
+                doc: id,
+                meta: &meta,
+                if_match: if_match.as_ref(),
+                lock,
+                edit: Edit::Put(&value),
+                idempotency: idem,
             })
         },
     )
@@ -399,12 +388,16 @@ pub(super) async fn patch(
         StatusCode::OK,
         now,
         |idem| {
-            registry.write(id, &meta, idem, |loaded| {
-                let base = admit(loaded, WriteKind::Patch, if_match.as_ref(), lock, now)?;
-                Ok(match &ops {
-                    Some(ops) => loaded.doc.patch(base.as_ref(), ops, &meta)?,
-                    None => loaded.doc.merge_patch(base.as_ref(), &document, &meta)?,
-                })
+            registry.execute(WriteCommand {
+                doc: id,
+                meta: &meta,
+                if_match: if_match.as_ref(),
+                lock,
+                edit: match &ops {
+                    Some(ops) => Edit::Patch(ops),
+                    None => Edit::MergePatch(&document),
+                },
+                idempotency: idem,
             })
         },
     )
@@ -467,12 +460,16 @@ async fn settle_lost(
         StatusCode::OK,
         now,
         |idem| {
-            registry.write(id, &meta, idem, |loaded| {
-                admit(loaded, WriteKind::Patch, if_match.as_ref(), lock, now)?;
-                Ok(match how {
-                    Settle::Restore => loaded.doc.restore_lost(&lost, &meta)?,
-                    Settle::Dismiss => loaded.doc.dismiss_lost(&lost, &meta)?,
-                })
+            registry.execute(WriteCommand {
+                doc: id,
+                meta: &meta,
+                if_match: if_match.as_ref(),
+                lock,
+                edit: match how {
+                    Settle::Restore => Edit::RestoreLost(&lost),
+                    Settle::Dismiss => Edit::DismissLost(&lost),
+                },
+                idempotency: idem,
             })
         },
     )
@@ -570,11 +567,13 @@ pub(super) async fn post_changes(
         StatusCode::OK,
         now,
         |idem| {
-            registry.write(id, &meta, idem, |loaded| {
-                admit(loaded, WriteKind::Changes, None, None, now)?;
-                // Complete: a change waiting for its dependencies would be acknowledged
-                // but not stored (tests/convergence.rs).
-                Ok(loaded.doc.apply_complete_changes(&body)?)
+            registry.execute(WriteCommand {
+                doc: id,
+                meta: &meta,
+                if_match: None,
+                lock: None,
+                edit: Edit::Changes(&body),
+                idempotency: idem,
             })
         },
     )

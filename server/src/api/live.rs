@@ -61,13 +61,12 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::docs::admit;
 use super::{agent, doc_id, now_ms, parse_version};
 use crate::client::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use crate::idempotency::Keyed;
-use crate::policy::{IfMatch, WriteKind};
+use crate::policy::IfMatch;
 use crate::problem::ApiError;
-use crate::registry::{Catchup, ChangeEvent, FeedEvent, Written};
+use crate::registry::{Catchup, ChangeEvent, Edit, FeedEvent, WriteCommand, Written};
 use crate::{AppState, LiveConfig};
 
 type Shared = State<Arc<AppState>>;
@@ -619,9 +618,9 @@ impl Session {
                 })
             })
             .transpose()?;
-        let (kind, ops) = match &body {
-            WriteBody::Patch(ops) => (WriteKind::Patch, Some(parse_patch(ops)?)),
-            WriteBody::Put(_) => (WriteKind::Put, None),
+        let ops = match &body {
+            WriteBody::Patch(ops) => parse_patch(ops)?,
+            WriteBody::Put(_) => Vec::new(),
         };
         let now = now_ms();
         let meta = WriteMeta {
@@ -650,13 +649,16 @@ impl Session {
         let written = self
             .state
             .registry
-            .write(self.doc, &meta, Some((draft, ack_record)), |loaded| {
-                let base = admit(loaded, kind, if_match.as_ref(), lock, now)?;
-                Ok(match (&ops, &body) {
-                    (Some(ops), _) => loaded.doc.patch(base.as_ref(), ops, &meta)?,
-                    (None, WriteBody::Put(value)) => loaded.doc.put(base.as_ref(), value, &meta)?,
-                    (None, WriteBody::Patch(_)) => unreachable!("patches are parsed above"),
-                })
+            .execute(WriteCommand {
+                doc: self.doc,
+                meta: &meta,
+                if_match: if_match.as_ref(),
+                lock,
+                edit: match &body {
+                    WriteBody::Put(value) => Edit::Put(value),
+                    WriteBody::Patch(_) => Edit::Patch(&ops),
+                },
+                idempotency: Some((draft, ack_record)),
             })
             .await;
         drop(in_flight);
@@ -953,8 +955,13 @@ mod tests {
     async fn set(state: &AppState, id: Uuid, n: usize) {
         state
             .registry
-            .write(id, &meta("w"), None, |loaded| {
-                Ok(loaded.doc.put(None, &json!({ "n": n }), &meta("w"))?)
+            .execute(WriteCommand {
+                doc: id,
+                meta: &meta("w"),
+                if_match: Some(&IfMatch::Any),
+                lock: None,
+                edit: Edit::Put(&json!({ "n": n })),
+                idempotency: None,
             })
             .await
             .unwrap();

@@ -36,12 +36,14 @@
 //! document is reloaded from the store, so memory never keeps a change the store refused.
 
 mod catchup;
+mod command;
 mod coordinator;
 mod events;
 mod leases;
 mod maintain;
 mod write;
 
+pub use command::{Edit, WriteCommand};
 pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS};
 pub use leases::Lease;
 pub use maintain::{Maintained, Tuning};

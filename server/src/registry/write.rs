@@ -171,6 +171,8 @@ impl Registry {
     }
 
     /// Applies `edit` to the document and stores what it changed; returns once durable.
+    /// The primitive under [`Registry::execute`], which every transport uses: it admits
+    /// nothing by itself (the strategy's policy is the caller's).
     pub async fn write(
         &self,
         id: Uuid,

@@ -1,0 +1,135 @@
+//! The one write command. Every transport (HTTP `PUT`/`PATCH`/`POST …/changes`, the lost
+//! edits' restore and dismiss, a merge of a fork, the WebSocket `put`/`patch`, a `/sync`
+//! message with changes, a `/v1/repo` peer's document) builds a [`WriteCommand`] and hands
+//! it to [`Registry::execute`]: the strategy's policy admits it, under the document's lock,
+//! against the present; then the edit is applied and stored as every other write is.
+
+use concord_core::patch::PatchOp;
+use concord_core::sync::{SyncMessage, SyncState};
+
+use super::*;
+use crate::policy::{self, IfMatch, WriteKind};
+
+/// One write, as a transport asks for it.
+pub struct WriteCommand<'a> {
+    /// The document written.
+    pub doc: Uuid,
+    /// Who writes, when (the server's clock), with which message.
+    pub meta: &'a WriteMeta,
+    /// The versions the writer read (`If-Match`, a WebSocket `base`), if it named any.
+    pub if_match: Option<&'a IfMatch>,
+    /// The lock strategy's lease token, if the writer holds one.
+    pub lock: Option<u64>,
+    /// What it changes.
+    pub edit: Edit<'a>,
+    /// What a retry with the same key must replay, if the request is idempotent.
+    pub idempotency: Option<(IdempotencyDraft, Responder)>,
+}
+
+/// What a write changes.
+pub enum Edit<'a> {
+    /// A whole new value, merged at the base.
+    Put(&'a Value),
+    /// JSON Patch operations.
+    Patch(&'a [PatchOp]),
+    /// An RFC 7396 merge patch.
+    MergePatch(&'a Value),
+    /// Raw Automerge changes, each with its dependencies (stored or among them).
+    Changes(&'a [u8]),
+    /// A sync message that carries changes, from a peer whose sync state this is.
+    Sync {
+        /// The server's sync state with the peer.
+        state: &'a mut SyncState,
+        /// The message.
+        message: SyncMessage,
+    },
+    /// Every change of a peer's copy of the document that this one lacks.
+    Copy(&'a Document),
+    /// A fork merged back into the document it was forked from.
+    MergeFork {
+        /// The fork's document.
+        fork: &'a Document,
+        /// The fork's id, for the refusal if it is not a fork of this document.
+        id: Uuid,
+    },
+    /// A lost edit written back where it was.
+    RestoreLost(&'a str),
+    /// A lost edit's record closed, its value left deleted.
+    DismissLost(&'a str),
+}
+
+impl Edit<'_> {
+    /// How the strategy's policy sees this edit.
+    pub fn kind(&self) -> WriteKind {
+        match self {
+            Edit::Put(_) => WriteKind::Put,
+            Edit::Patch(_) | Edit::MergePatch(_) | Edit::RestoreLost(_) | Edit::DismissLost(_) => {
+                WriteKind::Patch
+            }
+            Edit::Changes(_) | Edit::Sync { .. } | Edit::Copy(_) => WriteKind::Changes,
+            Edit::MergeFork { .. } => WriteKind::Merge,
+        }
+    }
+
+    /// Applies the edit to `doc` at `base` (`None`: the present).
+    fn apply(
+        self,
+        target: Uuid,
+        doc: &mut Document,
+        base: Option<&Version>,
+        meta: &WriteMeta,
+    ) -> Result<WriteOutcome, ApiError> {
+        Ok(match self {
+            Edit::Put(value) => doc.put(base, value, meta)?,
+            Edit::Patch(ops) => doc.patch(base, ops, meta)?,
+            Edit::MergePatch(patch) => doc.merge_patch(base, patch, meta)?,
+            // Complete: a change waiting for its dependencies would be acknowledged but not
+            // stored (tests/convergence.rs).
+            Edit::Changes(bytes) => doc.apply_complete_changes(bytes)?,
+            Edit::Sync { state, message } => doc
+                .receive_sync_message(state, message)
+                .map_err(|e| ApiError::bad_request("invalid-sync-message", e.to_string()))?,
+            Edit::Copy(copy) => doc.merge_from(copy)?,
+            Edit::MergeFork { fork, id } => {
+                if !doc.shares_origin(fork) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "not-a-fork",
+                        format!("{id} is not a fork of {target}"),
+                    ));
+                }
+                doc.merge_from(fork)?
+            }
+            Edit::RestoreLost(lost) => doc.restore_lost(lost, meta)?,
+            Edit::DismissLost(lost) => doc.dismiss_lost(lost, meta)?,
+        })
+    }
+}
+
+impl Registry {
+    /// Runs a write command: admitted by the document's strategy against the present,
+    /// applied, stored; returns once durable (see the module docs of [`super`]).
+    pub async fn execute(&self, command: WriteCommand<'_>) -> Result<Written, ApiError> {
+        let WriteCommand {
+            doc,
+            meta,
+            if_match,
+            lock,
+            edit,
+            idempotency,
+        } = command;
+        self.write(doc, meta, idempotency, |loaded| {
+            let base = policy::admit(
+                loaded.meta.strategy,
+                edit.kind(),
+                if_match,
+                loaded.lease.as_ref(),
+                lock,
+                meta.time_ms,
+                &loaded.doc.version(),
+            )?;
+            edit.apply(doc, &mut loaded.doc, base.as_ref(), meta)
+        })
+        .await
+    }
+}
