@@ -554,7 +554,10 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     // A second node's registry, following nothing: it only learns by reading.
     let behind =
         Registry::new(Arc::new(PostgresStore::open(&db.url()).await.unwrap()) as Arc<dyn Store>);
-    let first = behind.read(doc.id, |l| Ok(l.value.clone())).await.unwrap();
+    let first = behind
+        .read::<_, concord_server::registry::Error>(doc.id, |l| Ok(l.value.clone()))
+        .await
+        .unwrap();
     assert_eq!(first, json!({"items": []}));
 
     let mut last = String::new();
@@ -577,7 +580,7 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     assert_eq!(rows, 0, "the snapshot replaced every change record");
 
     let (value, version) = behind
-        .read(doc.id, |l| {
+        .read::<_, concord_server::registry::Error>(doc.id, |l| {
             Ok((l.value.clone(), l.doc.version().to_string()))
         })
         .await
@@ -720,7 +723,7 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     let ours = meta("node");
     let if_match = IfMatch::Version(v1.clone());
     let refused = registry
-        .write(id, &ours, None, |loaded| {
+        .write::<concord_server::problem::ApiError>(id, &ours, None, |loaded| {
             // The node's own check passes: it has not seen the rival's write yet.
             let base = base_for(
                 loaded.meta.strategy,
@@ -743,7 +746,7 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     assert_eq!(etag, Some(theirs.version.to_string()));
     // Memory holds the winner's state, not the refused change.
     let (value, version, changes) = registry
-        .read(id, |l| {
+        .read::<_, concord_server::registry::Error>(id, |l| {
             Ok((l.value.clone(), l.doc.version(), l.doc.change_count()))
         })
         .await

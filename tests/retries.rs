@@ -282,7 +282,7 @@ async fn a_retry_while_the_first_is_in_flight_is_409() {
     let holder = tokio::spawn(async move {
         state
             .registry
-            .update(uuid, move |_| {
+            .update::<_, concord_server::registry::Error>(uuid, move |_| {
                 locked.send(()).unwrap();
                 // Blocks this worker thread; the server runs on the others.
                 released.recv().unwrap();

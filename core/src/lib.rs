@@ -13,6 +13,8 @@
 //! - `textdiff`: the splices between two texts, lines first, then characters.
 //! - [`lost`]: edits a merge could not keep visible, recorded so none vanishes silently.
 //! - [`patch`]: RFC 6902 JSON Patch (with `increment` and `splice`) and RFC 7396 merge patch.
+//! - [`policy`]: each strategy's rule for a write: the base version it applies at, or a
+//!   typed [`policy::Refusal`].
 //! - [`strategy`]: [`Strategy`], the write policies compared by the comparison mode.
 //! - [`sync`]: the Automerge sync protocol: [`sync::SyncState`] per peer, messages in and out.
 //! - [`storage`]: the [`Store`](storage::Store) trait and an in-memory store.
@@ -42,6 +44,7 @@ mod listdiff;
 pub mod lost;
 pub mod patch;
 pub mod pointer;
+pub mod policy;
 pub mod reconcile;
 pub mod schema;
 pub mod storage;

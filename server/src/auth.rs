@@ -1052,8 +1052,12 @@ impl Relay {
                 }
                 if !self.principal.is_admin() {
                     // Offering a document the server lacks creates it: admin only.
-                    let exists = self.state.registry.read(id, |_| Ok(())).await;
-                    if exists.is_err_and(|e| e.status == StatusCode::NOT_FOUND) {
+                    let exists = self
+                        .state
+                        .registry
+                        .read::<_, crate::registry::Error>(id, |_| Ok(()))
+                        .await;
+                    if matches!(exists, Err(crate::registry::Error::NotFound(_))) {
                         return self.unavailable(&document);
                     }
                 }

@@ -164,7 +164,7 @@ impl Idempotency {
             IdempotencyDraft {
                 key,
                 fingerprint,
-                status,
+                status: status.as_u16(),
                 now_ms,
             },
         ))
@@ -213,7 +213,7 @@ fn replay(record: &IdempotencyRecord) -> Response<Body> {
 
 /// Turns a recorded-or-live write into its response.
 pub fn respond(written: &Written, status: StatusCode, responder: Responder) -> Response<Body> {
-    let (headers, body) = responder(written, status);
+    let (headers, body) = responder(written, status.as_u16());
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     for (name, value) in headers {

@@ -24,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod compare;
 pub mod idempotency;

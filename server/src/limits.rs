@@ -35,10 +35,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use concord_core::{Document, Version};
 use futures_util::Stream;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -51,8 +49,7 @@ use crate::problem::{problem_body, ApiError, PROBLEM_JSON};
 /// applied, so input cannot exhaust the stack.
 pub const MAX_JSON_NESTING: usize = 127;
 
-/// The problem kind of a write refused for the size of the document it would make.
-pub const DOCUMENT_TOO_LARGE: &str = "document-too-large";
+pub use crate::problem::DOCUMENT_TOO_LARGE;
 
 /// Limits on documents, connections and slow clients. (The body limit is
 /// `Config::body_limit`; WebSocket limits are in `LiveConfig`.)
@@ -76,66 +73,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_document_bytes: 16 * 1024 * 1024,
+            max_document_bytes: crate::registry::DEFAULT_MAX_DOCUMENT_BYTES,
             max_connections: 512,
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(90),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Document size.
-
-/// Counts bytes, and stops the serializer once they pass `max`.
-struct Counter {
-    bytes: usize,
-    max: usize,
-}
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.bytes += buf.len();
-        if self.bytes > self.max {
-            return Err(io::Error::other("over the limit"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// `Ok` if `value` is at most `max` bytes of compact JSON; else the `413` to answer.
-pub(crate) fn check_document(value: &Value, max: usize) -> Result<(), ApiError> {
-    let mut counter = Counter { bytes: 0, max };
-    match serde_json::to_writer(&mut counter, value) {
-        Ok(()) => Ok(()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            DOCUMENT_TOO_LARGE,
-            format!(
-                "this write would make the document more than {max} bytes of JSON, the server's \
-                 document limit; nothing was changed"
-            ),
-        )),
-    }
-}
-
-/// Puts `doc` back at `to` (its version before a refused edit) without reloading it from
-/// storage: a reload could miss writes whose batches are still on their way to the disk.
-/// True if it did; on false the caller drops the document from memory instead.
-pub(crate) fn rewind(doc: &mut Document, to: &Version) -> bool {
-    let Ok(at) = doc.automerge().fork_at(to.heads()) else {
-        return false;
-    };
-    match Document::load(doc.schema().clone(), Some(&at.save()), &[]) {
-        Ok((restored, report)) if report.skipped.is_empty() && restored.version() == *to => {
-            *doc = restored;
-            true
-        }
-        _ => false,
     }
 }
 
@@ -372,40 +314,4 @@ async fn refuse(mut stream: TcpStream, limit: usize, _turn: OwnedSemaphorePermit
         Ok::<_, io::Error>(())
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use concord_core::{Schema, WriteMeta};
-    use serde_json::json;
-
-    #[test]
-    fn document_size_is_counted_as_compact_json() {
-        let value = json!({"a": [1, 2, 3]});
-        let size = serde_json::to_vec(&value).unwrap().len();
-        assert!(check_document(&value, size).is_ok());
-        let e = check_document(&value, size - 1).unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(e.kind, DOCUMENT_TOO_LARGE);
-    }
-
-    #[test]
-    fn rewind_restores_the_version_and_value_before_an_edit() {
-        let meta = WriteMeta {
-            agent: "a".into(),
-            time_ms: 0,
-            message: None,
-        };
-        let (mut doc, _) = Document::create(&json!({"n": 1}), Schema::default(), &meta).unwrap();
-        let before = doc.version();
-        doc.put(None, &json!({"n": 2, "m": "x"}), &meta).unwrap();
-        assert_ne!(doc.version(), before);
-        assert!(rewind(&mut doc, &before));
-        assert_eq!(doc.version(), before);
-        assert_eq!(doc.read(None).unwrap(), json!({"n": 1}));
-        // And it takes writes again.
-        doc.put(None, &json!({"n": 3}), &meta).unwrap();
-        assert_eq!(doc.read(None).unwrap(), json!({"n": 3}));
-    }
 }

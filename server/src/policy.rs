@@ -1,91 +1,67 @@
-//! Write strategies as policies: given a document's strategy, the kind of write and the
-//! version the writer names, the base version the write is applied at, or a refusal.
+//! The HTTP side of the write strategies: `If-Match` and version parsing, entity tags, and
+//! how a policy's [`Refusal`] is answered (status, problem type, `ETag`). The policies
+//! themselves are pure functions in [`concord_core::policy`].
 
 use axum::http::{header, HeaderValue, StatusCode};
-use concord_core::{Strategy, Version};
+pub use concord_core::policy::{admit, base_for, check_lease, IfMatch, Lease, Refusal, WriteKind};
+use concord_core::Version;
 
 use crate::problem::ApiError;
-use crate::registry::Lease;
 
-/// The `If-Match` of a request (RFC 9110, section 13.1.1), compared strongly: a weak
-/// entity tag (`W/"…"`) never matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `*`: against whatever is current.
-    Any,
-    /// One strong entity tag: a version the writer read.
-    Version(Version),
-    /// A list of entity tags, of which any may match: the versions of its strong tags, in
-    /// the order given. Weak tags are left out, as they never match; a list of weak tags
-    /// only is empty, and matches nothing.
-    AnyOf(Vec<Version>),
-}
-
-impl IfMatch {
-    /// Parses the field lines of `If-Match`: `*`, or a comma-separated list of quoted
-    /// entity tags, each holding a version. Several lines are one list (RFC 9110, section
-    /// 5.3). Unquoted and unterminated tags are refused (400 `invalid-version`), as is a
-    /// weak or strong tag that does not hold a version.
-    pub fn parse_header<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Self, ApiError> {
-        let mut any = false;
-        let mut strong = Vec::new();
-        let mut tags = 0usize;
-        for line in lines {
-            let mut rest = line;
-            loop {
-                rest = rest.trim_start_matches([' ', '\t', ',']);
-                if rest.is_empty() {
-                    break;
+/// Parses the field lines of `If-Match`: `*`, or a comma-separated list of quoted
+/// entity tags, each holding a version. Several lines are one list (RFC 9110, section
+/// 5.3). Unquoted and unterminated tags are refused (400 `invalid-version`), as is a
+/// weak or strong tag that does not hold a version.
+pub fn parse_if_match<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<IfMatch, ApiError> {
+    let mut any = false;
+    let mut strong = Vec::new();
+    let mut tags = 0usize;
+    for line in lines {
+        let mut rest = line;
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            if let Some(after) = rest.strip_prefix('*') {
+                any = true;
+                rest = after;
+            } else {
+                let (weak, version, after) = entity_tag(rest)?;
+                tags += 1;
+                if !weak {
+                    strong.push(version);
                 }
-                if let Some(after) = rest.strip_prefix('*') {
-                    any = true;
-                    rest = after;
-                } else {
-                    let (weak, version, after) = entity_tag(rest)?;
-                    tags += 1;
-                    if !weak {
-                        strong.push(version);
-                    }
-                    rest = after;
-                }
-                rest = rest.trim_start_matches([' ', '\t']);
-                if !rest.is_empty() && !rest.starts_with(',') {
-                    return Err(invalid_if_match(format!(
-                        "If-Match entries are separated by commas; unexpected {:?}",
-                        excerpt(rest)
-                    )));
-                }
+                rest = after;
+            }
+            rest = rest.trim_start_matches([' ', '\t']);
+            if !rest.is_empty() && !rest.starts_with(',') {
+                return Err(invalid_if_match(format!(
+                    "If-Match entries are separated by commas; unexpected {:?}",
+                    excerpt(rest)
+                )));
             }
         }
-        match (any, tags) {
-            (true, 0) => Ok(IfMatch::Any),
-            (true, _) => Err(invalid_if_match(
-                "If-Match is either * or a list of entity tags, not both".into(),
-            )),
-            (false, 0) => Err(invalid_if_match(
-                "If-Match is empty: send the version you read, quoted (\"<version>\"), or *".into(),
-            )),
-            (false, _) if strong.len() == 1 => Ok(IfMatch::Version(strong.remove(0))),
-            (false, _) => Ok(IfMatch::AnyOf(strong)),
-        }
     }
-
-    /// Parses the `base` of a WebSocket write: `*` or a bare version (it is not an HTTP
-    /// header, so the version is not quoted).
-    pub fn parse_base(base: &str) -> Result<Self, ApiError> {
-        match base.trim() {
-            "*" => Ok(IfMatch::Any),
-            base => parse_version(base).map(IfMatch::Version),
-        }
+    match (any, tags) {
+        (true, 0) => Ok(IfMatch::Any),
+        (true, _) => Err(invalid_if_match(
+            "If-Match is either * or a list of entity tags, not both".into(),
+        )),
+        (false, 0) => Err(invalid_if_match(
+            "If-Match is empty: send the version you read, quoted (\"<version>\"), or *".into(),
+        )),
+        (false, _) if strong.len() == 1 => Ok(IfMatch::Version(strong.remove(0))),
+        (false, _) => Ok(IfMatch::AnyOf(strong)),
     }
+}
 
-    /// The versions of the strong tags (none for `*`).
-    pub fn versions(&self) -> &[Version] {
-        match self {
-            IfMatch::Any => &[],
-            IfMatch::Version(v) => std::slice::from_ref(v),
-            IfMatch::AnyOf(versions) => versions,
-        }
+/// Parses the `base` of a WebSocket write: `*` or a bare version (it is not an HTTP
+/// header, so the version is not quoted).
+pub fn parse_base(base: &str) -> Result<IfMatch, ApiError> {
+    match base.trim() {
+        "*" => Ok(IfMatch::Any),
+        base => parse_version(base).map(IfMatch::Version),
     }
 }
 
@@ -143,178 +119,39 @@ fn excerpt(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
-/// How a request writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteKind {
-    /// A whole new value.
-    Put,
-    /// JSON Patch or merge patch operations.
-    Patch,
-    /// Raw Automerge changes.
-    Changes,
-    /// A fork merged back.
-    Merge,
-}
-
 /// The quoted entity tag of a version.
 pub fn etag(version: &Version) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("hex and dots are valid in a header")
 }
 
-/// The 412 of a write whose base is not the current version, with the current `ETag`.
-pub fn stale(current: &Version) -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "stale-version",
-        format!(
-            "the document changed since the version you read; it is now {current}: read it again and retry"
-        ),
-    )
-    .with_header(header::ETAG, etag(current))
-}
-
-/// The 412 of an `If-Match` made only of weak entity tags: under strong comparison (RFC
-/// 9110, section 13.1.1) a weak tag never matches, so the precondition fails.
-pub fn weak_only(current: &Version) -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "weak-etag",
-        format!(
-            "If-Match held only weak entity tags (W/\"…\"), which never match a write's precondition; send the version you read as a strong tag, \"<version>\" (the document is now {current})"
-        ),
-    )
-    .with_header(header::ETAG, etag(current))
-}
-
-fn if_match_required(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_REQUIRED,
-        "if-match-required",
-        format!(
-            "{what} needs If-Match with the version you read (the ETag of your GET), or If-Match: * to write against the current version"
-        ),
-    )
-}
-
-/// Applies a document's strategy to a write: the base version to apply it at (`None`: the
-/// present), or why it is refused. `lease` is the document's newest lease, `lock` the token
-/// the writer sent.
-pub fn admit(
-    strategy: Strategy,
-    kind: WriteKind,
-    if_match: Option<&IfMatch>,
-    lease: Option<&Lease>,
-    lock: Option<u64>,
-    now_ms: i64,
-    current: &Version,
-) -> Result<Option<Version>, ApiError> {
-    if kind == WriteKind::Merge {
-        return match strategy {
-            Strategy::Branches | Strategy::Crdt => Ok(None),
-            _ => Err(refuse(&format!(
-                "only branches and crdt documents take merges; this one is {strategy}"
-            ))),
-        };
-    }
-    if strategy == Strategy::Lock {
-        check_lease(lease, lock, now_ms)?;
-    }
-    base_for(strategy, kind, if_match, current)
-}
-
-/// The version a write is applied at (`None`: the current one), or why it is refused.
-pub fn base_for(
-    strategy: Strategy,
-    kind: WriteKind,
-    if_match: Option<&IfMatch>,
-    current: &Version,
-) -> Result<Option<Version>, ApiError> {
-    if kind == WriteKind::Changes && strategy != Strategy::Crdt {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "strategy-refuses",
-            format!("raw Automerge changes bypass the {strategy} strategy; only crdt documents accept them"),
-        ));
-    }
-    match strategy {
-        // With a list of tags, a crdt write is applied at the current version if the list
-        // names it, else at the first strong tag listed (any listed version is one the
-        // writer read; the first is taken as the one it means).
-        Strategy::Crdt => match (kind, if_match) {
-            (WriteKind::Put, None) => Err(if_match_required("a PUT")),
-            (_, None | Some(IfMatch::Any)) => Ok(None),
-            (_, Some(tags)) => match tags.versions() {
-                [] => Err(weak_only(current)),
-                versions if versions.contains(current) => Ok(Some(current.clone())),
-                [first, ..] => Ok(Some(first.clone())),
-            },
-        },
-        Strategy::Lww => Ok(None),
-        // Passes if any strong tag listed is the current version.
-        Strategy::Optimistic => match if_match {
-            None => Err(if_match_required("an optimistic document's write")),
-            Some(IfMatch::Any) => Ok(None),
-            Some(tags) => match tags.versions() {
-                [] => Err(weak_only(current)),
-                versions if versions.contains(current) => Ok(None),
-                _ => Err(stale(current)),
-            },
-        },
-        // The lease was checked by `check_lease`; the holder read after locking.
-        Strategy::Lock => Ok(None),
-        Strategy::Queue => match (kind, if_match) {
-            (WriteKind::Patch, None) => Ok(None),
-            _ => Err(refuse(
-                "a queue document accepts only intents: PATCH operations without If-Match, applied in arrival order",
-            )),
-        },
-        Strategy::Branches => Err(refuse(
-            "a branches document takes no direct writes: fork it (POST /v1/docs/{id}/fork), edit the fork, then merge the fork back (POST /v1/docs/{id}/merge)",
-        )),
-    }
-}
-
-fn refuse(detail: &str) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "strategy-refuses", detail)
-}
-
 /// The request header carrying a lock token.
 pub const LOCK_HEADER: &str = "concord-lock";
 
-/// The 409 of a lock token that is not the newest one (`newest`, if known).
-pub fn fenced(token: u64, newest: Option<u64>) -> ApiError {
-    let detail = match newest {
-        Some(newest) if newest > token => {
-            format!("token {token} is fenced off: a newer lease (token {newest}) was issued since")
+/// The status a refusal is answered with over HTTP.
+pub fn status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::IfMatchRequired { .. } | Refusal::LockRequired => {
+            StatusCode::PRECONDITION_REQUIRED
         }
-        _ => format!("token {token} is not the token of the current lease"),
-    };
-    ApiError::new(StatusCode::CONFLICT, "fenced", detail)
+        Refusal::Stale { .. } | Refusal::WeakOnly { .. } => StatusCode::PRECONDITION_FAILED,
+        Refusal::Strategy(_)
+        | Refusal::Fenced { .. }
+        | Refusal::NotHolder { .. }
+        | Refusal::LeaseExpired { .. }
+        | Refusal::NotAFork { .. } => StatusCode::CONFLICT,
+        Refusal::WriterContended => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
-/// The 409 of the newest lock token whose lease ran out (or was released).
-pub fn lease_expired(token: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "lease-expired",
-        format!("the lease of token {token} expired; take the lock again"),
-    )
-}
-
-/// Checks a lock-strategy write's token: it must be the newest token issued and its lease
-/// must not have expired (fencing: a writer that paused past its lease cannot write).
-pub fn check_lease(lease: Option<&Lease>, token: Option<u64>, now_ms: i64) -> Result<(), ApiError> {
-    let Some(token) = token else {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_REQUIRED,
-            "lock-required",
-            "a lock document needs the token of a lease: POST /v1/docs/{id}/lock, then send Concord-Lock: <token>",
-        ));
-    };
-    match lease {
-        Some(lease) if lease.token == token && lease.expires_at_ms > now_ms => Ok(()),
-        Some(lease) if lease.token == token => Err(lease_expired(token)),
-        lease => Err(fenced(token, lease.map(|l| l.token))),
+/// A refusal as a problem: its status, its kind, its text, and the current version's
+/// `ETag` when it tells the writer what to read again.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let e = ApiError::new(status(&refusal), refusal.kind(), refusal.to_string());
+        match refusal.current() {
+            Some(current) => e.with_header(header::ETAG, etag(current)),
+            None => e,
+        }
     }
 }
 
@@ -326,84 +163,60 @@ mod tests {
         Version::new(vec![automerge::ChangeHash([byte; 32])])
     }
 
-    /// `(strategy, kind, if_match, expected)`: `Ok(None)` is "at the current version",
-    /// `Err(status)` a refusal.
-    type Case<'a> = (
-        Strategy,
-        WriteKind,
-        Option<&'a IfMatch>,
-        Result<Option<Version>, u16>,
-    );
-
+    /// Each refusal's status, and the `ETag` of the present where the refusal names it.
     #[test]
-    fn policy_table() {
-        use Strategy::*;
-        use WriteKind::*;
+    fn refusals_render_once_with_their_status() {
         let current = v(1);
-        let old = IfMatch::Version(v(2));
-        let now = IfMatch::Version(v(1));
-        // Lists: with the current version (not first), without it, and of weak tags only.
-        let with_now = IfMatch::AnyOf(vec![v(3), v(1), v(2)]);
-        let without = IfMatch::AnyOf(vec![v(3), v(2)]);
-        let weak = IfMatch::AnyOf(vec![]);
-        let cases: Vec<Case<'_>> = vec![
-            (Crdt, Put, None, Err(428)),
-            (Crdt, Put, Some(&IfMatch::Any), Ok(None)),
-            (Crdt, Put, Some(&old), Ok(Some(v(2)))),
-            (Crdt, Put, Some(&with_now), Ok(Some(v(1)))),
-            (Crdt, Put, Some(&without), Ok(Some(v(3)))),
-            (Crdt, Put, Some(&weak), Err(412)),
-            (Crdt, Patch, None, Ok(None)),
-            (Crdt, Patch, Some(&old), Ok(Some(v(2)))),
-            (Crdt, Patch, Some(&without), Ok(Some(v(3)))),
-            (Crdt, Patch, Some(&weak), Err(412)),
-            (Crdt, Changes, None, Ok(None)),
-            (Lww, Put, None, Ok(None)),
-            (Lww, Put, Some(&old), Ok(None)),
-            (Lww, Put, Some(&weak), Ok(None)),
-            (Lww, Changes, None, Err(409)),
-            (Optimistic, Put, None, Err(428)),
-            (Optimistic, Put, Some(&old), Err(412)),
-            (Optimistic, Put, Some(&now), Ok(None)),
-            (Optimistic, Put, Some(&with_now), Ok(None)),
-            (Optimistic, Put, Some(&without), Err(412)),
-            (Optimistic, Put, Some(&weak), Err(412)),
-            (Optimistic, Patch, Some(&IfMatch::Any), Ok(None)),
-            (Optimistic, Patch, Some(&with_now), Ok(None)),
-            (Optimistic, Patch, Some(&weak), Err(412)),
-            (Lock, Put, Some(&old), Ok(None)),
-            (Lock, Put, Some(&weak), Ok(None)),
-            (Queue, Patch, None, Ok(None)),
-            (Queue, Patch, Some(&old), Err(409)),
-            (Queue, Patch, Some(&weak), Err(409)),
-            (Queue, Put, Some(&IfMatch::Any), Err(409)),
-            (Branches, Put, Some(&IfMatch::Any), Err(409)),
-            (Branches, Patch, None, Err(409)),
-            (Branches, Changes, None, Err(409)),
+        let id = uuid::Uuid::nil();
+        let cases = [
+            (Refusal::IfMatchRequired { what: "a PUT" }, 428, false),
+            (Refusal::LockRequired, 428, false),
+            (
+                Refusal::Stale {
+                    current: current.clone(),
+                },
+                412,
+                true,
+            ),
+            (
+                Refusal::WeakOnly {
+                    current: current.clone(),
+                },
+                412,
+                true,
+            ),
+            (Refusal::Strategy("no".into()), 409, false),
+            (
+                Refusal::Fenced {
+                    token: 1,
+                    newest: Some(2),
+                },
+                409,
+                false,
+            ),
+            (Refusal::NotHolder { token: 1 }, 409, false),
+            (Refusal::LeaseExpired { token: 1 }, 409, false),
+            (
+                Refusal::NotAFork {
+                    fork: id,
+                    target: id,
+                },
+                409,
+                false,
+            ),
+            (Refusal::WriterContended, 503, false),
         ];
-        for (strategy, kind, if_match, expected) in cases {
-            let got = base_for(strategy, kind, if_match, &current).map_err(|e| e.status.as_u16());
-            assert_eq!(got, expected, "{strategy} {kind:?} {if_match:?}");
-        }
-    }
-
-    #[test]
-    fn weak_tags_only_fail_the_precondition_with_their_own_type() {
-        let current = v(1);
-        for strategy in [Strategy::Crdt, Strategy::Optimistic] {
-            let e = base_for(
-                strategy,
-                WriteKind::Put,
-                Some(&IfMatch::AnyOf(vec![])),
-                &current,
-            )
-            .unwrap_err();
+        for (refusal, code, tagged) in cases {
+            let kind = refusal.kind();
+            let text = refusal.to_string();
+            let e = ApiError::from(refusal);
+            assert_eq!((e.status.as_u16(), e.kind), (code, kind));
+            assert_eq!(e.detail, text);
             assert_eq!(
-                (e.status.as_u16(), e.kind),
-                (412, "weak-etag"),
-                "{strategy}"
+                e.headers.iter().any(|(name, _)| name == header::ETAG),
+                tagged,
+                "{kind}"
             );
-            assert!(e.headers.iter().any(|(name, _)| name == header::ETAG));
         }
     }
 
@@ -467,7 +280,7 @@ mod tests {
             (vec![" , ".into()], Err("invalid-version")),
         ];
         for (lines, expected) in cases {
-            let got = IfMatch::parse_header(lines.iter().map(String::as_str)).map_err(|e| {
+            let got = parse_if_match(lines.iter().map(String::as_str)).map_err(|e| {
                 assert_eq!(e.status.as_u16(), 400, "{lines:?}");
                 assert!(!e.detail.is_empty());
                 e.kind
@@ -482,9 +295,9 @@ mod tests {
         let a = v(1);
         assert_eq!(parse_version(&a.to_string()).unwrap(), a);
         assert_eq!(parse_version(&format!(" {a} ")).unwrap(), a);
-        assert_eq!(IfMatch::parse_base("*").unwrap(), IfMatch::Any);
+        assert_eq!(parse_base("*").unwrap(), IfMatch::Any);
         assert_eq!(
-            IfMatch::parse_base(&a.to_string()).unwrap(),
+            parse_base(&a.to_string()).unwrap(),
             IfMatch::Version(a.clone())
         );
         for bad in [
@@ -499,36 +312,7 @@ mod tests {
                 (400, "invalid-version"),
                 "{bad}"
             );
-            assert_eq!(
-                IfMatch::parse_base(&bad).unwrap_err().kind,
-                "invalid-version"
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod lease_tests {
-    use super::*;
-
-    #[test]
-    fn fencing_table() {
-        let lease = Lease {
-            token: 10,
-            expires_at_ms: 1000,
-            agent: "a".into(),
-        };
-        let cases = [
-            (Some(&lease), Some(10), 999, Ok(())),
-            (Some(&lease), Some(10), 1000, Err("lease-expired")),
-            (Some(&lease), Some(9), 500, Err("fenced")),
-            (Some(&lease), Some(11), 500, Err("fenced")),
-            (None, Some(10), 500, Err("fenced")),
-            (Some(&lease), None, 500, Err("lock-required")),
-        ];
-        for (lease, token, now, expected) in cases {
-            let got = check_lease(lease, token, now).map_err(|e| e.kind);
-            assert_eq!(got, expected, "{lease:?} {token:?} {now}");
+            assert_eq!(parse_base(&bad).unwrap_err().kind, "invalid-version");
         }
     }
 }

@@ -160,6 +160,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The problem kind of a write refused for the size of the document it would make.
+pub const DOCUMENT_TOO_LARGE: &str = "document-too-large";
+
+/// A registry error as a problem: the one place its HTTP status and kind are chosen.
+impl From<crate::registry::Error> for ApiError {
+    fn from(e: crate::registry::Error) -> Self {
+        use crate::registry::Error as E;
+        let detail = e.to_string();
+        match e {
+            E::NotFound(id) => ApiError::doc_not_found(id),
+            E::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "already-exists", detail),
+            E::Refused(refusal) => refusal.into(),
+            E::Document(e) => e.into(),
+            E::InvalidSync(_) => ApiError::bad_request("invalid-sync-message", detail),
+            E::UnknownVersion(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown-version", detail),
+            E::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, DOCUMENT_TOO_LARGE, detail)
+            }
+            E::Store(e) => e.into(),
+            E::Unloadable(_) | E::Internal(_) => ApiError::internal(detail),
+        }
+    }
+}
+
 /// Middleware: turns any error response that is not yet problem+json (a 404 for an unknown
 /// route, a 405, a 413 from the body limit, an extractor rejection) into one, keeping its
 /// status and using its text as the detail.

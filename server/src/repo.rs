@@ -694,7 +694,7 @@ impl Connection<'_> {
             .hub
             .app
             .registry
-            .read(id, |l| Ok(l.meta.strategy))
+            .read::<_, ApiError>(id, |l| Ok(l.meta.strategy))
             .await
         {
             Ok(Strategy::Crdt) => {
@@ -795,13 +795,16 @@ impl Connection<'_> {
             Event::Changed => self.push(socket, id, &document).await,
             Event::Gone => {
                 self.events.remove(&id);
-                match registry.read(id, |_| Ok(())).await {
+                match registry
+                    .read::<_, crate::registry::Error>(id, |_| Ok(()))
+                    .await
+                {
                     // It only left memory: follow it again.
                     Ok(()) => {
                         self.watch(id).await.map_err(|e| Closing::from_api(&e))?;
                         self.push(socket, id, &document).await
                     }
-                    Err(e) if e.status == StatusCode::NOT_FOUND => {
+                    Err(crate::registry::Error::NotFound(_)) => {
                         self.relays.remove(&id);
                         self.sessions.insert(id, Session::Unavailable);
                         self.send(
@@ -812,7 +815,7 @@ impl Connection<'_> {
                         )
                         .await
                     }
-                    Err(e) => Err(Closing::from_api(&e)),
+                    Err(e) => Err(Closing::from_api(&e.into())),
                 }
             }
         }
@@ -884,6 +887,7 @@ pub(crate) async fn receive(
             })
             .await
             .map(drop)
+            .map_err(ApiError::from)
     } else {
         registry
             .update(id, |loaded| {

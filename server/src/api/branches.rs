@@ -17,7 +17,7 @@ use super::docs::{idempotent, write_meta};
 use super::{doc_id, json_body, now_ms};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
-use crate::registry::{Edit, WriteCommand};
+use crate::registry::{self, Edit, WriteCommand};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -234,16 +234,13 @@ pub(super) async fn merge(
         .registry
         .read(request.fork, |loaded| Ok(loaded.doc.fork()))
         .await
-        .map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown-fork",
-                    format!("no fork {}", request.fork),
-                )
-            } else {
-                e
-            }
+        .map_err(|e| match e {
+            registry::Error::NotFound(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-fork",
+                format!("no fork {}", request.fork),
+            ),
+            e => e.into(),
         })?;
     let path = format!("/v1/docs/{target}/merge");
     let registry = &state.registry;

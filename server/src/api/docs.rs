@@ -41,12 +41,12 @@ struct CreateBody {
 
 /// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
 /// `Location` on create).
-fn doc_response(written: &Written, status: StatusCode) -> (Vec<(String, String)>, Vec<u8>) {
+fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u8>) {
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         ("etag".to_owned(), format!("\"{}\"", written.version)),
     ];
-    if status == StatusCode::CREATED {
+    if status == StatusCode::CREATED.as_u16() {
         headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
     }
     let body = json!({
@@ -63,7 +63,7 @@ const DOC_RESPONSE: Responder = doc_response;
 
 /// Runs a write with `Idempotency-Key` handling around it.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn idempotent<F, Fut>(
+pub(super) async fn idempotent<F, Fut, E>(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
@@ -75,7 +75,8 @@ pub(super) async fn idempotent<F, Fut>(
 ) -> Result<Response<Body>, ApiError>
 where
     F: FnOnce(Option<(IdempotencyDraft, Responder)>) -> Fut,
-    Fut: std::future::Future<Output = Result<Written, ApiError>>,
+    Fut: std::future::Future<Output = Result<Written, E>>,
+    ApiError: From<E>,
 {
     let store = state.registry.store().as_ref();
     match state
@@ -196,7 +197,7 @@ pub(super) async fn create(
         |idem| {
             registry.create(
                 doc,
-                || Ok(Document::create(&value, schema_copy, &meta)?),
+                || Ok::<_, ApiError>(Document::create(&value, schema_copy, &meta)?),
                 &meta,
                 client_chose_id,
                 idem,

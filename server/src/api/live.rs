@@ -64,9 +64,9 @@ use uuid::Uuid;
 use super::{agent, doc_id, now_ms, parse_version};
 use crate::client::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use crate::idempotency::Keyed;
-use crate::policy::IfMatch;
+use crate::policy::Refusal;
 use crate::problem::ApiError;
-use crate::registry::{Catchup, ChangeEvent, Edit, FeedEvent, WriteCommand, Written};
+use crate::registry::{self, Catchup, ChangeEvent, Edit, FeedEvent, WriteCommand, Written};
 use crate::{AppState, LiveConfig};
 
 type Shared = State<Arc<AppState>>;
@@ -181,10 +181,10 @@ impl DocFeed {
                         self.repair = None;
                         self.queue_catchup(catchup);
                     }
-                    Err(e) if e.kind == "unknown-version" => self.repair = Some(Repair::Snapshot),
+                    Err(registry::Error::UnknownVersion(_)) => self.repair = Some(Repair::Snapshot),
                     Err(e) => {
                         self.repair = None;
-                        self.queue.push_back(Item::Ended(e));
+                        self.queue.push_back(Item::Ended(e.into()));
                     }
                 }
                 continue;
@@ -340,7 +340,12 @@ async fn next_item(feed: &mut Option<DocFeed>) -> Item {
 
 impl Session {
     async fn run(mut self) {
-        if let Err(e) = self.state.registry.read(self.doc, |_| Ok(())).await {
+        if let Err(e) = self
+            .state
+            .registry
+            .read::<_, ApiError>(self.doc, |_| Ok(()))
+            .await
+        {
             let code = if e.status == StatusCode::NOT_FOUND {
                 4404
             } else {
@@ -595,7 +600,7 @@ impl Session {
                     Err(()) => Flow::Gone,
                 }
             }
-            Err(e) => self.refused(for_ws(e), Some(id)).await,
+            Err(e) => self.refused(e, Some(id)).await,
         }
     }
 
@@ -607,7 +612,7 @@ impl Session {
         lock: Option<String>,
         body: WriteBody,
     ) -> Result<(String, bool), ApiError> {
-        let if_match = base.as_deref().map(IfMatch::parse_base).transpose()?;
+        let if_match = base.as_deref().map(crate::policy::parse_base).transpose()?;
         let lock = lock
             .map(|token| {
                 token.trim().parse::<u64>().map_err(|_| {
@@ -660,7 +665,8 @@ impl Session {
                 },
                 idempotency: Some((draft, ack_record)),
             })
-            .await;
+            .await
+            .map_err(for_ws);
         drop(in_flight);
         Ok((written?.version.to_string(), false))
     }
@@ -673,7 +679,7 @@ enum WriteBody {
 }
 
 /// What an idempotent WebSocket write records, to replay its `ack`.
-fn ack_record(written: &Written, _status: StatusCode) -> (Vec<(String, String)>, Vec<u8>) {
+fn ack_record(written: &Written, _status: u16) -> (Vec<(String, String)>, Vec<u8>) {
     let body = json!({ "id": written.id, "version": written.version.to_string() });
     (
         Vec::new(),
@@ -707,18 +713,22 @@ fn fingerprint(base: Option<&str>, body: &WriteBody) -> String {
     hex::encode(hash.finalize())
 }
 
-/// HTTP wording in policy errors, translated to the WebSocket protocol.
-fn for_ws(mut e: ApiError) -> ApiError {
-    match e.kind {
-        "if-match-required" => {
-            e.detail = "this write needs \"base\": the version you read, or \"*\" to write against the current version".into();
+/// A write's error as the WebSocket answers it: the HTTP problem, but refusals that name
+/// HTTP headers name the message's fields instead.
+fn for_ws(e: registry::Error) -> ApiError {
+    let detail = match &e {
+        registry::Error::Refused(Refusal::IfMatchRequired { .. }) => {
+            "this write needs \"base\": the version you read, or \"*\" to write against the current version"
         }
-        "lock-required" => {
-            e.detail = "a lock document needs the token of a lease: POST /v1/docs/{id}/lock, then send \"lock\": <token> with each write".into();
+        registry::Error::Refused(Refusal::LockRequired) => {
+            "a lock document needs the token of a lease: POST /v1/docs/{id}/lock, then send \"lock\": <token> with each write"
         }
-        _ => {}
+        _ => return e.into(),
+    };
+    ApiError {
+        detail: detail.into(),
+        ..e.into()
     }
-    e
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
@@ -937,7 +947,7 @@ mod tests {
             .create(
                 doc,
                 || {
-                    Ok(Document::create(
+                    Ok::<_, ApiError>(Document::create(
                         &json!({"n": 0}),
                         Schema::default(),
                         &meta("setup"),
@@ -958,7 +968,7 @@ mod tests {
             .execute(WriteCommand {
                 doc: id,
                 meta: &meta("w"),
-                if_match: Some(&IfMatch::Any),
+                if_match: Some(&crate::policy::IfMatch::Any),
                 lock: None,
                 edit: Edit::Put(&json!({ "n": n })),
                 idempotency: None,
@@ -978,7 +988,7 @@ mod tests {
         }
         let current = state
             .registry
-            .read(id, |l| Ok(l.doc.version()))
+            .read::<_, ApiError>(id, |l| Ok(l.doc.version()))
             .await
             .unwrap();
         match feed.next().await {
@@ -1013,7 +1023,7 @@ mod tests {
         let (state, id) = setup().await;
         let v0 = state
             .registry
-            .read(id, |l| Ok(l.doc.version()))
+            .read::<_, ApiError>(id, |l| Ok(l.doc.version()))
             .await
             .unwrap();
         for n in 1..=3 {

@@ -6,7 +6,6 @@ mod live;
 mod sync;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -110,12 +109,7 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such resource")
 }
 
-/// Now, in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use crate::clock::now_ms;
 
 /// A document id from the path.
 pub(crate) fn doc_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -169,7 +163,7 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError>
     if lines.is_empty() {
         return Ok(None);
     }
-    IfMatch::parse_header(lines).map(Some)
+    crate::policy::parse_if_match(lines).map(Some)
 }
 
 /// The media type of the request body, lowercased, without parameters.

@@ -67,6 +67,7 @@ pub(super) async fn sync(
                 &loaded.doc.version(),
             )
             .map(drop)
+            .map_err(ApiError::from)
         })
         .await?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/docs/{id}/sync", r))?;
@@ -105,7 +106,10 @@ async fn run(
     let registry = &state.registry;
     let api = |e: ApiError| Closing::from_api(&e);
     // Subscribed first, so that no change falls between the first message and the stream.
-    let (_, mut changes) = registry.subscribe(id, None).await.map_err(api)?;
+    let (_, mut changes) = registry
+        .subscribe(id, None)
+        .await
+        .map_err(|e| api(e.into()))?;
     let mut peer = SyncState::new();
     send_next(state, id, &mut peer, socket).await?;
     loop {
@@ -134,10 +138,10 @@ async fn run(
                     // Deleted, or only dropped from memory: look again.
                     changes = match registry.subscribe(id, None).await {
                         Ok((_, changes)) => changes,
-                        Err(e) if e.status == StatusCode::NOT_FOUND => {
+                        Err(crate::registry::Error::NotFound(_)) => {
                             return Err(Closing::new(4404, format!("document {id} was deleted")))
                         }
-                        Err(e) => return Err(api(e)),
+                        Err(e) => return Err(api(e.into())),
                     };
                     send_next(state, id, &mut peer, socket).await?;
                 }

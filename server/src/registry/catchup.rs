@@ -47,14 +47,14 @@ impl Registry {
         &self,
         id: Uuid,
         guard: &mut WriteGuard,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let stored = match self.store.load(id).await {
             Ok(Some(stored)) => stored,
             failed => {
                 *guard.state = SlotState::Retired;
                 self.retire(id, &guard.slot);
                 return Err(match failed {
-                    Ok(_) => ApiError::doc_not_found(id),
+                    Ok(_) => Error::NotFound(id),
                     Err(e) => e.into(),
                 });
             }
@@ -65,7 +65,7 @@ impl Registry {
             &stored.changes,
         );
         let (doc, value) = match loaded_doc
-            .map_err(ApiError::internal)
+            .map_err(|e| Error::Unloadable(e.to_string()))
             .and_then(|(doc, _)| Ok((doc.read(None)?, doc)))
         {
             Ok((value, doc)) => (doc, value),
@@ -97,7 +97,7 @@ impl Registry {
 
     /// Catches a document in memory up with what the store holds (a shared store: other
     /// nodes write too); takes the write lock only if there is something to apply.
-    pub(super) async fn catch_up(&self, id: Uuid, slot: &Arc<Slot>) -> Result<(), ApiError> {
+    pub(super) async fn catch_up(&self, id: Uuid, slot: &Arc<Slot>) -> Result<(), Error> {
         let since = match &*slot.state.read().await {
             SlotState::Live(loaded) => loaded.synced,
             SlotState::Retired => return Ok(()),
@@ -115,7 +115,7 @@ impl Registry {
         &self,
         id: Uuid,
         guard: &mut WriteGuard,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let since = guard.loaded().synced;
         let delta = self.store.changes_since(id, since).await?;
         let slot = Arc::clone(&guard.slot);
@@ -129,7 +129,7 @@ impl Registry {
         slot: &Arc<Slot>,
         state: &mut SlotState,
         delta: Option<Delta>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let SlotState::Live(loaded) = state else {
             return Ok(());
         };
@@ -138,9 +138,9 @@ impl Registry {
             self.retire(id, slot);
             self.announce(FeedEvent::Deleted {
                 id,
-                time_ms: crate::api::now_ms(),
+                time_ms: crate::clock::now_ms(),
             });
-            return Err(ApiError::doc_not_found(id));
+            return Err(Error::NotFound(id));
         };
         if delta.seq <= loaded.synced {
             // Another catch-up got here first.
@@ -186,10 +186,9 @@ impl Registry {
     pub async fn catch_up_loaded(&self, id: Uuid) {
         let slot = self.slots().get(&id).cloned();
         if let Some(slot) = slot {
-            if let Err(e) = self.catch_up(id, &slot).await {
-                if e.status != StatusCode::NOT_FOUND {
-                    tracing::warn!(doc = %id, error = %e.detail, "could not catch up a document");
-                }
+            match self.catch_up(id, &slot).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(doc = %id, error = %e, "could not catch up a document"),
             }
         }
     }

@@ -8,7 +8,7 @@ use concord_core::patch::PatchOp;
 use concord_core::sync::{SyncMessage, SyncState};
 
 use super::*;
-use crate::policy::{self, IfMatch, WriteKind};
+use concord_core::policy::{self, IfMatch, WriteKind};
 
 /// One write, as a transport asks for it.
 pub struct WriteCommand<'a> {
@@ -78,7 +78,7 @@ impl Edit<'_> {
         doc: &mut Document,
         base: Option<&Version>,
         meta: &WriteMeta,
-    ) -> Result<WriteOutcome, ApiError> {
+    ) -> Result<WriteOutcome, Error> {
         Ok(match self {
             Edit::Put(value) => doc.put(base, value, meta)?,
             Edit::Patch(ops) => doc.patch(base, ops, meta)?,
@@ -88,15 +88,11 @@ impl Edit<'_> {
             Edit::Changes(bytes) => doc.apply_complete_changes(bytes)?,
             Edit::Sync { state, message } => doc
                 .receive_sync_message(state, message)
-                .map_err(|e| ApiError::bad_request("invalid-sync-message", e.to_string()))?,
+                .map_err(|e| Error::InvalidSync(e.to_string()))?,
             Edit::Copy(copy) => doc.merge_from(copy)?,
             Edit::MergeFork { fork, id } => {
                 if !doc.shares_origin(fork) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "not-a-fork",
-                        format!("{id} is not a fork of {target}"),
-                    ));
+                    return Err(Refusal::NotAFork { fork: id, target }.into());
                 }
                 doc.merge_from(fork)?
             }
@@ -109,7 +105,7 @@ impl Edit<'_> {
 impl Registry {
     /// Runs a write command: admitted by the document's strategy against the present,
     /// applied, stored; returns once durable (see the module docs of [`super`]).
-    pub async fn execute(&self, command: WriteCommand<'_>) -> Result<Written, ApiError> {
+    pub async fn execute(&self, command: WriteCommand<'_>) -> Result<Written, Error> {
         let WriteCommand {
             doc,
             meta,

@@ -10,12 +10,7 @@ use super::*;
 pub(super) trait Coordinator: Send + Sync {
     /// Brings a document in memory up to the store before it is read, subscribed to or
     /// compacted.
-    async fn refresh(
-        &self,
-        registry: &Registry,
-        id: Uuid,
-        slot: &Arc<Slot>,
-    ) -> Result<(), ApiError>;
+    async fn refresh(&self, registry: &Registry, id: Uuid, slot: &Arc<Slot>) -> Result<(), Error>;
 
     /// The number of the change a reader must wait for (its batch is not answered yet, and
     /// other nodes could not find the version it shows), or `None`. Called under the
@@ -29,7 +24,7 @@ pub(super) trait Coordinator: Send + Sync {
         registry: &Registry,
         id: Uuid,
         guard: &mut WriteGuard,
-    ) -> Result<Option<WriterLock>, ApiError>;
+    ) -> Result<Option<WriterLock>, Error>;
 
     /// What the store must check when it stores a write made at `before`; `None`: the
     /// write is pipelined (published under the lock, acknowledged once durable).
@@ -44,15 +39,11 @@ pub(super) trait Coordinator: Send + Sync {
         agent: &str,
         ttl_ms: u64,
         now: i64,
-    ) -> Result<Result<Lease, Lease>, ApiError>;
+    ) -> Result<Result<Lease, Lease>, Error>;
 
     /// Releases the lease of `token`; false if that token does not hold it.
-    async fn release_lease(
-        &self,
-        registry: &Registry,
-        id: Uuid,
-        token: u64,
-    ) -> Result<bool, ApiError>;
+    async fn release_lease(&self, registry: &Registry, id: Uuid, token: u64)
+        -> Result<bool, Error>;
 }
 
 /// The coordinator for `store`.
@@ -69,7 +60,7 @@ pub(super) struct Local;
 
 #[async_trait::async_trait]
 impl Coordinator for Local {
-    async fn refresh(&self, _: &Registry, _: Uuid, _: &Arc<Slot>) -> Result<(), ApiError> {
+    async fn refresh(&self, _: &Registry, _: Uuid, _: &Arc<Slot>) -> Result<(), Error> {
         Ok(())
     }
 
@@ -82,7 +73,7 @@ impl Coordinator for Local {
         _: &Registry,
         _: Uuid,
         _: &mut WriteGuard,
-    ) -> Result<Option<WriterLock>, ApiError> {
+    ) -> Result<Option<WriterLock>, Error> {
         Ok(None)
     }
 
@@ -97,7 +88,7 @@ impl Coordinator for Local {
         agent: &str,
         ttl_ms: u64,
         now: i64,
-    ) -> Result<Result<Lease, Lease>, ApiError> {
+    ) -> Result<Result<Lease, Lease>, Error> {
         registry
             .update(id, |loaded| match &loaded.lease {
                 Some(lease) if lease.expires_at_ms > now => Ok(Err(lease.clone())),
@@ -120,7 +111,7 @@ impl Coordinator for Local {
         registry: &Registry,
         id: Uuid,
         token: u64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         registry
             .update(id, |loaded| match &loaded.lease {
                 Some(lease) if lease.token == token => {
@@ -141,12 +132,7 @@ pub(super) struct Shared;
 
 #[async_trait::async_trait]
 impl Coordinator for Shared {
-    async fn refresh(
-        &self,
-        registry: &Registry,
-        id: Uuid,
-        slot: &Arc<Slot>,
-    ) -> Result<(), ApiError> {
+    async fn refresh(&self, registry: &Registry, id: Uuid, slot: &Arc<Slot>) -> Result<(), Error> {
         // A version read on another node must be known here.
         registry.catch_up(id, slot).await
     }
@@ -165,7 +151,7 @@ impl Coordinator for Shared {
         registry: &Registry,
         id: Uuid,
         guard: &mut WriteGuard,
-    ) -> Result<Option<WriterLock>, ApiError> {
+    ) -> Result<Option<WriterLock>, Error> {
         let strategy = guard.loaded().meta.strategy;
         // The queue's cluster-wide writer lock first, so that the catch-up below sees every
         // write before this one; then the edit sees the store's present.
@@ -176,7 +162,7 @@ impl Coordinator for Shared {
         registry.catch_up_locked(id, guard).await?;
         if strategy == Strategy::Lock {
             // The newest lease, for the policy's check; the store checks it again.
-            let now = crate::api::now_ms();
+            let now = crate::clock::now_ms();
             guard.loaded().lease = registry.store.lease(id).await?.map(|l| lease_from(l, now));
         }
         Ok(writer_lock)
@@ -205,7 +191,7 @@ impl Coordinator for Shared {
         agent: &str,
         ttl_ms: u64,
         now: i64,
-    ) -> Result<Result<Lease, Lease>, ApiError> {
+    ) -> Result<Result<Lease, Lease>, Error> {
         Ok(
             match registry.store.acquire_lease(id, agent, ttl_ms).await? {
                 LeaseGrant::Granted(lease) => Ok(lease_from(lease, now)),
@@ -219,8 +205,8 @@ impl Coordinator for Shared {
         registry: &Registry,
         id: Uuid,
         token: u64,
-    ) -> Result<bool, ApiError> {
-        registry.read(id, |_| Ok(())).await?;
+    ) -> Result<bool, Error> {
+        registry.read::<_, Error>(id, |_| Ok(())).await?;
         Ok(registry.store.release_lease(id, token).await?)
     }
 }

@@ -146,7 +146,7 @@ impl Registry {
         &self,
         id: Uuid,
         since: Option<&Version>,
-    ) -> Result<(Catchup, broadcast::Receiver<Arc<ChangeEvent>>), ApiError> {
+    ) -> Result<(Catchup, broadcast::Receiver<Arc<ChangeEvent>>), Error> {
         loop {
             let slot = self.slot(id).await?;
             self.coordinator.refresh(self, id, &slot).await?;
@@ -170,9 +170,10 @@ impl Registry {
                     value: loaded.value.clone(),
                 },
                 Some(since) => {
-                    loaded.doc.check_version(since).map_err(|e| {
-                        ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
-                    })?;
+                    loaded
+                        .doc
+                        .check_version(since)
+                        .map_err(|e| Error::UnknownVersion(e.to_string()))?;
                     let since_text = since.to_string();
                     if *since == current {
                         Catchup::Events(Vec::new())

@@ -3,16 +3,7 @@
 
 use super::*;
 
-/// A lease of the lock strategy: who may write, until when, with which token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The fencing token; only the newest one may write.
-    pub token: u64,
-    /// When the lease ends, ms since the epoch.
-    pub expires_at_ms: i64,
-    /// The agent holding it.
-    pub agent: String,
-}
+pub use concord_core::policy::Lease;
 
 /// A lease as the store reported it, its end by this node's clock.
 pub(super) fn lease_from(lease: StoredLease, now: i64) -> Lease {
@@ -33,14 +24,15 @@ impl Registry {
         agent: &str,
         ttl_ms: u64,
         now: i64,
-    ) -> Result<Result<Lease, Lease>, ApiError> {
-        let strategy = self.read(id, |loaded| Ok(loaded.meta.strategy)).await?;
+    ) -> Result<Result<Lease, Lease>, Error> {
+        let strategy = self
+            .read::<_, Error>(id, |loaded| Ok(loaded.meta.strategy))
+            .await?;
         if strategy != Strategy::Lock {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "strategy-refuses",
-                format!("leases belong to lock documents; this one is {strategy}"),
-            ));
+            return Err(Refusal::Strategy(format!(
+                "leases belong to lock documents; this one is {strategy}"
+            ))
+            .into());
         }
         self.coordinator
             .acquire_lease(self, id, agent, ttl_ms, now)
@@ -49,16 +41,9 @@ impl Registry {
 
     /// Releases the lease of `token` and wakes lock requests waiting for it (on every
     /// node, through the store's notice when it is shared).
-    pub async fn release_lease(&self, id: Uuid, token: u64) -> Result<(), ApiError> {
-        let not_held = || {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "fenced",
-                format!("token {token} does not hold the lock"),
-            )
-        };
+    pub async fn release_lease(&self, id: Uuid, token: u64) -> Result<(), Error> {
         if !self.coordinator.release_lease(self, id, token).await? {
-            return Err(not_held());
+            return Err(Refusal::NotHolder { token }.into());
         }
         self.notify_released(id);
         Ok(())
@@ -73,7 +58,7 @@ impl Registry {
 
     /// A receiver that changes whenever a lease of this document is released. Take it
     /// before checking the lease, then wait on it.
-    pub async fn release_watch(&self, id: Uuid) -> Result<watch::Receiver<u64>, ApiError> {
+    pub async fn release_watch(&self, id: Uuid) -> Result<watch::Receiver<u64>, Error> {
         let slot = self.slot(id).await?;
         let mut receiver = slot.released.subscribe();
         receiver.borrow_and_update();

@@ -121,7 +121,7 @@ impl Registry {
     /// Drops documents nobody used for [`Tuning::idle_evict`] and that nothing holds: no
     /// request in flight, no subscriber, no unconfirmed change, no live lease.
     fn evict_idle(&self) -> usize {
-        let now = crate::api::now_ms();
+        let now = crate::clock::now_ms();
         let idle_ms = i64::try_from(self.tuning.idle_evict.as_millis()).unwrap_or(i64::MAX);
         let mut slots = self.slots();
         let before = slots.len();

@@ -38,14 +38,18 @@
 mod catchup;
 mod command;
 mod coordinator;
+mod error;
 mod events;
 mod leases;
+mod limit;
 mod maintain;
 mod write;
 
 pub use command::{Edit, WriteCommand};
+pub use error::Error;
 pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS};
 pub use leases::Lease;
+pub use limit::DEFAULT_MAX_DOCUMENT_BYTES;
 pub use maintain::{Maintained, Tuning};
 pub use write::{IdempotencyDraft, Responder, Written};
 
@@ -57,18 +61,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::http::StatusCode;
+use concord_core::policy::Refusal;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, Expect, IdempotencyRecord, LeaseGrant, Refusal, Store, StoredChange,
-    StoredLease, WriteBatch, WriterLock,
+    Delta, DocMeta, DocState, Expect, IdempotencyRecord, LeaseGrant, Refusal as StoreRefusal,
+    Store, StoredChange, StoredLease, WriteBatch, WriterLock,
 };
 use concord_core::{Document, Strategy, Version, WriteMeta, WriteOutcome};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, OwnedRwLockWriteGuard, RwLock};
 use uuid::Uuid;
-
-use crate::problem::ApiError;
 
 /// One document in memory.
 pub struct Loaded {
@@ -107,7 +109,7 @@ impl Loaded {
         doc: Document,
         last_agent: Option<String>,
         updated_at_ms: i64,
-    ) -> Result<Loaded, ApiError> {
+    ) -> Result<Loaded, Error> {
         let value = doc.read(None)?;
         Ok(Loaded {
             meta,
@@ -117,7 +119,7 @@ impl Loaded {
             last_agent,
             updated_at_ms,
             lease: None,
-            last_token: u64::try_from(crate::api::now_ms())
+            last_token: u64::try_from(crate::clock::now_ms())
                 .unwrap_or(0)
                 .saturating_mul(1000),
             recent: VecDeque::new(),
@@ -194,13 +196,13 @@ impl Slot {
             events: std::sync::OnceLock::new(),
             released: watch::channel(0).0,
             answered: watch::channel(0).0,
-            last_used: AtomicI64::new(crate::api::now_ms()),
+            last_used: AtomicI64::new(crate::clock::now_ms()),
         })
     }
 
     fn touch(&self) {
         self.last_used
-            .store(crate::api::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -264,7 +266,7 @@ impl Registry {
             feed: broadcast::channel(FEED_BUFFER).0,
             closing: watch::channel(false).0,
             tuning,
-            max_document_bytes: crate::limits::Limits::default().max_document_bytes,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             damage: Mutex::default(),
         }
     }
@@ -301,24 +303,21 @@ impl Registry {
     }
 
     /// The slot of a document, loading it from storage if it is not in memory.
-    async fn slot(&self, id: Uuid) -> Result<Arc<Slot>, ApiError> {
+    async fn slot(&self, id: Uuid) -> Result<Arc<Slot>, Error> {
         if let Some(slot) = self.slots().get(&id) {
             slot.touch();
             return Ok(Arc::clone(slot));
         }
-        let stored = self
-            .store
-            .load(id)
-            .await?
-            .ok_or_else(|| ApiError::doc_not_found(id))?;
+        let stored = self.store.load(id).await?.ok_or(Error::NotFound(id))?;
         let (doc, report) = Document::load(
             stored.meta.schema.clone(),
             stored.snapshot.as_deref(),
             &stored.changes,
         )
         .map_err(|e| {
-            self.note_damage(id, &[format!("the stored document does not load: {e}")]);
-            ApiError::internal(e)
+            let e = Error::Unloadable(e.to_string());
+            self.note_damage(id, &[e.to_string()]);
+            e
         })?;
         for problem in &report.skipped {
             tracing::warn!(doc = %id, %problem, "skipped a stored record while loading");
@@ -365,11 +364,11 @@ impl Registry {
     }
 
     /// Runs `f` on the document, read-only.
-    pub async fn read<T>(
+    pub async fn read<T, E: From<Error>>(
         &self,
         id: Uuid,
-        f: impl FnOnce(&Loaded) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&Loaded) -> Result<T, E>,
+    ) -> Result<T, E> {
         loop {
             let slot = self.slot(id).await?;
             self.coordinator.refresh(self, id, &slot).await?;
@@ -385,7 +384,7 @@ impl Registry {
         }
     }
 
-    async fn lock(&self, id: Uuid) -> Result<WriteGuard, ApiError> {
+    async fn lock(&self, id: Uuid) -> Result<WriteGuard, Error> {
         loop {
             let slot = self.slot(id).await?;
             let state = Arc::clone(&slot.state).write_owned().await;
@@ -396,17 +395,17 @@ impl Registry {
     }
 
     /// Runs `f` on the document under its write lock, storing nothing (lease bookkeeping).
-    pub async fn update<T>(
+    pub async fn update<T, E: From<Error>>(
         &self,
         id: Uuid,
-        f: impl FnOnce(&mut Loaded) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&mut Loaded) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut guard = self.lock(id).await?;
         f(guard.loaded())
     }
 
     /// Deletes a document from memory and storage.
-    pub async fn delete(&self, id: Uuid) -> Result<(), ApiError> {
+    pub async fn delete(&self, id: Uuid) -> Result<(), Error> {
         let mut guard = self.lock(id).await?;
         self.store.delete(id).await?;
         self.note_damage(id, &[]); // storage damage (issue 6): gone with the document
@@ -414,7 +413,7 @@ impl Registry {
         self.retire(id, &guard.slot);
         self.announce(FeedEvent::Deleted {
             id,
-            time_ms: crate::api::now_ms(),
+            time_ms: crate::clock::now_ms(),
         });
         // Subscribers see their stream end.
         drop(guard);

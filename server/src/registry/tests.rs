@@ -24,7 +24,7 @@ struct GatedStore {
 type Held = (
     WriteBatch,
     Expect,
-    oneshot::Sender<Result<Result<(), Refusal>, StoreError>>,
+    oneshot::Sender<Result<Result<(), StoreRefusal>, StoreError>>,
 );
 
 impl GatedStore {
@@ -127,7 +127,7 @@ async fn create(registry: &Registry, value: serde_json::Value) -> Uuid {
     registry
         .create(
             doc_meta,
-            || Ok(Document::create(&value, Schema::default(), &write)?),
+            || Ok::<_, Error>(Document::create(&value, Schema::default(), &write)?),
             &write,
             false,
             None,
@@ -138,7 +138,10 @@ async fn create(registry: &Registry, value: serde_json::Value) -> Uuid {
 }
 
 async fn value(registry: &Registry, id: Uuid) -> serde_json::Value {
-    registry.read(id, |l| Ok(l.value.clone())).await.unwrap()
+    registry
+        .read::<_, Error>(id, |l| Ok(l.value.clone()))
+        .await
+        .unwrap()
 }
 
 /// A failed edit that left changes in memory, while an earlier write of the same document
@@ -157,7 +160,7 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
             let write = meta("a");
             registry
                 .write(id, &write, None, |loaded| {
-                    Ok(loaded.doc.put(None, &json!({"n": 1}), &write)?)
+                    Ok::<_, Error>(loaded.doc.put(None, &json!({"n": 1}), &write)?)
                 })
                 .await
         }
@@ -171,7 +174,7 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
             loaded
                 .doc
                 .put(None, &json!({"n": 1, "half": true}), &write)?;
-            Err(ApiError::bad_request("refused", "refused halfway"))
+            Err(Error::Internal("refused halfway".into()))
         })
         .await;
     assert!(failed.is_err());
@@ -205,7 +208,7 @@ async fn a_dropped_copy_waits_for_its_queued_batches() {
             let write = meta("a");
             registry
                 .write(id, &write, None, |loaded| {
-                    Ok(loaded.doc.put(None, &json!({"n": 1}), &write)?)
+                    Ok::<_, Error>(loaded.doc.put(None, &json!({"n": 1}), &write)?)
                 })
                 .await
         }

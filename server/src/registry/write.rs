@@ -27,7 +27,7 @@ pub struct IdempotencyDraft {
     /// Digest of the request.
     pub fingerprint: String,
     /// The status the response will have.
-    pub status: StatusCode,
+    pub status: u16,
     /// Now, ms since the epoch.
     pub now_ms: i64,
 }
@@ -40,7 +40,7 @@ impl IdempotencyDraft {
         IdempotencyRecord {
             key: self.key,
             fingerprint: self.fingerprint,
-            status: self.status.as_u16(),
+            status: self.status,
             headers,
             body,
             created_at_ms: self.now_ms,
@@ -50,24 +50,26 @@ impl IdempotencyDraft {
 
 /// Builds the response (status, headers, body) for a write; the same function makes the
 /// live answer and the one recorded for idempotent replay.
-pub type Responder = fn(&Written, StatusCode) -> (Vec<(String, String)>, Vec<u8>);
+pub type Responder = fn(&Written, u16) -> (Vec<(String, String)>, Vec<u8>);
 
 /// A refused checked write, answered as the strategy's policy answers it.
 pub(super) fn refused(
-    refusal: &Refusal,
+    refusal: &StoreRefusal,
     strategy: Strategy,
     current: &Version,
     token: Option<u64>,
-) -> ApiError {
+) -> Refusal {
+    let token = token.unwrap_or(0);
     match (refusal, strategy) {
-        (Refusal::Stale { .. }, Strategy::Queue) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "writer-contended",
-            "another node wrote this queue document while this write was applied (its writer lock was lost); nothing was applied: retry",
-        ),
-        (Refusal::Stale { .. }, _) => crate::policy::stale(current),
-        (Refusal::Fenced { newest }, _) => crate::policy::fenced(token.unwrap_or(0), *newest),
-        (Refusal::LeaseExpired, _) => crate::policy::lease_expired(token.unwrap_or(0)),
+        (StoreRefusal::Stale { .. }, Strategy::Queue) => Refusal::WriterContended,
+        (StoreRefusal::Stale { .. }, _) => Refusal::Stale {
+            current: current.clone(),
+        },
+        (StoreRefusal::Fenced { newest }, _) => Refusal::Fenced {
+            token,
+            newest: *newest,
+        },
+        (StoreRefusal::LeaseExpired, _) => Refusal::LeaseExpired { token },
     }
 }
 
@@ -105,31 +107,25 @@ impl Drop for Settling<'_> {
 impl Registry {
     /// Stores a new document made by `make` (a fresh one, or a fork). `client_chose_id`
     /// says the id came from the request (and so may already exist).
-    pub async fn create(
+    pub async fn create<E: From<Error>>(
         &self,
         meta: DocMeta,
-        make: impl FnOnce() -> Result<(Document, WriteOutcome), ApiError>,
+        make: impl FnOnce() -> Result<(Document, WriteOutcome), E>,
         write: &WriteMeta,
         client_chose_id: bool,
         idempotency: Option<(IdempotencyDraft, Responder)>,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Written, E> {
         let id = meta.id;
-        let exists = || {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "already-exists",
-                format!("document {id} already exists"),
-            )
-        };
+        let exists = || E::from(Error::AlreadyExists(id));
         if self.slots().contains_key(&id)
-            || (client_chose_id && self.store.load(id).await?.is_some())
+            || (client_chose_id && self.store.load(id).await.map_err(Error::from)?.is_some())
         {
             return Err(exists());
         }
         let (doc, outcome) = make()?;
         let loaded = Loaded::new(meta.clone(), doc, Some(write.agent.clone()), write.time_ms)?;
         // limits.rs: no document larger than the document limit.
-        crate::limits::check_document(&loaded.value, self.max_document_bytes)?;
+        limit::check_document(&loaded.value, self.max_document_bytes)?;
         let slot = Slot::new(loaded);
         let mut guard = WriteGuard {
             state: Arc::clone(&slot.state)
@@ -156,7 +152,8 @@ impl Registry {
         });
         let result = self
             .commit(guard, Some(meta), outcome, None, write, idempotency)
-            .await;
+            .await
+            .map_err(E::from);
         if result.is_err() {
             // Nothing durable: forget the document again.
             let mut guard = Arc::clone(&slot.state).write_owned().await;
@@ -173,13 +170,13 @@ impl Registry {
     /// Applies `edit` to the document and stores what it changed; returns once durable.
     /// The primitive under [`Registry::execute`], which every transport uses: it admits
     /// nothing by itself (the strategy's policy is the caller's).
-    pub async fn write(
+    pub async fn write<E: From<Error>>(
         &self,
         id: Uuid,
         write: &WriteMeta,
         idempotency: Option<(IdempotencyDraft, Responder)>,
-        edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, ApiError>,
-    ) -> Result<Written, ApiError> {
+        edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, E>,
+    ) -> Result<Written, E> {
         let mut guard = self.lock(id).await?;
         let writer_lock = self.coordinator.prepare_write(self, id, &mut guard).await?;
         let before = guard.loaded().doc.version();
@@ -189,11 +186,11 @@ impl Registry {
             let value = if outcome.changes.is_empty() {
                 None
             } else {
-                Some(guard.loaded().doc.read(None)?)
+                Some(guard.loaded().doc.read(None).map_err(Error::from)?)
             };
-            // limits.rs: refuse a write that makes the document too large.
+            // Refuse a write that makes the document too large.
             if let Some(value) = &value {
-                crate::limits::check_document(value, self.max_document_bytes)?;
+                limit::check_document(value, self.max_document_bytes)?;
             }
             Ok((outcome, value))
         });
@@ -206,7 +203,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        match self.coordinator.expectation(guard.loaded(), &before) {
+        let written = match self.coordinator.expectation(guard.loaded(), &before) {
             None => {
                 self.commit(guard, None, outcome, value, write, idempotency)
                     .await
@@ -222,7 +219,8 @@ impl Registry {
                 };
                 self.commit_checked(guard, write).await
             }
-        }
+        };
+        written.map_err(E::from)
     }
 
     /// Puts a document back where it was before an edit that failed after changing it (raw
@@ -231,7 +229,7 @@ impl Registry {
     /// only once every batch already queued for it is answered, so that the next use
     /// reloads a store that holds them (a write on its way to the disk is not forgotten).
     async fn undo_failed_edit(&self, id: Uuid, guard: &mut WriteGuard, before: &Version) {
-        if !crate::limits::rewind(&mut guard.loaded().doc, before) {
+        if !limit::rewind(&mut guard.loaded().doc, before) {
             self.retire_when_answered(id, guard).await;
         }
     }
@@ -256,7 +254,7 @@ impl Registry {
         &self,
         mut guard: WriteGuard,
         checked: CheckedWrite<'_>,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Written, Error> {
         let CheckedWrite {
             outcome,
             new_value,
@@ -362,9 +360,9 @@ impl Registry {
                 reloaded?;
                 match (strategy, current) {
                     (Some(strategy), Some(current)) => {
-                        Err(refused(&refusal, strategy, &current, token))
+                        Err(refused(&refusal, strategy, &current, token).into())
                     }
-                    _ => Err(ApiError::doc_not_found(id)),
+                    _ => Err(Error::NotFound(id)),
                 }
             }
             // Stored or not, nobody knows: memory must not guess. The armed guard drops the
@@ -386,7 +384,7 @@ impl Registry {
         new_value: Option<Value>,
         write: &WriteMeta,
         idempotency: Option<(IdempotencyDraft, Responder)>,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Written, Error> {
         let slot = Arc::clone(&guard.slot);
         let new_changes = outcome.changes.len();
         let loaded = guard.loaded();
@@ -461,8 +459,7 @@ impl Registry {
         });
         answer
             .await
-            .map_err(|e| ApiError::internal(format!("the write's task failed: {e}")))?
-            .map_err(ApiError::from)?;
+            .map_err(|e| Error::Internal(format!("the write's task failed: {e}")))??;
         Ok(written)
     }
 }

@@ -1,0 +1,88 @@
+//! What a write may do to a document in memory: stay within the document limit (its value
+//! as compact JSON, in bytes), and be undone in place when it fails after changing it.
+
+use std::io;
+
+use super::*;
+
+/// The document limit unless the server is told otherwise (`Limits::max_document_bytes`).
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Counts bytes, and stops the serializer once they pass `max`.
+struct Counter {
+    bytes: usize,
+    max: usize,
+}
+
+impl io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes += buf.len();
+        if self.bytes > self.max {
+            return Err(io::Error::other("over the limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `Ok` if `value` is at most `max` bytes of compact JSON; else [`Error::TooLarge`].
+pub(super) fn check_document(value: &Value, max: usize) -> Result<(), Error> {
+    let mut counter = Counter { bytes: 0, max };
+    serde_json::to_writer(&mut counter, value).map_err(|_| Error::TooLarge { limit: max })
+}
+
+/// Puts `doc` back at `to` (its version before a failed edit) without reloading it from
+/// storage: a reload could miss writes whose batches are still on their way to the disk.
+/// True if it did; on false the caller drops the document from memory instead.
+pub(super) fn rewind(doc: &mut Document, to: &Version) -> bool {
+    let Ok(at) = doc.automerge().fork_at(to.heads()) else {
+        return false;
+    };
+    match Document::load(doc.schema().clone(), Some(&at.save()), &[]) {
+        Ok((restored, report)) if report.skipped.is_empty() && restored.version() == *to => {
+            *doc = restored;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::ApiError;
+    use concord_core::Schema;
+    use serde_json::json;
+
+    #[test]
+    fn document_size_is_counted_as_compact_json() {
+        let value = json!({"a": [1, 2, 3]});
+        let size = serde_json::to_vec(&value).unwrap().len();
+        assert!(check_document(&value, size).is_ok());
+        let e = ApiError::from(check_document(&value, size - 1).unwrap_err());
+        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.kind, crate::limits::DOCUMENT_TOO_LARGE);
+    }
+
+    #[test]
+    fn rewind_restores_the_version_and_value_before_an_edit() {
+        let meta = WriteMeta {
+            agent: "a".into(),
+            time_ms: 0,
+            message: None,
+        };
+        let (mut doc, _) = Document::create(&json!({"n": 1}), Schema::default(), &meta).unwrap();
+        let before = doc.version();
+        doc.put(None, &json!({"n": 2, "m": "x"}), &meta).unwrap();
+        assert_ne!(doc.version(), before);
+        assert!(rewind(&mut doc, &before));
+        assert_eq!(doc.version(), before);
+        assert_eq!(doc.read(None).unwrap(), json!({"n": 1}));
+        // And it takes writes again.
+        doc.put(None, &json!({"n": 3}), &meta).unwrap();
+        assert_eq!(doc.read(None).unwrap(), json!({"n": 3}));
+    }
+}
