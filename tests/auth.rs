@@ -43,6 +43,8 @@ const STRANGER: &str = "stranger-token-00000000";
 const EVERYWHERE: &str = "everywhere-token-000000";
 /// rex: read every document.
 const READ_ALL: &str = "read-all-token-00000000";
+/// wendy: read every document, write OTHER.
+const MIXED: &str = "mixed-token-00000000000";
 /// Not a token of this server.
 const WRONG: &str = "wrong-token-00000000000";
 
@@ -54,7 +56,8 @@ fn tokens() -> Auth {
             {{"agent": "rita", "token": "{READER}", "scopes": ["read:{DOC}"]}},
             {{"agent": "sam", "token": "{STRANGER}", "scopes": ["write:{OTHER}"]}},
             {{"agent": "walt", "token": "{EVERYWHERE}", "scopes": ["write:*"]}},
-            {{"agent": "rex", "token": "{READ_ALL}", "scopes": ["read:*"]}}
+            {{"agent": "rex", "token": "{READ_ALL}", "scopes": ["read:*"]}},
+            {{"agent": "wendy", "token": "{MIXED}", "scopes": ["read:*", "write:{OTHER}"]}}
         ]}}"#
     ))
     .expect("the test tokens parse")
@@ -1142,6 +1145,75 @@ async fn a_reader_on_repo_cannot_offer_changes_to_a_document_it_reads() {
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("not write"), "{reason}");
     assert_eq!(raw(&s, DOC).await, before);
+}
+
+/// Write is checked per document: one connection may write one document and only read
+/// another.
+#[tokio::test]
+async fn a_repo_peer_writes_only_the_documents_its_token_writes() {
+    let s = start().await;
+    let doc = document_id(DOC.parse().unwrap());
+    let other = document_id(OTHER.parse().unwrap());
+    let before = raw(&s, DOC).await;
+    let mut peer = RepoPeer::join(&s, MIXED, "mixed").await;
+    let mut replica = Replica::new();
+    peer.sync(&other, &mut replica).await;
+    replica
+        .doc
+        .put(None, &json!({"n": 1, "by": "wendy"}), &meta("wendy"))
+        .unwrap();
+    peer.sync(&other, &mut replica).await;
+    let (value, _) = read_as(&s, ADMIN, OTHER).await;
+    assert_eq!(value, json!({"n": 1, "by": "wendy"}));
+    assert_eq!(history_agents(&s, OTHER).await.last().unwrap(), "wendy");
+    // The same connection's changes to a document the token only reads close it.
+    let wendy = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 8}), &meta("wendy")).unwrap();
+    });
+    let offer = carrying_changes(load(&before), wendy);
+    peer.send_sync("sync", &doc, &offer).await;
+    let (code, reason) = peer.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.contains("not write") && reason.contains(DOC),
+        "{reason}"
+    );
+    assert_eq!(raw(&s, DOC).await, before);
+}
+
+/// A sync message may carry changes the document has, others' among them (Automerge sends
+/// the whole document when that is shorter): sending them back forges nothing. A change new
+/// to the document that names another agent does.
+#[tokio::test]
+async fn a_repo_peer_may_send_back_others_changes_but_not_forge_one() {
+    let s = start().await;
+    let other = document_id(OTHER.parse().unwrap());
+    let before = raw(&s, OTHER).await;
+    let mut peer = RepoPeer::join(&s, STRANGER, "sam").await;
+    // Every change of the document, the admin's included, and one of sam's.
+    let sam = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 2}), &meta("sam")).unwrap();
+    });
+    let empty = || Document::empty(Schema::default()).unwrap();
+    peer.send_sync("sync", &other, &carrying_changes(empty(), sam))
+        .await;
+    match peer.receive().await {
+        Incoming::Sync { .. } => {}
+        other => panic!("expected the server's answer, got {other:?}"),
+    }
+    assert_eq!(read_as(&s, ADMIN, OTHER).await.0, json!({"n": 2}));
+    assert_eq!(history_agents(&s, OTHER).await.last().unwrap(), "sam");
+    // The same with a change that names mallory.
+    let before = raw(&s, OTHER).await;
+    let forged = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 3}), &meta("mallory")).unwrap();
+    });
+    peer.send_sync("sync", &other, &carrying_changes(empty(), forged))
+        .await;
+    let (code, reason) = peer.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("mallory"), "{reason}");
+    assert_eq!(raw(&s, OTHER).await, before);
 }
 
 #[tokio::test]

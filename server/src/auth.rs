@@ -36,8 +36,10 @@
 //! header (or `?agent=`) naming someone else is ignored.
 //! Raw Automerge changes (`POST …/changes`, `/sync`, `/v1/repo`) carry their own note, which
 //! history shows as their agent: from a token without admin, a change whose note names
-//! another agent is refused (403, or the connection closes with 1008). Changes without a
-//! note (automerge-repo clients) are taken. Admin may import anyone's changes.
+//! another agent is refused (403, or the connection closes with 1008). On `/sync` and
+//! `/v1/repo` only the changes new to the document count: a sync message may carry the
+//! whole document, others' changes included. Changes without a note (automerge-repo
+//! clients) are taken. Admin may import anyone's changes.
 //!
 //! # Per message
 //! A token that may read a document but not write it may still follow it live. [`guard`]
@@ -49,7 +51,8 @@
 //!   applied; [`LiveConfig::max_refused`] in a row close the connection (1008).
 //! - `/sync`: a sync message without changes reads. One carrying changes closes the
 //!   connection (1008) from a token that may not write the document, and from a token
-//!   without admin when a change's note names another agent (see Attribution).
+//!   without admin when a change new to the document names another agent (see
+//!   Attribution).
 //! - `/v1/repo`: a document the token may not read is `doc-unavailable`, as is a document
 //!   that does not exist (only admin may create one by offering it), and ephemeral messages
 //!   about it are dropped. Changes to a document it may not write, or (without admin) whose
@@ -66,6 +69,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use automerge::ChangeHash;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
@@ -79,6 +83,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::problem::ApiError;
+use crate::registry::Registry;
 use crate::AppState;
 
 /// The shortest token accepted in the file: shorter ones can be guessed.
@@ -412,9 +417,16 @@ impl Caller {
 
     /// Checks the changes a sync message carries (`message`: its bytes as received) before
     /// they are written to `doc`: the caller must be able to write it, and without admin
-    /// the Concord notes of the changes may name only the caller's agent. `Err` says why
+    /// the Concord notes of the changes the document lacks may name only the caller's
+    /// agent. (A peer may send back changes the document has, others' among them: a sync
+    /// message can carry the whole document. Those are not written again.) `Err` says why
     /// not; the connection closes (1008).
-    pub fn check_sync_changes(&self, doc: Uuid, message: &[u8]) -> Result<(), String> {
+    pub async fn check_sync_changes(
+        &self,
+        registry: &Registry,
+        doc: Uuid,
+        message: &[u8],
+    ) -> Result<(), String> {
         let Some(principal) = self.token.as_deref() else {
             return Ok(());
         };
@@ -424,7 +436,23 @@ impl Caller {
         if principal.is_admin() {
             return Ok(());
         }
-        match foreign_agent_in_sync(message, principal.agent()) {
+        let foreign = foreign_changes_in_sync(message, principal.agent());
+        let Some((_, first)) = foreign.first() else {
+            return Ok(());
+        };
+        // A change the document has stays: nothing is known of a document that cannot be
+        // read (deleted meanwhile, say), so then every change is new.
+        let new = registry
+            .read(doc, |loaded| {
+                let automerge = loaded.doc.automerge();
+                Ok(foreign
+                    .iter()
+                    .find(|(hash, _)| automerge.get_change_meta_by_hash(hash).is_none())
+                    .map(|(_, named)| named.clone()))
+            })
+            .await
+            .unwrap_or_else(|_| Some(first.clone()));
+        match new {
             Some(named) => Err(not_yours(principal, &named)),
             None => Ok(()),
         }
@@ -639,23 +667,42 @@ fn merge_fork(body: &[u8]) -> Option<Uuid> {
     Uuid::parse_str(value.get("fork")?.as_str()?).ok()
 }
 
-/// The first agent other than `agent` that the Concord notes of raw changes name.
-fn foreign_agent(changes: &[u8], agent: &str) -> Option<String> {
-    let changes = concord_core::doc::parse_changes(changes).ok()?;
-    changes.iter().find_map(|change| {
-        let (named, _) = concord_core::doc::decode_note(change.message());
-        named.filter(|named| named != agent)
-    })
+/// The changes among raw changes whose Concord notes name an agent other than `agent`: each
+/// change's hash and the agent it names. Bytes that do not decode name nobody (whoever
+/// takes them refuses them).
+fn foreign_changes(changes: &[u8], agent: &str) -> Vec<(ChangeHash, String)> {
+    let Ok(changes) = concord_core::doc::parse_changes(changes) else {
+        return Vec::new();
+    };
+    changes
+        .iter()
+        .filter_map(|change| {
+            let (named, _) = concord_core::doc::decode_note(change.message());
+            named
+                .filter(|named| named != agent)
+                .map(|named| (change.hash(), named))
+        })
+        .collect()
 }
 
-/// The same, for the changes a sync message carries.
-fn foreign_agent_in_sync(message: &[u8], agent: &str) -> Option<String> {
-    let message = automerge::sync::Message::decode(message).ok()?;
-    let found = message
+/// The first agent other than `agent` that the Concord notes of raw changes name.
+fn foreign_agent(changes: &[u8], agent: &str) -> Option<String> {
+    foreign_changes(changes, agent)
+        .into_iter()
+        .next()
+        .map(|(_, named)| named)
+}
+
+/// The same as [`foreign_changes`], for the changes a sync message carries.
+fn foreign_changes_in_sync(message: &[u8], agent: &str) -> Vec<(ChangeHash, String)> {
+    let Ok(message) = automerge::sync::Message::decode(message) else {
+        return Vec::new();
+    };
+    message
         .changes
         .iter()
-        .find_map(|chunk| foreign_agent(chunk, agent));
-    found
+        .flat_map(|chunk| foreign_changes(chunk, agent))
+        .collect()
 }
 
 fn not_yours(principal: &Principal, named: &str) -> String {

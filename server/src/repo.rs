@@ -655,7 +655,8 @@ impl Connection<'_> {
         // peer has.
         if message.has_changes() {
             self.caller
-                .check_sync_changes(id, data)
+                .check_sync_changes(&self.hub.app.registry, id, data)
+                .await
                 .map_err(|reason| Closing::new(close_code::POLICY, reason))?;
         }
         let meta = self.write_meta();

@@ -129,7 +129,8 @@ async fn run(
                     // Changes write; a message without any only tells what the peer has.
                     if message.has_changes() {
                         caller
-                            .check_sync_changes(id, &bytes)
+                            .check_sync_changes(registry, id, &bytes)
+                            .await
                             .map_err(|reason| Closing::new(close_code::POLICY, reason))?;
                     }
                     let meta = WriteMeta { agent: agent.to_owned(), time_ms: now_ms(), message: None };
