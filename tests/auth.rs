@@ -43,6 +43,8 @@ const STRANGER: &str = "stranger-token-00000000";
 const EVERYWHERE: &str = "everywhere-token-000000";
 /// rex: read every document.
 const READ_ALL: &str = "read-all-token-00000000";
+/// wendy: read every document, write OTHER.
+const MIXED: &str = "mixed-token-00000000000";
 /// Not a token of this server.
 const WRONG: &str = "wrong-token-00000000000";
 
@@ -54,7 +56,8 @@ fn tokens() -> Auth {
             {{"agent": "rita", "token": "{READER}", "scopes": ["read:{DOC}"]}},
             {{"agent": "sam", "token": "{STRANGER}", "scopes": ["write:{OTHER}"]}},
             {{"agent": "walt", "token": "{EVERYWHERE}", "scopes": ["write:*"]}},
-            {{"agent": "rex", "token": "{READ_ALL}", "scopes": ["read:*"]}}
+            {{"agent": "rex", "token": "{READ_ALL}", "scopes": ["read:*"]}},
+            {{"agent": "wendy", "token": "{MIXED}", "scopes": ["read:*", "write:{OTHER}"]}}
         ]}}"#
     ))
     .expect("the test tokens parse")
@@ -650,6 +653,70 @@ async fn a_reader_follows_a_document_live_but_cannot_write_it() {
     assert_eq!(reply.json()["value"], json!({"n": 2}));
 }
 
+/// Whether a message writes is decided by its type: only `subscribe` reads. A type the server
+/// does not know (one added later, say) is refused to a reader as a write, as is a malformed
+/// write; a message with no type at all is no message, and invalid.
+#[tokio::test]
+async fn a_reader_is_refused_every_message_type_but_subscribe() {
+    let s = start().await;
+    let before = raw(&s, DOC).await;
+    let url = format!("ws://{}/v1/docs/{DOC}/ws?access_token={READER}", s.addr());
+    let mut socket = Socket::connect(&url).await.expect("a reader may connect");
+    let writes = [
+        (r#"{"type": "delete", "id": "d1"}"#, Some(json!("d1"))),
+        (
+            r#"{"type": "restore", "id": 7, "lost": "x"}"#,
+            Some(json!(7)),
+        ),
+        (r#"{"type": "patch", "id": "p1"}"#, Some(json!("p1"))),
+        (r#"{"type": "put", "value": {"n": 5}}"#, None),
+    ];
+    for (text, id) in &writes {
+        socket.send_text(*text).await.unwrap();
+        match recv(&mut socket).await {
+            ServerMessage::Error(problem) => {
+                assert_eq!(
+                    (problem.status, &problem.id),
+                    (403, id),
+                    "{text}: {problem:?}"
+                );
+                assert!(problem.detail.contains("not write"), "{text}: {problem:?}");
+            }
+            other => panic!("{text}: expected a refusal, got {other:?}"),
+        }
+    }
+    socket
+        .send(&ClientMessage::Subscribe { since: None })
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv(&mut socket).await,
+        ServerMessage::Snapshot { .. }
+    ));
+    assert!(matches!(
+        recv(&mut socket).await,
+        ServerMessage::Subscribed { .. }
+    ));
+    socket.send_text(r#"{"id": "t"}"#).await.unwrap();
+    match recv(&mut socket).await {
+        ServerMessage::Error(problem) => assert_eq!(problem.status, 400, "{problem:?}"),
+        other => panic!("expected an invalid message, got {other:?}"),
+    }
+    assert_eq!(raw(&s, DOC).await, before);
+
+    // From a writer, the unknown type is what it is: unknown.
+    let url = format!("ws://{}/v1/docs/{DOC}/ws?access_token={WRITER}", s.addr());
+    let mut socket = Socket::connect(&url).await.expect("a writer may connect");
+    socket.send_text(writes[0].0).await.unwrap();
+    match recv(&mut socket).await {
+        ServerMessage::Error(problem) => {
+            assert_eq!(problem.status, 400, "{problem:?}");
+            assert!(problem.detail.contains("unknown variant"), "{problem:?}");
+        }
+        other => panic!("expected an unknown type, got {other:?}"),
+    }
+}
+
 // --- per message: binary sync ------------------------------------------------------------------
 
 type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -861,6 +928,99 @@ impl RepoPeer {
             other => panic!("expected a repo message, got {other:?}"),
         }
     }
+
+    async fn send_ephemeral(&mut self, document: &str, data: &[u8]) {
+        let message = cbor_map(vec![
+            ("type", text("ephemeral")),
+            ("senderId", text(&self.id)),
+            ("targetId", text("server")),
+            ("count", Cbor::Integer(1.into())),
+            ("sessionId", text("session")),
+            ("documentId", text(document)),
+            ("data", Cbor::Bytes(data.to_vec())),
+        ]);
+        self.socket.send(Message::binary(message)).await.unwrap();
+    }
+
+    /// Syncs a document until the server has exactly what the replica has.
+    async fn sync(&mut self, document: &str, replica: &mut Replica) {
+        loop {
+            if let Some(message) = replica.doc.generate_sync_message(&mut replica.server) {
+                self.send_sync("sync", document, &message.encode()).await;
+            }
+            if replica.server.their_heads().as_ref() == Some(&replica.doc.version()) {
+                return;
+            }
+            match self.receive().await {
+                Incoming::Sync { data, .. } => {
+                    let message = SyncMessage::decode(&data).expect("a sync message");
+                    replica
+                        .doc
+                        .receive_sync_message(&mut replica.server, message)
+                        .unwrap();
+                }
+                other => panic!("expected a sync message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The code and reason the server closes the connection with (after its `error`, and
+    /// any sync message sent before).
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match next(&mut self.socket).await {
+                Some(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned())
+                }
+                Some(Message::Binary(bytes)) => {
+                    match Incoming::decode(&bytes).expect("a repo message") {
+                        Incoming::Ignored { kind } if kind == "error" => continue,
+                        Incoming::Sync { .. } => continue,
+                        other => panic!("expected the close, got {other:?}"),
+                    }
+                }
+                other => panic!("expected the close, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A document from its raw changes.
+fn load(changes: &[u8]) -> Document {
+    Document::load(Schema::default(), None, &[changes.to_vec()])
+        .unwrap()
+        .0
+}
+
+/// `changes` (a document's raw changes) with `edit` made to them.
+fn edited(changes: &[u8], edit: impl FnOnce(&mut Document)) -> Document {
+    let mut doc = load(changes);
+    edit(&mut doc);
+    doc
+}
+
+/// The first sync message `replica` sends to `server` that carries changes, after the rounds
+/// it takes to learn what `server` lacks: given a copy of what the real server has, a message
+/// that carries changes from the very first message on.
+fn carrying_changes(mut server: Document, mut replica: Document) -> Vec<u8> {
+    let (mut on_server, mut on_replica) = (SyncState::new(), SyncState::new());
+    for _ in 0..10 {
+        let message = replica
+            .generate_sync_message(&mut on_replica)
+            .expect("the replica has something to say");
+        if message.has_changes() {
+            return message.encode();
+        }
+        server
+            .receive_sync_message(&mut on_server, message)
+            .unwrap();
+        if let Some(reply) = server.generate_sync_message(&mut on_server) {
+            replica
+                .receive_sync_message(&mut on_replica, reply)
+                .unwrap();
+        }
+    }
+    panic!("the replica never sent its changes");
 }
 
 /// The first sync message of a replica that has nothing.
@@ -967,6 +1127,117 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
         .send(send(&s, ADMIN, Method::GET, &format!("/v1/docs/{new_id}")))
         .await;
     reply.assert_problem(404);
+}
+
+#[tokio::test]
+async fn a_reader_on_repo_cannot_offer_changes_to_a_document_it_reads() {
+    let s = start().await;
+    let before = raw(&s, DOC).await;
+    let doc = document_id(DOC.parse().unwrap());
+    let mut reader = RepoPeer::join(&s, READER, "reader").await;
+    // Its very first message about the document carries a change.
+    let rita = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 7}), &meta("rita")).unwrap();
+    });
+    let offer = carrying_changes(load(&before), rita);
+    reader.send_sync("sync", &doc, &offer).await;
+    let (code, reason) = reader.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("not write"), "{reason}");
+    assert_eq!(raw(&s, DOC).await, before);
+}
+
+/// Write is checked per document: one connection may write one document and only read
+/// another.
+#[tokio::test]
+async fn a_repo_peer_writes_only_the_documents_its_token_writes() {
+    let s = start().await;
+    let doc = document_id(DOC.parse().unwrap());
+    let other = document_id(OTHER.parse().unwrap());
+    let before = raw(&s, DOC).await;
+    let mut peer = RepoPeer::join(&s, MIXED, "mixed").await;
+    let mut replica = Replica::new();
+    peer.sync(&other, &mut replica).await;
+    replica
+        .doc
+        .put(None, &json!({"n": 1, "by": "wendy"}), &meta("wendy"))
+        .unwrap();
+    peer.sync(&other, &mut replica).await;
+    let (value, _) = read_as(&s, ADMIN, OTHER).await;
+    assert_eq!(value, json!({"n": 1, "by": "wendy"}));
+    assert_eq!(history_agents(&s, OTHER).await.last().unwrap(), "wendy");
+    // The same connection's changes to a document the token only reads close it.
+    let wendy = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 8}), &meta("wendy")).unwrap();
+    });
+    let offer = carrying_changes(load(&before), wendy);
+    peer.send_sync("sync", &doc, &offer).await;
+    let (code, reason) = peer.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.contains("not write") && reason.contains(DOC),
+        "{reason}"
+    );
+    assert_eq!(raw(&s, DOC).await, before);
+}
+
+/// A sync message may carry changes the document has, others' among them (Automerge sends
+/// the whole document when that is shorter): sending them back forges nothing. A change new
+/// to the document that names another agent does.
+#[tokio::test]
+async fn a_repo_peer_may_send_back_others_changes_but_not_forge_one() {
+    let s = start().await;
+    let other = document_id(OTHER.parse().unwrap());
+    let before = raw(&s, OTHER).await;
+    let mut peer = RepoPeer::join(&s, STRANGER, "sam").await;
+    // Every change of the document, the admin's included, and one of sam's.
+    let sam = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 2}), &meta("sam")).unwrap();
+    });
+    let empty = || Document::empty(Schema::default()).unwrap();
+    peer.send_sync("sync", &other, &carrying_changes(empty(), sam))
+        .await;
+    match peer.receive().await {
+        Incoming::Sync { .. } => {}
+        other => panic!("expected the server's answer, got {other:?}"),
+    }
+    assert_eq!(read_as(&s, ADMIN, OTHER).await.0, json!({"n": 2}));
+    assert_eq!(history_agents(&s, OTHER).await.last().unwrap(), "sam");
+    // The same with a change that names mallory.
+    let before = raw(&s, OTHER).await;
+    let forged = edited(&before, |doc| {
+        doc.put(None, &json!({"n": 3}), &meta("mallory")).unwrap();
+    });
+    peer.send_sync("sync", &other, &carrying_changes(empty(), forged))
+        .await;
+    let (code, reason) = peer.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("mallory"), "{reason}");
+    assert_eq!(raw(&s, OTHER).await, before);
+}
+
+#[tokio::test]
+async fn ephemeral_messages_about_a_document_need_read() {
+    let s = start().await;
+    let doc = document_id(DOC.parse().unwrap());
+    let mut reader = RepoPeer::join(&s, READER, "reader").await;
+    reader.sync(&doc, &mut Replica::new()).await;
+    // A stranger's message about the document is dropped. Its next message is answered
+    // only once that one was handled.
+    let mut stranger = RepoPeer::join(&s, STRANGER, "stranger").await;
+    stranger.send_ephemeral(&doc, b"from the stranger").await;
+    stranger.send_sync("request", &doc, &first_request()).await;
+    match stranger.receive().await {
+        Incoming::Ignored { kind } => assert_eq!(kind, "doc-unavailable"),
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+    // So the first ephemeral message the reader gets is the writer's, sent after it.
+    let mut writer = RepoPeer::join(&s, WRITER, "writer").await;
+    writer.send_ephemeral(&doc, b"from the writer").await;
+    match reader.receive().await {
+        Incoming::Ephemeral(ephemeral) => assert_eq!(ephemeral.data, b"from the writer"),
+        other => panic!("expected the writer's ephemeral message, got {other:?}"),
+    }
 }
 
 /// The Rust agent client carries its token on HTTP and on its WebSocket subscriptions.

@@ -32,24 +32,31 @@
 //!
 //! # Attribution
 //! The token decides the agent: the middleware sets `Concord-Agent` to the token's agent
-//! before any handler runs, so a header (or `?agent=`) naming someone else is ignored.
+//! before any handler runs (the WebSocket handlers take it from their [`Caller`]), so a
+//! header (or `?agent=`) naming someone else is ignored.
 //! Raw Automerge changes (`POST …/changes`, `/sync`, `/v1/repo`) carry their own note, which
 //! history shows as their agent: from a token without admin, a change whose note names
-//! another agent is refused (403, or the connection closes with 1008). Changes without a
-//! note (automerge-repo clients) are taken. Admin may import anyone's changes.
+//! another agent is refused (403, or the connection closes with 1008). On `/sync` and
+//! `/v1/repo` only the changes new to the document count: a sync message may carry the
+//! whole document, others' changes included. Changes without a note (automerge-repo
+//! clients) are taken. Admin may import anyone's changes.
 //!
 //! # Per message
-//! A token that may read a document but not write it may still follow it live. Its
-//! WebSocket (`/ws`, `/sync`, and `/v1/repo` for any token but admin) is served through a
-//! relay: the handler runs unchanged behind an in-memory connection, and the relay checks
-//! every message from the client before passing it on (`/sync` is relayed for every token
-//! but admin, to check the notes of its changes). On `/ws` a `patch` or `put` is
-//! answered an `error` (403) and not applied ([`LiveConfig::max_refused`] in a row close
-//! the connection, 1008). On `/sync` a sync message carrying changes closes the connection
-//! (1008). On `/v1/repo` a document the token may not read is `doc-unavailable`, as is a
-//! document that does not exist (only admin may create one by offering it), ephemeral
-//! messages about it are dropped, and changes to a document it may not write close the
-//! connection (1008).
+//! A token that may read a document but not write it may still follow it live. [`guard`]
+//! hands every handler its [`Caller`] (the token's [`Principal`]), and each WebSocket
+//! handler checks every message from the client against it where the protocol decides to
+//! write. Only messages known to read are taken from a token that may not write; anything
+//! else (a message type added later included) counts as a write:
+//! - `/ws`: `subscribe` reads. Any other message is answered an `error` (403) and not
+//!   applied; [`LiveConfig::max_refused`] in a row close the connection (1008).
+//! - `/sync`: a sync message without changes reads. One carrying changes closes the
+//!   connection (1008) from a token that may not write the document, and from a token
+//!   without admin when a change new to the document names another agent (see
+//!   Attribution).
+//! - `/v1/repo`: a document the token may not read is `doc-unavailable`, as is a document
+//!   that does not exist (only admin may create one by offering it), and ephemeral messages
+//!   about it are dropped. Changes to a document it may not write, or (without admin) whose
+//!   notes name another agent, close the connection (1008).
 //!
 //! # Secrets
 //! Only SHA-256 digests of tokens are kept in memory (the file may hold digests too,
@@ -59,33 +66,24 @@
 //! [`LiveConfig::max_refused`]: crate::LiveConfig::max_refused
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
+use automerge::ChangeHash;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
-use concord_core::sync::SyncMessage;
-use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, protocol::Role};
-use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use crate::client::{Problem, ServerMessage};
 use crate::problem::ApiError;
-use crate::repo::{parse_document_id, Incoming, Outgoing};
+use crate::registry::Registry;
 use crate::AppState;
 
 /// The shortest token accepted in the file: shorter ones can be guessed.
@@ -351,16 +349,130 @@ impl Auth {
 }
 
 // ---------------------------------------------------------------------------------------
-// The middleware.
+// The caller, as handlers take it.
 
-/// Which protocol a relayed connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    /// `/v1/docs/{id}/ws`: JSON messages.
-    Json,
-    /// `/v1/docs/{id}/sync`: binary Automerge sync messages.
-    Sync,
+/// Who a request speaks for, as its handler takes it (an extractor): the principal of the
+/// request's token, which [`guard`] puts in the request's extensions; or, with
+/// authentication off, anyone, who may do everything and names its own agent as the
+/// endpoint says (`Concord-Agent`, `?agent=` on `/ws`, else the endpoint's default).
+///
+/// The protocol handlers (`/ws`, `/sync`, `/v1/repo`) check each message against it where
+/// they decide to write (see "Per message" in the module docs). A handler that takes it on a
+/// route [`guard`] does not pass answers 500: nobody is let through by default.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `None` with authentication off.
+    token: Option<Arc<Principal>>,
 }
+
+impl Caller {
+    /// Anyone: every request, with authentication off.
+    pub fn anyone() -> Caller {
+        Caller { token: None }
+    }
+
+    /// The holder of a token.
+    pub fn with_token(principal: Arc<Principal>) -> Caller {
+        Caller {
+            token: Some(principal),
+        }
+    }
+
+    /// The token's principal; `None` with authentication off.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.token.as_deref()
+    }
+
+    /// The agent every write of the request is recorded under: the token's. `None` with
+    /// authentication off, where the request names its agent.
+    pub fn agent(&self) -> Option<&str> {
+        self.token.as_deref().map(Principal::agent)
+    }
+
+    /// True for the `admin` scope, and for anyone with authentication off.
+    pub fn is_admin(&self) -> bool {
+        self.token.as_deref().is_none_or(Principal::is_admin)
+    }
+
+    /// May it read this document?
+    pub fn can_read(&self, doc: Uuid) -> bool {
+        self.token.as_deref().is_none_or(|p| p.can_read(doc))
+    }
+
+    /// May it write this document?
+    pub fn can_write(&self, doc: Uuid) -> bool {
+        self.token.as_deref().is_none_or(|p| p.can_write(doc))
+    }
+
+    /// Why it may not write `doc` (for an `error` message or a close frame); `None` if it may.
+    pub fn refuse_write(&self, doc: Uuid) -> Option<String> {
+        match self.token.as_deref() {
+            Some(p) if !p.can_write(doc) => Some(format!(
+                "the token of {} may read document {doc}, not write it",
+                p.agent
+            )),
+            _ => None,
+        }
+    }
+
+    /// Checks the changes a sync message carries (`message`: its bytes as received) before
+    /// they are written to `doc`: the caller must be able to write it, and without admin
+    /// the Concord notes of the changes the document lacks may name only the caller's
+    /// agent. (A peer may send back changes the document has, others' among them: a sync
+    /// message can carry the whole document. Those are not written again.) `Err` says why
+    /// not; the connection closes (1008).
+    pub async fn check_sync_changes(
+        &self,
+        registry: &Registry,
+        doc: Uuid,
+        message: &[u8],
+    ) -> Result<(), String> {
+        let Some(principal) = self.token.as_deref() else {
+            return Ok(());
+        };
+        if let Some(refused) = self.refuse_write(doc) {
+            return Err(refused);
+        }
+        if principal.is_admin() {
+            return Ok(());
+        }
+        let foreign = foreign_changes_in_sync(message, principal.agent());
+        let Some((_, first)) = foreign.first() else {
+            return Ok(());
+        };
+        // A change the document has stays: nothing is known of a document that cannot be
+        // read (deleted meanwhile, say), so then every change is new.
+        let new = registry
+            .read::<_, crate::registry::Error>(doc, |loaded| {
+                let automerge = loaded.doc.automerge();
+                Ok(foreign
+                    .iter()
+                    .find(|(hash, _)| automerge.get_change_meta_by_hash(hash).is_none())
+                    .map(|(_, named)| named.clone()))
+            })
+            .await
+            .unwrap_or_else(|_| Some(first.clone()));
+        match new {
+            Some(named) => Err(not_yours(principal, &named)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::internal(
+                "a handler takes its caller on a route that auth::guard does not pass",
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The middleware.
 
 /// What an endpoint asks of the token (see the table in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,8 +485,6 @@ enum Rule {
     Fork,
     Merge,
     RawChanges,
-    Live(Protocol),
-    Repo,
 }
 
 fn rule(method: &Method, route: Option<&str>) -> Rule {
@@ -394,9 +504,10 @@ fn rule(method: &Method, route: Option<&str>) -> Rule {
         Some("/v1/docs/{id}/history" | "/v1/docs/{id}/events") => Rule::Read,
         Some("/v1/docs/{id}/fork") => Rule::Fork,
         Some("/v1/docs/{id}/merge") => Rule::Merge,
-        Some("/v1/docs/{id}/ws") => Rule::Live(Protocol::Json),
-        Some("/v1/docs/{id}/sync") => Rule::Live(Protocol::Sync),
-        Some("/v1/repo") => Rule::Repo,
+        // Read to connect; the handler checks each message that writes against the caller.
+        Some("/v1/docs/{id}/ws" | "/v1/docs/{id}/sync") => Rule::Read,
+        // Any token to connect; the handler checks each document it syncs.
+        Some("/v1/repo") => Rule::AnyToken,
         Some(_) => Rule::Admin,
     }
 }
@@ -556,23 +667,42 @@ fn merge_fork(body: &[u8]) -> Option<Uuid> {
     Uuid::parse_str(value.get("fork")?.as_str()?).ok()
 }
 
-/// The first agent other than `agent` that the Concord notes of raw changes name.
-fn foreign_agent(changes: &[u8], agent: &str) -> Option<String> {
-    let changes = concord_core::doc::parse_changes(changes).ok()?;
-    changes.iter().find_map(|change| {
-        let (named, _) = concord_core::doc::decode_note(change.message());
-        named.filter(|named| named != agent)
-    })
+/// The changes among raw changes whose Concord notes name an agent other than `agent`: each
+/// change's hash and the agent it names. Bytes that do not decode name nobody (whoever
+/// takes them refuses them).
+fn foreign_changes(changes: &[u8], agent: &str) -> Vec<(ChangeHash, String)> {
+    let Ok(changes) = concord_core::doc::parse_changes(changes) else {
+        return Vec::new();
+    };
+    changes
+        .iter()
+        .filter_map(|change| {
+            let (named, _) = concord_core::doc::decode_note(change.message());
+            named
+                .filter(|named| named != agent)
+                .map(|named| (change.hash(), named))
+        })
+        .collect()
 }
 
-/// The same, for the changes a sync message carries.
-fn foreign_agent_in_sync(message: &[u8], agent: &str) -> Option<String> {
-    let message = automerge::sync::Message::decode(message).ok()?;
-    let found = message
+/// The first agent other than `agent` that the Concord notes of raw changes name.
+fn foreign_agent(changes: &[u8], agent: &str) -> Option<String> {
+    foreign_changes(changes, agent)
+        .into_iter()
+        .next()
+        .map(|(_, named)| named)
+}
+
+/// The same as [`foreign_changes`], for the changes a sync message carries.
+fn foreign_changes_in_sync(message: &[u8], agent: &str) -> Vec<(ChangeHash, String)> {
+    let Ok(message) = automerge::sync::Message::decode(message) else {
+        return Vec::new();
+    };
+    message
         .changes
         .iter()
-        .find_map(|chunk| foreign_agent(chunk, agent));
-    found
+        .flat_map(|chunk| foreign_changes(chunk, agent))
+        .collect()
 }
 
 fn not_yours(principal: &Principal, named: &str) -> String {
@@ -583,8 +713,9 @@ fn not_yours(principal: &Principal, named: &str) -> String {
     )
 }
 
-/// Middleware: authenticates the request and checks its scope (see the module docs). With
-/// auth off it only removes `access_token` from the query.
+/// Middleware: authenticates the request, checks its scope (see the module docs) and hands
+/// the handler its [`Caller`]. With auth off it only removes `access_token` from the query,
+/// and the caller is [`Caller::anyone`].
 pub async fn guard(
     State(state): State<Arc<AppState>>,
     mut request: Request,
@@ -592,6 +723,7 @@ pub async fn guard(
 ) -> Response {
     let query_token = take_access_token(request.uri_mut());
     let Some(auth) = state.config.auth.clone() else {
+        request.extensions_mut().insert(Caller::anyone());
         return next.run(request).await;
     };
     let route = request
@@ -615,6 +747,9 @@ pub async fn guard(
         return unauthorized("invalid_token", "the token is not valid on this server")
             .into_response();
     };
+    request
+        .extensions_mut()
+        .insert(Caller::with_token(Arc::clone(&principal)));
     let headers = request.headers_mut();
     headers.remove(header::AUTHORIZATION);
     headers.insert(
@@ -670,478 +805,7 @@ pub async fn guard(
                 None => next.run(request).await,
             },
         },
-        Rule::Live(_) if !principal.reads(doc) => {
-            forbidden(&principal, &format!("read {}", named(doc)))
-        }
-        Rule::Live(Protocol::Json) if principal.writes(doc) => next.run(request).await,
-        Rule::Live(Protocol::Json) => {
-            let filter = Filter::Json {
-                doc,
-                refused_in_row: 0,
-            };
-            relay(state, principal, filter, request, next).await
-        }
-        Rule::Live(Protocol::Sync) if principal.is_admin() => next.run(request).await,
-        Rule::Live(Protocol::Sync) => {
-            let filter = Filter::Sync {
-                doc,
-                writes: principal.writes(doc),
-            };
-            relay(state, principal, filter, request, next).await
-        }
-        Rule::Repo if principal.is_admin() => next.run(request).await,
-        Rule::Repo => {
-            let filter = Filter::Repo {
-                peer: None,
-                server: None,
-            };
-            relay(state, principal, filter, request, next).await
-        }
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// The relay: a WebSocket whose every message from the client is checked.
-
-/// What a relayed connection checks (see the module docs).
-enum Filter {
-    /// `/ws` for a reader: writes are answered an error.
-    Json {
-        doc: Option<Uuid>,
-        refused_in_row: u32,
-    },
-    /// `/sync` for anyone but admin: changes from a reader, or recorded as another agent,
-    /// close the connection.
-    Sync { doc: Option<Uuid>, writes: bool },
-    /// `/v1/repo` for anyone but admin. The peer ids, once known, to answer
-    /// `doc-unavailable` in the server's name.
-    Repo {
-        peer: Option<String>,
-        server: Option<String>,
-    },
-}
-
-/// What to do with one message from the client.
-enum Verdict {
-    Forward,
-    Answer(Message),
-    Drop,
-    Close(u16, String),
-}
-
-type Inner = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Serves a WebSocket request through a relay: the handler (`next`) runs behind an
-/// in-memory HTTP connection, and what it answers before upgrading (an unknown document, a
-/// refused strategy) reaches the client unchanged.
-async fn relay(
-    state: Arc<AppState>,
-    principal: Arc<Principal>,
-    filter: Filter,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        // Not a WebSocket handshake: the handler says what the endpoint is.
-        Err(_) => return next.run(Request::from_parts(parts, body)).await,
-    };
-    let inner = match connect_inner(&parts, next).await {
-        Ok(Ok(inner)) => inner,
-        Ok(Err(refused)) => return refused,
-        Err(e) => return ApiError::internal(format!("relay: {e}")).into_response(),
-    };
-    let limit = match filter {
-        // As the JSON protocol itself: read up to twice its message limit (see api::live).
-        Filter::Json { .. } => state
-            .config
-            .live
-            .max_message
-            .saturating_mul(2)
-            .max(64 * 1024),
-        Filter::Sync { .. } | Filter::Repo { .. } => state.config.body_limit,
-    };
-    let relay = Relay {
-        state,
-        principal,
-        filter,
-    };
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |outer| relay.run(outer, inner))
-}
-
-/// Sends the request to `next` over an in-memory connection; the upgraded socket, or the
-/// handler's refusal.
-async fn connect_inner(parts: &Parts, next: Next) -> Result<Result<Inner, Response>, String> {
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    // The original request's extensions carry what the handler's extractors read (route
-    // parameters, matched path); the in-memory connection brings its own upgrade.
-    let extensions = parts.extensions.clone();
-    let service =
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let next = next.clone();
-            let mut extensions = extensions.clone();
-            async move {
-                let (mut inner, body) = request.into_parts();
-                if let Some(upgrade) = inner.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-                    extensions.insert(upgrade);
-                }
-                inner.extensions = extensions;
-                Ok::<_, Infallible>(next.run(Request::from_parts(inner, Body::new(body))).await)
-            }
-        });
-    tokio::spawn(async move {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server), service)
-            .with_upgrades()
-            .await;
-    });
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = connection.with_upgrades().await;
-    });
-    let mut request = hyper::Request::new(Body::empty());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.headers_mut() = parts.headers.clone();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Err(response.map(Body::new)));
-    }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Ok(WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Client,
-        None,
-    )
-    .await))
-}
-
-fn to_inner(message: Message) -> tungstenite::Message {
-    match message {
-        Message::Text(text) => tungstenite::Message::text(text.as_str()),
-        Message::Binary(bytes) => tungstenite::Message::Binary(bytes),
-        Message::Ping(bytes) => tungstenite::Message::Ping(bytes),
-        Message::Pong(bytes) => tungstenite::Message::Pong(bytes),
-        Message::Close(frame) => {
-            tungstenite::Message::Close(frame.map(|f| tungstenite::protocol::CloseFrame {
-                code: f.code.into(),
-                reason: f.reason.as_str().into(),
-            }))
-        }
-    }
-}
-
-fn close_frame(code: u16, reason: &str) -> Message {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(&reason[..end]),
-    }))
-}
-
-/// One relayed connection.
-struct Relay {
-    state: Arc<AppState>,
-    principal: Arc<Principal>,
-    filter: Filter,
-}
-
-impl Relay {
-    async fn run(mut self, mut outer: WebSocket, mut inner: Inner) {
-        let live = self.state.config.live.clone();
-        // The JSON protocol pings its clients and closes idle ones; the handler's pings now
-        // reach the relay (which answers them), so the relay does it for the client.
-        let keep_alive = matches!(self.filter, Filter::Json { .. });
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + live.ping_interval, live.ping_interval);
-        let idle = tokio::time::sleep(live.idle_timeout);
-        tokio::pin!(idle);
-        loop {
-            tokio::select! {
-                frame = outer.recv() => {
-                    idle.as_mut().reset(Instant::now() + live.idle_timeout);
-                    let message = match frame {
-                        None => return close_inner(&mut inner).await,
-                        Some(Err(e)) => {
-                            let (code, reason) = if e.to_string().to_lowercase().contains("too long") {
-                                (1009, "the message is over the size limit")
-                            } else {
-                                (1002, "the WebSocket stream is broken")
-                            };
-                            let _ = outer.send(close_frame(code, reason)).await;
-                            return close_inner(&mut inner).await;
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(close @ Message::Close(_))) => {
-                            // Passed on, so the handler sees why the client left.
-                            let _ = inner.send(to_inner(close)).await;
-                            return;
-                        }
-                        Some(Ok(message)) => message,
-                    };
-                    match self.inspect(&message).await {
-                        Verdict::Forward => {
-                            if inner.send(to_inner(message)).await.is_err() {
-                                let _ = outer.send(close_frame(1011, "the connection to the document broke")).await;
-                                return;
-                            }
-                        }
-                        Verdict::Answer(answer) => {
-                            if outer.send(answer).await.is_err() {
-                                return close_inner(&mut inner).await;
-                            }
-                        }
-                        Verdict::Drop => {}
-                        Verdict::Close(code, reason) => {
-                            close_inner(&mut inner).await;
-                            if outer.send(close_frame(code, &reason)).await.is_ok() {
-                                drain(&mut outer).await;
-                            }
-                            return;
-                        }
-                    }
-                }
-                frame = inner.next() => match frame {
-                    None | Some(Err(_)) => {
-                        let _ = outer.send(close_frame(1011, "the connection to the document ended")).await;
-                        return;
-                    }
-                    Some(Ok(tungstenite::Message::Close(frame))) => {
-                        let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code.into(), f.reason.as_str().to_owned()));
-                        if outer.send(close_frame(code, &reason)).await.is_ok() {
-                            drain(&mut outer).await;
-                        }
-                        return;
-                    }
-                    Some(Ok(tungstenite::Message::Text(text))) => {
-                        if outer.send(Message::Text(text.as_str().into())).await.is_err() {
-                            return close_inner(&mut inner).await;
-                        }
-                    }
-                    Some(Ok(tungstenite::Message::Binary(bytes))) => {
-                        self.observe(&bytes);
-                        if outer.send(Message::Binary(bytes)).await.is_err() {
-                            return close_inner(&mut inner).await;
-                        }
-                    }
-                    // Pings are answered by the WebSocket layer.
-                    Some(Ok(_)) => {}
-                },
-                _ = ping.tick(), if keep_alive => {
-                    if outer.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return close_inner(&mut inner).await;
-                    }
-                }
-                () = &mut idle, if keep_alive => {
-                    close_inner(&mut inner).await;
-                    let reason = format!("idle: no frame (nor pong) for {} ms", live.idle_timeout.as_millis());
-                    if outer.send(close_frame(1001, &reason)).await.is_ok() {
-                        drain(&mut outer).await;
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Checks one message from the client.
-    async fn inspect(&mut self, message: &Message) -> Verdict {
-        let agent = self.principal.agent().to_owned();
-        let max_refused = self.state.config.live.max_refused;
-        match (&mut self.filter, message) {
-            (
-                Filter::Json {
-                    doc,
-                    refused_in_row,
-                },
-                Message::Text(text),
-            ) => {
-                let value = serde_json::from_str::<Value>(text.as_str()).ok();
-                let kind = value.as_ref().and_then(|v| v.get("type")?.as_str());
-                if !matches!(kind, Some("patch" | "put")) {
-                    *refused_in_row = 0;
-                    return Verdict::Forward;
-                }
-                *refused_in_row += 1;
-                if *refused_in_row >= max_refused.max(1) {
-                    return Verdict::Close(
-                        1008,
-                        format!(
-                            "{refused_in_row} writes refused in a row: this token may only read"
-                        ),
-                    );
-                }
-                let id = value
-                    .and_then(|mut v| v.get_mut("id").map(Value::take))
-                    .filter(|id| match id {
-                        Value::String(s) => !s.is_empty() && s.chars().count() <= 255,
-                        Value::Number(n) => n.is_u64(),
-                        _ => false,
-                    });
-                let error = ServerMessage::Error(Problem {
-                    id,
-                    type_uri: "urn:concord:problem:forbidden".into(),
-                    title: "Forbidden".into(),
-                    status: 403,
-                    detail: format!(
-                        "the token of {agent} may read {}, not write it",
-                        named(*doc)
-                    ),
-                    version: None,
-                });
-                match serde_json::to_string(&error) {
-                    Ok(text) => Verdict::Answer(Message::Text(text.into())),
-                    Err(_) => Verdict::Close(1011, "cannot answer".into()),
-                }
-            }
-            (Filter::Sync { doc, writes }, Message::Binary(bytes)) => {
-                match SyncMessage::decode(bytes) {
-                    Ok(message) if message.has_changes() && !*writes => Verdict::Close(
-                        1008,
-                        format!(
-                            "the token of {agent} may read {}, not write it",
-                            named(*doc)
-                        ),
-                    ),
-                    Ok(message) if message.has_changes() => {
-                        match foreign_agent_in_sync(bytes, &agent) {
-                            Some(named) => Verdict::Close(1008, not_yours(&self.principal, &named)),
-                            None => Verdict::Forward,
-                        }
-                    }
-                    // Anything else goes on; the handler closes on garbage, with its reason.
-                    _ => Verdict::Forward,
-                }
-            }
-            (Filter::Repo { .. }, Message::Binary(bytes)) => self.inspect_repo(bytes).await,
-            _ => Verdict::Forward,
-        }
-    }
-
-    async fn inspect_repo(&mut self, bytes: &Bytes) -> Verdict {
-        let Ok(message) = Incoming::decode(bytes) else {
-            return Verdict::Forward;
-        };
-        match message {
-            Incoming::Join { sender, .. } => {
-                if let Filter::Repo { peer, .. } = &mut self.filter {
-                    *peer = Some(sender);
-                }
-                Verdict::Forward
-            }
-            Incoming::Sync { document, data, .. } => {
-                let Some(id) = parse_document_id(&document) else {
-                    return Verdict::Forward;
-                };
-                if !self.principal.can_read(id) {
-                    return self.unavailable(&document);
-                }
-                if !self.principal.is_admin() {
-                    // Offering a document the server lacks creates it: admin only.
-                    let exists = self
-                        .state
-                        .registry
-                        .read::<_, crate::registry::Error>(id, |_| Ok(()))
-                        .await;
-                    if matches!(exists, Err(crate::registry::Error::NotFound(_))) {
-                        return self.unavailable(&document);
-                    }
-                }
-                let changes = SyncMessage::decode(&data).is_ok_and(|m| m.has_changes());
-                if changes && !self.principal.can_write(id) {
-                    return Verdict::Close(
-                        1008,
-                        format!(
-                            "the token of {} may read document {id}, not write it",
-                            self.principal.agent()
-                        ),
-                    );
-                }
-                if changes {
-                    if let Some(named) = foreign_agent_in_sync(&data, self.principal.agent()) {
-                        return Verdict::Close(1008, not_yours(&self.principal, &named));
-                    }
-                }
-                Verdict::Forward
-            }
-            Incoming::Ephemeral(ephemeral) => match parse_document_id(&ephemeral.document) {
-                Some(id) if self.principal.can_read(id) => Verdict::Forward,
-                _ => Verdict::Drop,
-            },
-            Incoming::Ignored { .. } => Verdict::Forward,
-        }
-    }
-
-    /// `doc-unavailable` for a document, in the server's name.
-    fn unavailable(&self, document: &str) -> Verdict {
-        match &self.filter {
-            Filter::Repo {
-                peer: Some(peer),
-                server: Some(server),
-            } => Verdict::Answer(Message::Binary(
-                Outgoing::Unavailable { document }
-                    .encode(server, peer)
-                    .into(),
-            )),
-            // Before the handshake is complete there is nobody to answer in the name of.
-            _ => Verdict::Close(
-                1008,
-                format!(
-                    "the token of {} may not open document {document}",
-                    self.principal.agent()
-                ),
-            ),
-        }
-    }
-
-    /// Learns the server's peer id from its `peer` message.
-    fn observe(&mut self, bytes: &[u8]) {
-        let Filter::Repo { server, .. } = &mut self.filter else {
-            return;
-        };
-        if server.is_some() {
-            return;
-        }
-        let Ok(ciborium::Value::Map(map)) = ciborium::de::from_reader::<ciborium::Value, _>(bytes)
-        else {
-            return;
-        };
-        let field = |name: &str| {
-            map.iter()
-                .find(|(k, _)| k.as_text() == Some(name))
-                .and_then(|(_, v)| v.as_text())
-        };
-        if field("type") == Some("peer") {
-            *server = field("senderId").map(str::to_owned);
-        }
-    }
-}
-
-async fn close_inner(inner: &mut Inner) {
-    let _ = inner.close(None).await;
-}
-
-/// Reads until the client answers our close frame (bounded): closing with unread input
-/// would reset the connection and could lose the close frame.
-async fn drain(outer: &mut WebSocket) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = outer.recv().await {}
-    })
-    .await;
 }
 
 #[cfg(test)]
@@ -1282,7 +946,9 @@ mod tests {
             (Method::GET, Some("/v1/events"), Rule::Admin),
             (Method::POST, Some("/v1/compare"), Rule::Admin),
             (Method::GET, Some("/metrics"), Rule::Admin),
-            (Method::GET, Some("/v1/repo"), Rule::Repo),
+            (Method::GET, Some("/v1/repo"), Rule::AnyToken),
+            (Method::GET, Some("/v1/docs/{id}/ws"), Rule::Read),
+            (Method::GET, Some("/v1/docs/{id}/sync"), Rule::Read),
         ];
         for (method, route, expected) in cases {
             assert_eq!(rule(&method, route), expected, "{method} {route:?}");

@@ -15,7 +15,8 @@
 //! - asked for by a peer that has nothing of it either (a `request`, or a `sync` without
 //!   heads): answered `doc-unavailable`, which makes the client's `repo.find` fail;
 //! - offered by a peer that has it (a `sync` whose message has heads, as after
-//!   `repo.create()`): Concord fetches the peer's changes and creates the document from them,
+//!   `repo.create()`) and may create documents (with authentication on, an admin token):
+//!   Concord fetches the peer's changes and creates the document from them,
 //!   as a `crdt` document with an empty schema (strings the client wrote as text stay text),
 //!   under the id's UUID. Two JavaScript clients can so share a document created in
 //!   JavaScript, and it is readable over HTTP.
@@ -43,6 +44,12 @@
 //! Bytes that are not a CBOR map with a `type`, a first message that is not `join`, a text
 //! frame, or an invalid sync message get an `error` message and a close frame with the
 //! reason; other connections are unaffected.
+//!
+//! # Permissions
+//! Each message is checked against the connection's [`Caller`] (see [`crate::auth`]): a
+//! document it may not read is `doc-unavailable`, as one that does not exist, and its
+//! ephemeral messages are dropped; a sync message carrying changes to a document it may not
+//! write (or, without admin, recorded as another agent) closes the connection (1008).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -59,6 +66,7 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use uuid::Uuid;
 
 use crate::api::now_ms;
+use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::registry::{Edit, WriteCommand};
 use crate::AppState;
@@ -469,15 +477,17 @@ struct Connection<'a> {
     number: u64,
     /// The peer's id, once it joined.
     peer: Option<String>,
-    /// The `Concord-Agent` of the upgrade request, if it named one.
+    /// The agent of the upgrade request (its token's, or its `Concord-Agent`), if it has one.
     agent: Option<String>,
+    /// What the token may do: each document and each change is checked against it.
+    caller: Caller,
     sessions: HashMap<Uuid, Session>,
     events: StreamMap<Uuid, Events>,
     relays: StreamMap<Uuid, Events>,
 }
 
 /// Serves one repo connection until the peer leaves or breaks the protocol.
-pub async fn serve(hub: Arc<Hub>, mut socket: WebSocket, agent: Option<String>) {
+pub async fn serve(hub: Arc<Hub>, mut socket: WebSocket, agent: Option<String>, caller: Caller) {
     let number = hub
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -486,6 +496,7 @@ pub async fn serve(hub: Arc<Hub>, mut socket: WebSocket, agent: Option<String>) 
         number,
         peer: None,
         agent,
+        caller,
         sessions: HashMap::new(),
         events: StreamMap::new(),
         relays: StreamMap::new(),
@@ -566,7 +577,9 @@ impl Connection<'_> {
                 request,
                 ..
             } => {
-                let Some(id) = parse_document_id(&document) else {
+                // A document the token may not read does not exist for it.
+                let Some(id) = parse_document_id(&document).filter(|id| self.caller.can_read(*id))
+                else {
                     return self
                         .send(
                             socket,
@@ -578,10 +591,13 @@ impl Connection<'_> {
                 };
                 let message = SyncMessage::decode(&data)
                     .map_err(|e| Closing::new(close_code::INVALID, format!("{document}: {e}")))?;
-                self.sync(socket, id, &document, request, message).await
+                self.sync(socket, id, &document, request, message, &data)
+                    .await
             }
             Incoming::Ephemeral(message) => {
-                if let Some(id) = parse_document_id(&message.document) {
+                let readable =
+                    parse_document_id(&message.document).filter(|id| self.caller.can_read(*id));
+                if let Some(id) = readable {
                     self.hub.relay(
                         id,
                         Relayed {
@@ -614,7 +630,7 @@ impl Connection<'_> {
         }
     }
 
-    /// Handles a sync message for a document.
+    /// Handles a sync message for a document the token may read (`data`: its bytes).
     async fn sync(
         &mut self,
         socket: &mut WebSocket,
@@ -622,6 +638,7 @@ impl Connection<'_> {
         document: &str,
         request: bool,
         message: SyncMessage,
+        data: &[u8],
     ) -> Result<(), Closing> {
         let invalid = |e: concord_core::sync::SyncError| {
             Closing::new(close_code::INVALID, format!("{document}: {e}"))
@@ -633,6 +650,15 @@ impl Connection<'_> {
                 None => return self.send(socket, Outgoing::Unavailable { document }).await,
             },
         };
+        // Changes write (to the document, or they create it), whatever the session: checked
+        // here, before any of them is taken. A message without changes only tells what the
+        // peer has.
+        if message.has_changes() {
+            self.caller
+                .check_sync_changes(&self.hub.app.registry, id, data)
+                .await
+                .map_err(|reason| Closing::new(close_code::POLICY, reason))?;
+        }
         let meta = self.write_meta();
         let registry = &self.hub.app.registry;
         let (session, reply) = match session {
@@ -706,9 +732,10 @@ impl Connection<'_> {
                 Ok(Some(Session::Unavailable))
             }
             Err(e) if e.status == StatusCode::NOT_FOUND => {
-                if request || message.heads().is_empty() {
-                    // Nobody has it: the peer's find fails. No session, so that an offer
-                    // with heads later on this connection still creates it.
+                if request || message.heads().is_empty() || !self.caller.is_admin() {
+                    // Nobody has it (or the peer may not create it): the peer's find fails.
+                    // No session, so that an offer with heads later on this connection still
+                    // creates it, or finds it once someone else created it.
                     Ok(None)
                 } else {
                     Ok(Some(Session::Pending {
@@ -864,7 +891,9 @@ fn copy(doc: &Document) -> Result<(Document, WriteOutcome), ApiError> {
 }
 
 /// Applies a peer's sync message to a Concord document: a write (stored, published) when it
-/// carries changes, else only an update of what the peer is known to have.
+/// carries changes, else only an update of what the peer is known to have. Changes are taken
+/// as they come: callers check them against the connection's caller first
+/// ([`Caller::check_sync_changes`]).
 pub(crate) async fn receive(
     registry: &crate::registry::Registry,
     id: Uuid,

@@ -25,11 +25,14 @@
 //! its `ack` before the `change` it made.
 //!
 //! Bad input (not JSON, an unknown type or field, a malformed version or patch, a refused
-//! write) is answered an `error` and the connection stays open. The connection is closed,
+//! write) is answered an `error` and the connection stays open. From a token that may read
+//! the document but not write it (see [`crate::auth`]), a message of any type but
+//! `subscribe` is answered an `error` (403) and not applied. The connection is closed,
 //! with a reason, when the document does not exist (4404) or is deleted (4410), after
-//! [`LiveConfig::max_refused`] rate-limited messages in a row (1008), for a message over
-//! twice [`LiveConfig::max_message`] (1009), after [`LiveConfig::idle_timeout`] without a
-//! frame (1001), and at shutdown (1001).
+//! [`LiveConfig::max_refused`] rate-limited messages in a row, or as many writes refused to
+//! a token that may only read (1008), for a message over twice [`LiveConfig::max_message`]
+//! (1009), after [`LiveConfig::idle_timeout`] without a frame (1001), and at shutdown
+//! (1001).
 //!
 //! # Server-Sent Events
 //! `/v1/docs/{id}/events`: a `snapshot` event (id = version, data `{type, version, value}`),
@@ -62,6 +65,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{agent, doc_id, now_ms, parse_version};
+use crate::auth::Caller;
 use crate::client::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use crate::idempotency::Keyed;
 use crate::policy::Refusal;
@@ -269,16 +273,21 @@ fn ws_agent(headers: &HeaderMap, query: Option<&str>) -> Result<String, ApiError
 }
 
 /// `GET /v1/docs/{id}/ws`: a malformed id or agent is refused before the upgrade (400);
-/// everything after it is answered in the protocol.
+/// everything after it is answered in the protocol. The agent is the token's, if the caller
+/// has one (see [`ws_agent`] otherwise).
 pub(super) async fn ws(
     State(state): Shared,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let id = doc_id(&id)?;
-    let agent = ws_agent(&headers, query.agent.as_deref())?;
+    let agent = match caller.agent() {
+        Some(agent) => agent.to_owned(),
+        None => ws_agent(&headers, query.agent.as_deref())?,
+    };
     let limits = state.config.live.clone();
     // Messages up to twice the limit are read and answered an error; larger ones are
     // refused while being read, which ends the connection.
@@ -292,9 +301,11 @@ pub(super) async fn ws(
                 state,
                 doc: id,
                 agent,
+                caller,
                 socket,
                 feed: None,
                 refused_in_row: 0,
+                forbidden_in_row: 0,
                 limits,
             }
             .run()
@@ -316,12 +327,16 @@ struct Session {
     state: Arc<AppState>,
     doc: Uuid,
     agent: String,
+    /// What the token may do: each message that writes is checked against it.
+    caller: Caller,
     socket: WebSocket,
     /// Present once the client subscribed.
     feed: Option<DocFeed>,
     bucket: TokenBucket,
     /// Rate-limited messages since the last one processed.
     refused_in_row: u32,
+    /// Messages refused as writes the token may not make, since the last one taken.
+    forbidden_in_row: u32,
     limits: LiveConfig,
 }
 
@@ -472,7 +487,19 @@ impl Session {
             );
             return self.fail(&e, None).await;
         }
-        match parse_message(text.as_str()) {
+        let value = match parse_json_message(text.as_str()) {
+            Ok(value) => value,
+            Err(e) => return self.fail(&e, None).await,
+        };
+        // Decided by the message's type before anything else is read of it: only the types
+        // known to read are taken from a token that may not write.
+        if writes(&value) {
+            if let Some(refused) = self.caller.refuse_write(self.doc) {
+                return self.forbid(refused, valid_id(&value)).await;
+            }
+        }
+        self.forbidden_in_row = 0;
+        match message_from(value) {
             Err((e, id)) => self.fail(&e, id).await,
             Ok(ClientMessage::Subscribe { since }) => self.subscribe(since).await,
             Ok(ClientMessage::Patch {
@@ -488,6 +515,23 @@ impl Session {
                 lock,
             }) => self.write(id, base, lock, WriteBody::Put(value)).await,
         }
+    }
+
+    /// Answers a write the token may not make (403); closes after
+    /// [`LiveConfig::max_refused`] in a row, since the client is not listening.
+    async fn forbid(&mut self, detail: String, id: Option<Value>) -> Flow {
+        self.forbidden_in_row += 1;
+        if self.forbidden_in_row >= self.limits.max_refused.max(1) {
+            return Flow::Close(
+                1008,
+                format!(
+                    "{} writes refused in a row: this token may only read",
+                    self.forbidden_in_row
+                ),
+            );
+        }
+        let e = ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail);
+        self.fail(&e, id).await
     }
 
     /// Answers a rate-limited message; closes after too many in a row.
@@ -748,15 +792,42 @@ fn check_id(id: &Value) -> Result<(), ApiError> {
 
 /// The id of a message, if it has a valid one (to answer a refusal with it).
 fn message_id(text: &str) -> Option<Value> {
-    let id = serde_json::from_str::<Value>(text).ok()?.get("id")?.clone();
-    check_id(&id).ok().map(|()| id)
+    valid_id(&serde_json::from_str::<Value>(text).ok()?)
+}
+
+/// The id of a parsed message, if it has a valid one.
+fn valid_id(message: &Value) -> Option<Value> {
+    message.get("id").cloned().filter(|id| check_id(id).is_ok())
+}
+
+/// The message types that only read. Every other type, known or not (a type added later
+/// included), writes: a token that may not write the document is refused it.
+const READ_ONLY_TYPES: &[&str] = &["subscribe"];
+
+/// Whether a message (parsed as JSON) asks to write. A message without a type is none of
+/// them: it is refused as invalid, whoever sends it.
+fn writes(message: &Value) -> bool {
+    match message.get("type").and_then(Value::as_str) {
+        Some(kind) => !READ_ONLY_TYPES.contains(&kind),
+        None => false,
+    }
+}
+
+/// A message's JSON.
+fn parse_json_message(text: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(text).map_err(|e| invalid(format!("a message must be JSON: {e}")))
 }
 
 /// Parses a client message; on error, the error and the message's id if it has one.
+#[cfg(test)]
 fn parse_message(text: &str) -> Result<ClientMessage, (ApiError, Option<Value>)> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| (invalid(format!("a message must be JSON: {e}")), None))?;
-    let id = value.get("id").cloned().filter(|id| check_id(id).is_ok());
+    message_from(parse_json_message(text).map_err(|e| (e, None))?)
+}
+
+/// Reads a client message from its JSON; on error, the error and the message's id if it
+/// has one.
+fn message_from(value: Value) -> Result<ClientMessage, (ApiError, Option<Value>)> {
+    let id = valid_id(&value);
     let Some(kind) = value.get("type").and_then(Value::as_str) else {
         return Err((
             invalid("a message is a JSON object with a \"type\": subscribe, patch or put"),
@@ -1067,6 +1138,40 @@ mod tests {
         let later = start + Duration::from_secs(10);
         let taken: Vec<bool> = (0..4).map(|_| bucket.take(later)).collect();
         assert_eq!(taken, [true, true, true, false]);
+    }
+
+    #[test]
+    fn only_the_types_known_to_read_are_not_writes() {
+        // Every message type the server knows, classified here: a type added later does not
+        // compile until it is, and is a write meanwhile (see READ_ONLY_TYPES).
+        let known = [
+            ClientMessage::Subscribe { since: None },
+            ClientMessage::Patch {
+                id: json!(1),
+                base: None,
+                ops: json!([]),
+                lock: None,
+            },
+            ClientMessage::Put {
+                id: json!(1),
+                base: None,
+                value: json!({}),
+                lock: None,
+            },
+        ];
+        for message in known {
+            let reads = match &message {
+                ClientMessage::Subscribe { .. } => true,
+                ClientMessage::Patch { .. } | ClientMessage::Put { .. } => false,
+            };
+            let value = serde_json::to_value(&message).unwrap();
+            assert_eq!(writes(&value), !reads, "{value}");
+        }
+        for kind in ["jump", "Subscribe", "subscribe ", ""] {
+            assert!(writes(&json!({ "type": kind })), "{kind:?}");
+        }
+        // Without a type it is no message at all, refused as invalid to anyone.
+        assert!(!writes(&json!({"id": 1})) && !writes(&json!([1])) && !writes(&json!({"type": 1})));
     }
 
     #[test]

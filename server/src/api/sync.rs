@@ -9,6 +9,10 @@
 //! open connection, a text frame, bytes that are not a sync message, or the document's
 //! deletion end the connection with a close frame that says why (close codes in
 //! [`Closing`]); the document is unchanged by a refused message, and other connections go on.
+//!
+//! Each message that carries changes is checked against the [`Caller`] before they are
+//! written: from a token that may read the document but not write it, or (without admin)
+//! recorded as another agent, they close the connection (1008).
 
 use std::sync::Arc;
 
@@ -22,6 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::{agent, doc_id, now_ms};
+use crate::auth::Caller;
 use crate::policy::{base_for, WriteKind};
 use crate::problem::ApiError;
 use crate::repo::{next_message, receive, Closing, Hub};
@@ -38,9 +43,12 @@ fn not_websocket(what: &str, rejection: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// The agent a sync client named with `Concord-Agent`, if it named one: its writes are
-/// recorded under it (the changes themselves carry no Concord note).
-fn sync_agent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The agent a sync client's writes are recorded under (the changes themselves carry no
+/// Concord note), if it has one: its token's, else the one it named with `Concord-Agent`.
+fn sync_agent(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    if let Some(agent) = caller.agent() {
+        return Ok(Some(agent.to_owned()));
+    }
     match headers.contains_key("concord-agent") {
         true => agent(headers).map(Some),
         false => Ok(None),
@@ -50,12 +58,13 @@ fn sync_agent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `GET /v1/docs/{id}/sync`.
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Result<Response, ApiError> {
     let id = doc_id(&id)?;
-    let agent = sync_agent(&headers)?.unwrap_or_else(|| "automerge-sync".to_owned());
+    let agent = sync_agent(&caller, &headers)?.unwrap_or_else(|| "automerge-sync".to_owned());
     // Refused here, with a status, rather than after the upgrade.
     state
         .registry
@@ -75,7 +84,7 @@ pub(super) async fn sync(
     Ok(upgrade
         .max_message_size(limit)
         .on_upgrade(move |mut socket| async move {
-            if let Err(closing) = run(&state, id, &agent, &mut socket).await {
+            if let Err(closing) = run(&state, id, &agent, &caller, &mut socket).await {
                 tracing::info!(doc = %id, code = closing.code, reason = %closing.reason, "closing a sync connection");
                 let _ = socket.send(closing.frame()).await;
             }
@@ -85,15 +94,16 @@ pub(super) async fn sync(
 /// `GET /v1/repo`.
 pub(super) async fn repo(
     State(hub): State<Arc<Hub>>,
+    caller: Caller,
     headers: HeaderMap,
     upgrade: Upgrade,
 ) -> Result<Response, ApiError> {
-    let agent = sync_agent(&headers)?;
+    let agent = sync_agent(&caller, &headers)?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/repo", r))?;
     let limit = hub.app().config.body_limit;
     Ok(upgrade
         .max_message_size(limit)
-        .on_upgrade(move |socket| crate::repo::serve(hub, socket, agent)))
+        .on_upgrade(move |socket| crate::repo::serve(hub, socket, agent, caller)))
 }
 
 /// Syncs one document with one peer until the peer leaves (`Ok`) or must be closed.
@@ -101,6 +111,7 @@ async fn run(
     state: &AppState,
     id: Uuid,
     agent: &str,
+    caller: &Caller,
     socket: &mut WebSocket,
 ) -> Result<(), Closing> {
     let registry = &state.registry;
@@ -119,6 +130,13 @@ async fn run(
                 Some(Ok(Frame::Binary(bytes))) => {
                     let message = SyncMessage::decode(&bytes)
                         .map_err(|e| Closing::new(close_code::INVALID, e.to_string()))?;
+                    // Changes write; a message without any only tells what the peer has.
+                    if message.has_changes() {
+                        caller
+                            .check_sync_changes(registry, id, &bytes)
+                            .await
+                            .map_err(|reason| Closing::new(close_code::POLICY, reason))?;
+                    }
                     let meta = WriteMeta { agent: agent.to_owned(), time_ms: now_ms(), message: None };
                     receive(registry, id, &meta, &mut peer, message).await.map_err(api)?;
                     send_next(state, id, &mut peer, socket).await?;
