@@ -237,3 +237,213 @@ async fn a_dropped_copy_waits_for_its_queued_batches() {
     assert_eq!(registry.loaded_count(), 0, "the copy was dropped");
     assert_eq!(value(&registry, id).await, json!({"n": 1}));
 }
+
+fn registry() -> Registry {
+    Registry::new(Arc::new(MemoryStore::new()))
+}
+
+async fn create_with(registry: &Registry, strategy: Strategy, value: serde_json::Value) -> Uuid {
+    let id = Uuid::new_v4();
+    let write = meta("setup");
+    registry
+        .create(
+            DocMeta {
+                id,
+                strategy,
+                schema: Schema::default(),
+                created_at_ms: 0,
+            },
+            || Ok::<_, Error>(Document::create(&value, Schema::default(), &write)?),
+            &write,
+            false,
+            None,
+        )
+        .await
+        .expect("created");
+    id
+}
+
+fn put<'a>(
+    doc: Uuid,
+    meta: &'a WriteMeta,
+    if_match: Option<&'a IfMatch>,
+    value: &'a serde_json::Value,
+) -> WriteCommand<'a> {
+    WriteCommand {
+        doc,
+        meta,
+        if_match,
+        lock: None,
+        edit: Edit::Put(value),
+        idempotency: None,
+    }
+}
+
+use concord_core::policy::IfMatch;
+
+#[tokio::test]
+async fn a_refused_write_changes_nothing_and_says_why() {
+    let registry = registry();
+    let id = create_with(&registry, Strategy::Optimistic, json!({"n": 0})).await;
+    let v0 = registry
+        .read::<_, Error>(id, |l| Ok(l.doc.version()))
+        .await
+        .unwrap();
+    let write = meta("a");
+    let fresh = IfMatch::Version(v0.clone());
+    registry
+        .execute(put(id, &write, Some(&fresh), &json!({"n": 1})))
+        .await
+        .expect("the first writer at v0 wins");
+    // The second writer read v0 too: refused, typed, naming the present.
+    let refused = registry
+        .execute(put(id, &write, Some(&fresh), &json!({"n": 2})))
+        .await
+        .unwrap_err();
+    let Error::Refused(Refusal::Stale { current }) = refused else {
+        panic!("expected a stale refusal, got {refused:?}");
+    };
+    assert_ne!(current, v0);
+    assert_eq!(value(&registry, id).await, json!({"n": 1}));
+    // No If-Match on an optimistic document: refused before anything is applied.
+    let missing = registry
+        .execute(put(id, &write, None, &json!({"n": 3})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::Refused(Refusal::IfMatchRequired { .. })),
+        "{missing:?}"
+    );
+    assert_eq!(value(&registry, id).await, json!({"n": 1}));
+}
+
+#[tokio::test]
+async fn subscribers_see_every_write_in_order_and_resume_from_a_version() {
+    let registry = registry();
+    let id = create_with(&registry, Strategy::Crdt, json!({"n": 0})).await;
+    let (first, mut events) = registry.subscribe(id, None).await.unwrap();
+    let Catchup::Snapshot { version: start, .. } = first else {
+        panic!("a new subscriber starts from a snapshot");
+    };
+    let write = meta("a");
+    for n in 1..=3 {
+        registry
+            .execute(put(id, &write, Some(&IfMatch::Any), &json!({ "n": n })))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(events.recv().await.unwrap());
+    }
+    assert_eq!(seen[0].previous, start);
+    for pair in seen.windows(2) {
+        assert_eq!(pair[0].version, pair[1].previous, "a chain of versions");
+        assert!(pair[0].seq < pair[1].seq);
+    }
+    // Resuming from the first event's version replays the two after it.
+    let since: Version = seen[0].version.parse().unwrap();
+    let (resumed, _) = registry.subscribe(id, Some(&since)).await.unwrap();
+    let Catchup::Events(replayed) = resumed else {
+        panic!("a known version resumes with events");
+    };
+    let versions: Vec<_> = replayed.iter().map(|e| e.version.clone()).collect();
+    assert_eq!(
+        versions,
+        vec![seen[1].version.clone(), seen[2].version.clone()]
+    );
+}
+
+#[tokio::test]
+async fn leases_fence_older_tokens_on_one_node() {
+    let registry = registry();
+    let id = create_with(&registry, Strategy::Lock, json!({"n": 0})).await;
+    let now = crate::clock::now_ms();
+    let first = registry
+        .acquire_lease(id, "a", 60_000, now)
+        .await
+        .unwrap()
+        .expect("granted");
+    let held = registry.acquire_lease(id, "b", 60_000, now).await.unwrap();
+    assert_eq!(held, Err(first.clone()), "held by a");
+    registry.release_lease(id, first.token).await.unwrap();
+    let second = registry
+        .acquire_lease(id, "b", 60_000, now)
+        .await
+        .unwrap()
+        .expect("granted after the release");
+    assert!(second.token > first.token);
+    // The old token can neither release nor write.
+    let release = registry.release_lease(id, first.token).await.unwrap_err();
+    assert!(
+        matches!(release, Error::Refused(Refusal::NotHolder { .. })),
+        "{release:?}"
+    );
+    let write = meta("a");
+    let fenced = registry
+        .execute(WriteCommand {
+            lock: Some(first.token),
+            ..put(id, &write, None, &json!({"n": 1}))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(fenced, Error::Refused(Refusal::Fenced { .. })),
+        "{fenced:?}"
+    );
+    registry
+        .execute(WriteCommand {
+            lock: Some(second.token),
+            ..put(id, &write, None, &json!({"n": 2}))
+        })
+        .await
+        .expect("the holder writes");
+    // Leases belong to lock documents only.
+    let crdt = create_with(&registry, Strategy::Crdt, json!({})).await;
+    let refused = registry.acquire_lease(crdt, "a", 1, now).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::Refused(Refusal::Strategy(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn creates_and_deletes_are_typed() {
+    let registry = registry();
+    let id = create_with(&registry, Strategy::Crdt, json!({})).await;
+    let write = meta("a");
+    let again = registry
+        .create(
+            DocMeta {
+                id,
+                strategy: Strategy::Crdt,
+                schema: Schema::default(),
+                created_at_ms: 0,
+            },
+            || Ok::<_, Error>(Document::create(&json!({}), Schema::default(), &write)?),
+            &write,
+            true,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, Error::AlreadyExists(x) if x == id),
+        "{again:?}"
+    );
+    registry.delete(id).await.unwrap();
+    let gone = registry.read::<_, Error>(id, |_| Ok(())).await.unwrap_err();
+    assert!(matches!(gone, Error::NotFound(x) if x == id), "{gone:?}");
+    let limited = Registry::new(Arc::new(MemoryStore::new())).with_document_limit(16);
+    let small = create_with(&limited, Strategy::Crdt, json!({})).await;
+    let big = json!({"text": "far more than sixteen bytes"});
+    let too_large = limited
+        .execute(put(small, &write, Some(&IfMatch::Any), &big))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(too_large, Error::TooLarge { limit: 16 }),
+        "{too_large:?}"
+    );
+    assert_eq!(value(&limited, small).await, json!({}), "rewound in place");
+}
