@@ -1,5 +1,8 @@
 //! The durable stores: [`sqlite`], the embedded one, and [`postgres`], the one several
-//! nodes share. Both write through one group-commit queue (`queue`).
+//! nodes share. Both write through one group-commit queue (`queue`): the grouping, the
+//! savepoint per operation, the one commit per group and the typed answer of each operation
+//! are written once there; each store brings its SQL.
 
 pub mod postgres;
+mod queue;
 pub mod sqlite;

@@ -23,35 +23,31 @@
 //! write-ahead log and fsyncs it before returning, so a committed transaction survives a
 //! crash or power loss.
 //!
-//! One dedicated writer thread owns the only write connection. Every mutation
-//! ([`Store::write`], [`Store::delete`], [`Store::compact`], [`Store::purge_idempotency`])
-//! is sent to it over a channel together with a one-shot reply channel, and the caller waits
-//! for the reply. The writer blocks for the first queued operation, then takes every other
-//! operation already queued (up to [`MAX_GROUP`]) and runs the whole group inside ONE
-//! transaction, each operation inside its own `SAVEPOINT`: an operation that fails (a write
-//! to a missing document, a create of an existing one, ...) is rolled back alone and gets its
-//! own error, while the others go on. The group then commits once (one fsync for all of
-//! them) and only after `COMMIT` has returned does the writer answer the waiters. If the
-//! commit fails, every waiter of the group is answered [`StoreError::Backend`]. So an `Ok`
-//! always means "on disk", and under concurrent load many writes share one fsync; see
+//! One dedicated writer thread owns the only write connection and runs the store's
+//! group-commit queue (`store::queue`): every mutation ([`Store::write`], [`Store::delete`],
+//! [`Store::compact`], [`Store::purge_idempotency`]) is queued in the calling thread, the
+//! writer runs every operation queued at that moment (up to [`MAX_GROUP`]) in ONE
+//! transaction (`BEGIN IMMEDIATE`), each in its own savepoint, in the order they were
+//! queued, and answers the waiters only after `COMMIT` has returned. An operation that fails
+//! (a write to a missing document, a create of an existing one, ...) is rolled back alone
+//! and gets its own error; if the group fails as a whole (its `COMMIT`, say), every waiter
+//! is answered [`StoreError::Backend`] and nothing of it is stored. So an `Ok` always means
+//! "on disk", and under concurrent load many writes share one fsync; see
 //! [`SqliteStore::stats`].
-//!
-//! Because all mutations go through the one writer, they are applied in the order they were
-//! submitted.
 //!
 //! Reads ([`Store::load`], [`Store::list`], [`Store::idempotency`]) use a small pool of
 //! separate read-only connections on blocking threads; WAL lets them run while the writer
 //! commits, and each read sees one consistent committed state.
 //!
 //! # Shutdown
-//! [`SqliteStore::close`] (also run on drop) closes the channel and waits for the writer
+//! [`SqliteStore::close`] (also run on drop) closes the queue and waits for the writer
 //! thread: every operation queued before is committed and answered first. An operation
 //! submitted after `close` is refused with [`StoreError::Backend`]; none is silently dropped.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -63,8 +59,9 @@ use concord_core::storage::{
 };
 use concord_core::strategy::Strategy;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
-use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use super::queue::{self, Compaction, GroupCounters, GroupError, Queue, Writer};
 
 /// The name of the database file inside the store's folder.
 pub const DB_FILE: &str = "concord.sqlite3";
@@ -143,59 +140,6 @@ pub struct StoreStats {
     pub batches: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    batches: AtomicU64,
-}
-
-/// One mutation for the writer thread.
-#[derive(Debug)]
-enum Op {
-    Write(Box<WriteBatch>),
-    /// A write stored only if its condition holds.
-    Checked(Box<WriteBatch>, Expect),
-    Delete(Uuid),
-    Compact {
-        id: Uuid,
-        snapshot: Vec<u8>,
-        covered: Vec<[u8; 32]>,
-    },
-    Purge {
-        before_ms: i64,
-    },
-}
-
-impl Op {
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Write(_) | Op::Checked(..) => "write",
-            Op::Delete(_) => "delete",
-            Op::Compact { .. } => "compact",
-            Op::Purge { .. } => "purge_idempotency",
-        }
-    }
-}
-
-/// What a successful operation answers.
-#[derive(Debug, PartialEq, Eq)]
-enum Done {
-    Written,
-    /// A checked write whose condition did not hold: rolled back, like a failure.
-    Refused(Refusal),
-    Deleted(bool),
-    Compacted,
-    Purged(u64),
-}
-
-type Reply = oneshot::Sender<Result<Done, StoreError>>;
-
-/// An operation queued for the writer, with the channel its caller waits on.
-struct Job {
-    op: Op,
-    reply: Reply,
-}
-
 /// A pool of read connections; a read takes a free one, or waits for one in turn.
 struct Readers {
     conns: Vec<Mutex<Connection>>,
@@ -223,10 +167,10 @@ impl Readers {
 /// A [`Store`] in one SQLite file, with group commit. See the [module docs](self).
 pub struct SqliteStore {
     path: PathBuf,
-    sender: RwLock<Option<mpsc::Sender<Job>>>,
+    queue: Queue,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Readers>,
-    counters: Arc<Counters>,
+    counters: Arc<GroupCounters>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -263,19 +207,20 @@ impl SqliteStore {
             conns.push(Mutex::new(reader));
         }
 
-        let counters = Arc::new(Counters::default());
-        let (sender, receiver) = mpsc::channel();
+        let counters = Arc::new(GroupCounters::default());
+        let (queue, jobs) = Queue::new("the writer thread");
         let writer = {
             let counters = Arc::clone(&counters);
+            let mut writer = SqliteWriter { conn };
             std::thread::Builder::new()
                 .name("concord-sqlite-writer".into())
-                .spawn(move || writer_loop(conn, receiver, &counters))
+                .spawn(move || queue::block_on(queue::serve(&mut writer, jobs, &counters)))
                 .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?
         };
         tracing::info!(path = %path.display(), "opened sqlite store");
         Ok(SqliteStore {
             path,
-            sender: RwLock::new(Some(sender)),
+            queue,
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Readers {
                 conns,
@@ -293,8 +238,8 @@ impl SqliteStore {
     /// How many transactions the writer committed and how many operations they carried.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            batches: self.counters.batches.load(Ordering::Relaxed),
+            commits: self.counters.commits(),
+            batches: self.counters.batches(),
         }
     }
 
@@ -305,14 +250,8 @@ impl SqliteStore {
     /// This blocks the calling thread for up to one group commit; from async code, prefer
     /// calling it through `tokio::task::spawn_blocking` or dropping the store there.
     pub fn close(&self) {
-        // Dropping the only sender closes the channel: the writer drains what is queued,
-        // then `recv` fails and it exits.
-        drop(
-            self.sender
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        // The writer answers what is queued, then `serve` returns and the thread exits.
+        self.queue.close();
         let handle = self
             .writer
             .lock()
@@ -323,27 +262,6 @@ impl SqliteStore {
                 tracing::error!(path = %self.path.display(), "sqlite writer thread panicked");
             }
         }
-    }
-
-    /// Queues an operation for the writer thread, now; the receiver gets its answer.
-    fn enqueue(&self, op: Op) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
-        let name = op.name();
-        let (reply, answer) = oneshot::channel();
-        let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
-        let sender = guard
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend(format!("{name} refused: the store is closed")))?;
-        sender.send(Job { op, reply }).map_err(|_| {
-            StoreError::Backend(format!("{name} refused: the writer thread has stopped"))
-        })?;
-        Ok(answer)
-    }
-
-    /// Queues an operation for the writer thread and waits for its answer.
-    async fn submit(&self, op: Op) -> Result<Done, StoreError> {
-        let name = op.name();
-        let answer = self.enqueue(op)?;
-        wait(name, answer).await
     }
 
     /// Runs a read on a pooled read connection, on a blocking thread.
@@ -365,40 +283,10 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Waits for the writer's answer to a queued operation.
-async fn wait(
-    name: &'static str,
-    answer: oneshot::Receiver<Result<Done, StoreError>>,
-) -> Result<Done, StoreError> {
-    answer.await.map_err(|_| {
-        StoreError::Backend(format!(
-            "{name} failed: the writer thread stopped before answering"
-        ))
-    })?
-}
-
-fn unexpected(op: &str, done: Done) -> StoreError {
-    StoreError::Backend(format!(
-        "internal error: the writer answered {done:?} to {op}"
-    ))
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn write_checked(&self, batch: WriteBatch, expect: Expect) -> Checked {
-        let op = if expect == Expect::default() {
-            Op::Write(Box::new(batch))
-        } else {
-            Op::Checked(Box::new(batch), expect)
-        };
-        let answer = self.enqueue(op);
-        Box::pin(async move {
-            match wait("write", answer?).await? {
-                Done::Written => Ok(Ok(())),
-                Done::Refused(refusal) => Ok(Err(refusal)),
-                other => Err(unexpected("write", other)),
-            }
-        })
+        self.queue.write(batch, expect)
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError> {
@@ -415,10 +303,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {
-        match self.submit(Op::Delete(id)).await? {
-            Done::Deleted(existed) => Ok(existed),
-            other => Err(unexpected("delete", other)),
-        }
+        self.queue.delete(id).await
     }
 
     async fn compact(
@@ -427,15 +312,13 @@ impl Store for SqliteStore {
         snapshot: Vec<u8>,
         covered: Vec<[u8; 32]>,
     ) -> Result<(), StoreError> {
-        let op = Op::Compact {
+        let compaction = Compaction {
             id,
             snapshot,
             covered,
+            synced: None,
         };
-        match self.submit(op).await? {
-            Done::Compacted => Ok(()),
-            other => Err(unexpected("compact", other)),
-        }
+        self.queue.compact(compaction).await.map(|_| ())
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -445,10 +328,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
-        match self.submit(Op::Purge { before_ms }).await? {
-            Done::Purged(n) => Ok(n),
-            other => Err(unexpected("purge_idempotency", other)),
-        }
+        self.queue.purge(before_ms).await
     }
 }
 
@@ -557,108 +437,76 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 // ---------------------------------------------------------------------------------------
 // The writer thread
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, counters: &Counters) {
-    // `recv` fails only once every sender is gone and the queue is empty, so everything
-    // queued before `close` is committed and answered.
-    while let Ok(first) = jobs.recv() {
-        let mut group = Vec::with_capacity(16);
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        run_group(&mut conn, group, counters);
-    }
-    tracing::debug!("sqlite writer thread exiting");
+/// The writer thread's end of the store: the only write connection, driven by the queue.
+struct SqliteWriter {
+    conn: Connection,
 }
 
-/// Runs a group of jobs in one transaction and answers each, only after the commit.
-fn run_group(conn: &mut Connection, group: Vec<Job>, counters: &Counters) {
-    let (ops, replies): (Vec<Op>, Vec<Reply>) =
-        group.into_iter().map(|job| (job.op, job.reply)).unzip();
-    match execute_group(conn, &ops) {
-        Ok((results, committed)) => {
-            if committed {
-                let ok = results.iter().filter(|r| stored(r)).count() as u64;
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters.batches.fetch_add(ok, Ordering::Relaxed);
-            }
-            tracing::trace!(size = ops.len(), committed, "sqlite group done");
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that stopped waiting is not an error: its operation is done.
-                let _ = reply.send(result);
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(size = ops.len(), error = %msg, "sqlite group commit failed");
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Backend(format!(
-                    "group transaction failed, nothing stored: {msg}"
-                ))));
-            }
-        }
+impl Writer for SqliteWriter {
+    fn name(&self) -> &'static str {
+        "sqlite"
     }
-}
 
-/// Executes `ops` in one transaction, each in its own savepoint, and commits if any
-/// succeeded (rolls back otherwise). Returns each operation's result and whether the
-/// transaction committed. An `Err` means the whole group failed and nothing was stored.
-fn execute_group(
-    conn: &mut Connection,
-    ops: &[Op],
-) -> Result<(Vec<Result<Done, StoreError>>, bool), StoreError> {
-    let mut tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql("begin group transaction"))?;
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        let mut sp = tx.savepoint().map_err(sql("create savepoint"))?;
-        let result = apply(&sp, op);
-        if stored(&result) {
-            sp.commit().map_err(sql("release savepoint"))?;
-        } else {
-            // Undo only this operation; the savepoint is released by `finish`.
-            sp.rollback().map_err(sql("roll back savepoint"))?;
-            sp.finish().map_err(sql("release rolled back savepoint"))?;
+    fn max_group(&self) -> usize {
+        MAX_GROUP
+    }
+
+    /// One writer locks the whole file: no order to keep but the queue's.
+    fn in_document_order(&self) -> bool {
+        false
+    }
+
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        // IMMEDIATE: the write lock is taken here, not at the first write.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql("begin group transaction"))
+    }
+
+    async fn execute(&mut self, statement: &'static str) -> Result<(), StoreError> {
+        self.conn.execute_batch(statement).map_err(sql(statement))
+    }
+
+    async fn write(
+        &mut self,
+        batch: &WriteBatch,
+        expect: &Expect,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        if let Some(refusal) = check(&self.conn, batch, expect)? {
+            return Ok(Err(refusal));
         }
-        results.push(result);
+        apply_write(&self.conn, batch).map(Ok)
     }
-    let committed = results.iter().any(stored);
-    if committed {
-        // On failure the dropped transaction rolls back.
-        tx.commit().map_err(sql("commit group transaction"))?;
-    } else {
-        tx.rollback().map_err(sql("roll back group transaction"))?;
+
+    async fn delete(&mut self, id: Uuid) -> Result<bool, StoreError> {
+        apply_delete(&self.conn, id)
     }
-    Ok((results, committed))
-}
 
-/// True if an operation's result means it changed the store (a refusal did not).
-fn stored(result: &Result<Done, StoreError>) -> bool {
-    matches!(result, Ok(done) if !matches!(done, Done::Refused(_)))
-}
+    async fn compact(&mut self, compaction: &Compaction) -> Result<bool, StoreError> {
+        // One node writes this store: no other node's snapshot can be newer.
+        apply_compact(
+            &self.conn,
+            compaction.id,
+            &compaction.snapshot,
+            &compaction.covered,
+        )
+        .map(|()| true)
+    }
 
-fn apply(conn: &Connection, op: &Op) -> Result<Done, StoreError> {
-    match op {
-        Op::Write(batch) => apply_write(conn, batch).map(|()| Done::Written),
-        Op::Checked(batch, expect) => match check(conn, batch, expect)? {
-            Some(refusal) => Ok(Done::Refused(refusal)),
-            None => apply_write(conn, batch).map(|()| Done::Written),
-        },
-        Op::Delete(id) => apply_delete(conn, *id).map(Done::Deleted),
-        Op::Compact {
-            id,
-            snapshot,
-            covered,
-        } => apply_compact(conn, *id, snapshot, covered).map(|()| Done::Compacted),
-        Op::Purge { before_ms } => conn
+    async fn purge(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        self.conn
             .prepare_cached("DELETE FROM idempotency WHERE created_at_ms < ?1")
             .and_then(|mut stmt| stmt.execute(params![before_ms]))
-            .map(|n| Done::Purged(n as u64))
-            .map_err(sql("purge idempotency records")),
+            .map(|n| n as u64)
+            .map_err(sql("purge idempotency records"))
+    }
+
+    async fn commit(&mut self) -> Result<(), GroupError> {
+        // A COMMIT that fails stores nothing: SQLite rolls the transaction back (or leaves
+        // it open, and the queue rolls it back).
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| GroupError::NothingStored(sql_err("commit group transaction", e)))
     }
 }
 
@@ -675,7 +523,10 @@ fn doc_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
 
 /// Why a checked write must not be stored, if it must not. One node writes this store, so
 /// the version check only fails after an earlier write of the document failed; leases are
-/// kept by the node, so a lease condition never holds here.
+/// kept by the node, so a lease condition never holds here. (The registry asks for checks
+/// only on a shared store, so the server's own writes come with `Expect::default()` and
+/// pass without a query; the check keeps [`Store::write_checked`]'s contract for any other
+/// caller.)
 fn check(
     conn: &Connection,
     batch: &WriteBatch,
@@ -1507,8 +1358,18 @@ mod tests {
         assert_eq!(store.list().await.unwrap().len(), docs.len());
     }
 
-    /// Drives one group directly, so its composition is fixed: the failing operations are
-    /// rolled back alone and answered their own errors, the others commit together.
+    /// Runs the jobs queued so far as groups on `conn`, as the writer thread would.
+    fn drain(queue: &Queue, jobs: queue::Jobs, conn: Connection) -> GroupCounters {
+        queue.close();
+        let counters = GroupCounters::default();
+        let mut writer = SqliteWriter { conn };
+        queue::block_on(queue::serve(&mut writer, jobs, &counters));
+        counters
+    }
+
+    /// Queues one group before its writer runs, so its composition is fixed: the failing
+    /// operations are rolled back alone and answered their own errors, the others commit
+    /// together.
     #[tokio::test]
     async fn one_group_isolates_failures_in_savepoints() {
         let dir = tempfile::tempdir().unwrap();
@@ -1522,43 +1383,31 @@ mod tests {
         bad.idempotency = Some(record("bad", 1));
         let mut good = update_batch(a, vec![change(1)], "v2", 1);
         good.idempotency = Some(record("good", 1));
-        let ops = vec![
-            Op::Write(Box::new(good)),
-            Op::Write(Box::new(bad)),
-            Op::Write(Box::new(create_batch(a, vec![change(3)]))),
-            Op::Write(Box::new(create_batch(b, vec![change(4)]))),
-            Op::Compact {
-                id: missing,
-                snapshot: vec![1],
-                covered: vec![],
-            },
-            Op::Delete(missing),
-        ];
-        let mut receivers = Vec::new();
-        let jobs = ops
-            .into_iter()
-            .map(|op| {
-                let (reply, rx) = oneshot::channel();
-                receivers.push(rx);
-                Job { op, reply }
-            })
-            .collect();
-        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
-        let counters = Counters::default();
-        run_group(&mut conn, jobs, &counters);
+        let (queue, jobs) = Queue::new("the writer thread");
+        let good = queue.write(good, Expect::default());
+        let bad = queue.write(bad, Expect::default());
+        let again = queue.write(create_batch(a, vec![change(3)]), Expect::default());
+        let created = queue.write(create_batch(b, vec![change(4)]), Expect::default());
+        let compacted = queue.compact(Compaction {
+            id: missing,
+            snapshot: vec![1],
+            covered: vec![],
+            synced: None,
+        });
+        let deleted = queue.delete(missing);
+        let counters = drain(
+            &queue,
+            jobs,
+            open_connection(&dir.path().join(DB_FILE)).unwrap(),
+        );
 
-        let mut results = Vec::new();
-        for rx in receivers {
-            results.push(rx.await.unwrap());
-        }
-        assert!(matches!(results[0], Ok(Done::Written)));
-        assert!(matches!(results[1], Err(StoreError::NotFound(x)) if x == missing));
-        assert!(matches!(results[2], Err(StoreError::AlreadyExists(x)) if x == a));
-        assert!(matches!(results[3], Ok(Done::Written)));
-        assert!(matches!(results[4], Err(StoreError::NotFound(x)) if x == missing));
-        assert!(matches!(results[5], Ok(Done::Deleted(false))));
-        assert_eq!(counters.commits.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.batches.load(Ordering::Relaxed), 3);
+        assert!(matches!(good.await, Ok(Ok(()))));
+        assert!(matches!(bad.await, Err(StoreError::NotFound(x)) if x == missing));
+        assert!(matches!(again.await, Err(StoreError::AlreadyExists(x)) if x == a));
+        assert!(matches!(created.await, Ok(Ok(()))));
+        assert!(matches!(compacted.await, Err(StoreError::NotFound(x)) if x == missing));
+        assert!(!deleted.await.unwrap());
+        assert_eq!((counters.commits(), counters.batches()), (1, 3));
 
         let loaded = store.load(a).await.unwrap().unwrap();
         assert_eq!(loaded.changes, vec![change(1).bytes]);
@@ -1584,30 +1433,66 @@ mod tests {
         let path = dir.path().join(DB_FILE);
         let blocker = Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let mut conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
         conn.busy_timeout(Duration::ZERO).unwrap();
 
-        let mut receivers = Vec::new();
-        let jobs = [
-            Op::Write(Box::new(update_batch(a, vec![change(1)], "v2", 1))),
-            Op::Write(Box::new(update_batch(Uuid::new_v4(), vec![], "v", 0))),
-        ]
-        .into_iter()
-        .map(|op| {
-            let (reply, rx) = oneshot::channel();
-            receivers.push(rx);
-            Job { op, reply }
-        })
-        .collect();
-        let counters = Counters::default();
-        run_group(&mut conn, jobs, &counters);
-        for rx in receivers {
-            let result = rx.await.unwrap();
-            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        let (queue, jobs) = Queue::new("the writer thread");
+        let answers = [
+            queue.write(update_batch(a, vec![change(1)], "v2", 1), Expect::default()),
+            queue.write(
+                update_batch(Uuid::new_v4(), vec![], "v", 0),
+                Expect::default(),
+            ),
+        ];
+        let counters = drain(&queue, jobs, conn);
+        for answer in answers {
+            let result = answer.await;
+            assert!(
+                matches!(&result, Err(StoreError::Backend(m)) if m.contains("nothing stored")),
+                "{result:?}"
+            );
         }
-        assert_eq!(counters.commits.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.commits(), 0);
         blocker.execute_batch("ROLLBACK").unwrap();
         assert!(store.load(a).await.unwrap().unwrap().changes.is_empty());
+    }
+
+    /// A COMMIT that fails stores nothing and answers every waiter `Backend`: here a
+    /// deferred foreign key, checked only at COMMIT, fails it.
+    #[tokio::test]
+    async fn failed_commit_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let a = Uuid::new_v4();
+        store.write(create_batch(a, vec![])).await.unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = open_connection(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE guard (doc TEXT REFERENCES docs (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER guard_writes AFTER UPDATE ON docs
+                 BEGIN INSERT INTO guard VALUES ('no such document'); END;",
+        )
+        .unwrap();
+
+        let (queue, jobs) = Queue::new("the writer thread");
+        let b = Uuid::new_v4();
+        let answers = [
+            queue.write(update_batch(a, vec![change(1)], "v2", 1), Expect::default()),
+            queue.write(create_batch(b, vec![change(2)]), Expect::default()),
+        ];
+        let counters = drain(&queue, jobs, conn);
+        for answer in answers {
+            let result = answer.await;
+            assert!(
+                matches!(&result, Err(StoreError::Backend(m))
+                    if m.contains("nothing stored") && m.contains("commit")),
+                "{result:?}"
+            );
+        }
+        assert_eq!((counters.commits(), counters.batches()), (0, 0));
+        assert!(store.load(a).await.unwrap().unwrap().changes.is_empty());
+        assert_eq!(store.load(b).await.unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
