@@ -39,16 +39,19 @@
 //! replaces a snapshot that reaches past what its node had read ([`Store::compact_from`]).
 //!
 //! # Group commit
-//! One task per store owns the write connection. Every mutation ([`Store::write_checked`],
-//! [`Store::delete`], compactions, purges) is queued to it in the calling thread; the task
-//! takes every operation queued at that moment (up to [`MAX_GROUP`]) and runs them in ONE
-//! transaction, each in its own savepoint (a failed or refused operation is rolled back
-//! alone), sorted by document id (every node locks documents in the same order, so two
-//! nodes' groups cannot deadlock; operations of one document keep their queue order), then
-//! sends one `NOTIFY` per document written and commits once. Waiters are answered after
-//! `COMMIT` returned (PostgreSQL's `synchronous_commit` makes that durable). If the group
-//! fails as a whole (the connection broke, say), every waiter is answered
-//! [`StoreError::Backend`] and the task connects again for the next group.
+//! One task per store owns the write connection and runs the store's group-commit queue
+//! (`store::queue`): every mutation ([`Store::write_checked`], [`Store::delete`],
+//! compactions, purges) is queued in the calling thread; the task takes every operation
+//! queued at that moment (up to [`MAX_GROUP`]) and runs them in ONE transaction, each in
+//! its own savepoint (a failed or refused operation is rolled back alone), sorted by
+//! document id (every node locks documents in the same order, so two nodes' groups cannot
+//! deadlock; operations of one document keep their queue order), then sends one `NOTIFY`
+//! per document written or deleted and commits once. Waiters are answered after `COMMIT`
+//! returned (PostgreSQL's `synchronous_commit` makes that durable). If the group fails as
+//! a whole before its `COMMIT` (the connection broke, say), nothing of it is stored: the
+//! task connects again and runs it once more, then answers every waiter
+//! [`StoreError::Backend`] if it fails again. A failed `COMMIT` is answered at once, saying
+//! the outcome is unknown.
 //!
 //! # Notices
 //! A dedicated connection `LISTEN`s on the schema's channel (`concord_<schema>`); payloads
@@ -82,11 +85,13 @@ use concord_core::storage::{
 use concord_core::strategy::Strategy;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 use uuid::Uuid;
+
+use super::queue::{self, Compaction, GroupCounters, GroupError, Jobs, Queue, Writer};
 
 /// The most operations the writer commits in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -163,13 +168,6 @@ pub struct PostgresStats {
     pub listens: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    batches: AtomicU64,
-    listens: AtomicU64,
-}
-
 /// What every task of a store shares.
 struct Inner {
     /// This store's id among the nodes: its own notices are skipped.
@@ -183,7 +181,9 @@ struct Inner {
     reads: Pool,
     locks: Pool,
     sink: Mutex<Option<Arc<NoticeSink>>>,
-    counters: Counters,
+    groups: GroupCounters,
+    /// Times the listener connected.
+    listens: AtomicU64,
 }
 
 impl Inner {
@@ -209,7 +209,7 @@ impl Inner {
 /// A [`Store`] in PostgreSQL, shared by every node that opens it. See the [module docs](self).
 pub struct PostgresStore {
     inner: Arc<Inner>,
-    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    queue: Queue,
     writer: Mutex<Option<JoinHandle<()>>>,
     listener: JoinHandle<()>,
 }
@@ -379,10 +379,11 @@ impl PostgresStore {
             )?,
             schema,
             sink: Mutex::new(None),
-            counters: Counters::default(),
+            groups: GroupCounters::default(),
+            listens: AtomicU64::new(0),
         });
-        let (jobs, queue) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(writer_loop(Arc::clone(&inner), queue));
+        let (queue, jobs) = Queue::new("the writer");
+        let writer = tokio::spawn(write_loop(Arc::clone(&inner), jobs));
         let listener = tokio::spawn(listen_loop(Arc::clone(&inner)));
         tracing::info!(
             schema = %inner.schema,
@@ -391,7 +392,7 @@ impl PostgresStore {
         );
         Ok(PostgresStore {
             inner,
-            jobs: Mutex::new(Some(jobs)),
+            queue,
             writer: Mutex::new(Some(writer)),
             listener,
         })
@@ -410,11 +411,10 @@ impl PostgresStore {
 
     /// Commits, operations and listener connections so far.
     pub fn stats(&self) -> PostgresStats {
-        let c = &self.inner.counters;
         PostgresStats {
-            commits: c.commits.load(Ordering::Relaxed),
-            batches: c.batches.load(Ordering::Relaxed),
-            listens: c.listens.load(Ordering::Relaxed),
+            commits: self.inner.groups.commits(),
+            batches: self.inner.groups.batches(),
+            listens: self.inner.listens.load(Ordering::Relaxed),
         }
     }
 
@@ -422,12 +422,7 @@ impl PostgresStore {
     /// operation queued before, and stops listening. Later operations are refused with
     /// [`StoreError::Backend`]. Dropping the store does the same without waiting.
     pub async fn close(&self) {
-        drop(
-            self.jobs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        self.queue.close();
         let writer = self
             .writer
             .lock()
@@ -438,25 +433,6 @@ impl PostgresStore {
         }
         self.listener.abort();
     }
-
-    fn enqueue(&self, op: Op) -> Result<oneshot::Receiver<Result<Done, StoreError>>, StoreError> {
-        let name = op.name();
-        let (reply, answer) = oneshot::channel();
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = jobs
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend(format!("{name} refused: the store is closed")))?;
-        sender
-            .send(Job { op, reply })
-            .map_err(|_| StoreError::Backend(format!("{name} refused: the writer has stopped")))?;
-        Ok(answer)
-    }
-
-    async fn submit(&self, op: Op) -> Result<Done, StoreError> {
-        let name = op.name();
-        let answer = self.enqueue(op)?;
-        wait(name, answer).await
-    }
 }
 
 impl Drop for PostgresStore {
@@ -464,23 +440,6 @@ impl Drop for PostgresStore {
         // The writer drains what is queued, then ends; the listener has nothing to finish.
         self.listener.abort();
     }
-}
-
-async fn wait(
-    name: &'static str,
-    answer: oneshot::Receiver<Result<Done, StoreError>>,
-) -> Result<Done, StoreError> {
-    answer.await.map_err(|_| {
-        StoreError::Backend(format!(
-            "{name} failed: the writer stopped before answering"
-        ))
-    })?
-}
-
-fn unexpected(op: &str, done: Done) -> StoreError {
-    StoreError::Backend(format!(
-        "internal error: the writer answered {done:?} to {op}"
-    ))
 }
 
 /// Creates the schema if asked, then applies the missing migrations, in one transaction
@@ -576,63 +535,6 @@ async fn migrate(client: &Client, schema: Option<&str>) -> Result<String, StoreE
 // ---------------------------------------------------------------------------------------
 // The writer
 
-#[derive(Debug)]
-enum Op {
-    Write(Box<WriteBatch>, Expect),
-    Delete(Uuid),
-    Compact {
-        id: Uuid,
-        snapshot: Vec<u8>,
-        covered: Vec<[u8; 32]>,
-        /// How far the compacting node had read the log (`None`: unconditionally).
-        synced: Option<u64>,
-    },
-    Purge {
-        before_ms: i64,
-    },
-}
-
-impl Op {
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Write(..) => "write",
-            Op::Delete(_) => "delete",
-            Op::Compact { .. } => "compact",
-            Op::Purge { .. } => "purge_idempotency",
-        }
-    }
-
-    /// The document it locks (none for a purge): groups lock in this order.
-    fn doc(&self) -> Uuid {
-        match self {
-            Op::Write(batch, _) => batch.doc,
-            Op::Delete(id) | Op::Compact { id, .. } => *id,
-            Op::Purge { .. } => Uuid::nil(),
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Done {
-    Written,
-    Refused(Refusal),
-    Deleted(bool),
-    Compacted(bool),
-    Purged(u64),
-}
-
-type Reply = oneshot::Sender<Result<Done, StoreError>>;
-
-struct Job {
-    op: Op,
-    reply: Reply,
-}
-
-/// True if the operation changed the store (a refusal did not).
-fn stored(result: &Result<Done, StoreError>) -> bool {
-    matches!(result, Ok(done) if !matches!(done, Done::Refused(_)))
-}
-
 /// The writer's statements, prepared once per connection.
 struct Statements {
     insert_doc: Statement,
@@ -707,204 +609,132 @@ impl WriteConn {
     }
 }
 
-async fn writer_loop(inner: Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut conn: Option<WriteConn> = None;
-    // `recv` ends once every sender is gone and the queue is drained.
-    while let Some(first) = jobs.recv().await {
-        let mut group = Vec::with_capacity(16);
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            conn = match WriteConn::open(&inner).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "postgres writer cannot connect");
-                    for job in group {
-                        let _ = job
-                            .reply
-                            .send(Err(StoreError::Backend(format!("nothing stored: {e}"))));
-                    }
-                    continue;
-                }
-            };
-        }
-        let c = conn.as_ref().expect("connected above");
-        let group = match run_group(&inner, c, group, true).await {
-            None => continue,
-            Some(group) => group,
-        };
-        // The group failed before COMMIT was sent, so nothing of it is stored: the
-        // connection was likely dropped by the database (a restart, a failover). Run it
-        // again, once, on a new connection.
-        conn = None;
-        match WriteConn::open(&inner).await {
-            Ok(c) => {
-                let _ = run_group(&inner, &c, group, false).await;
-                conn = Some(c);
-            }
-            Err(e) => {
-                for job in group {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Backend(format!("nothing stored: {e}"))));
-                }
-            }
-        }
-    }
-    tracing::debug!("postgres writer exiting");
+/// The writer task: runs the queue on the write connection until the store closes.
+async fn write_loop(inner: Arc<Inner>, jobs: Jobs) {
+    let mut writer = PgWriter {
+        inner: Arc::clone(&inner),
+        conn: None,
+        notices: BTreeSet::new(),
+    };
+    queue::serve(&mut writer, jobs, &inner.groups).await;
 }
 
-/// Runs a group and answers every waiter. If it failed before COMMIT was sent (nothing of
-/// it stored) and `may_retry`, answers nobody and gives the group back to be run again.
-async fn run_group(
-    inner: &Inner,
-    conn: &WriteConn,
-    group: Vec<Job>,
-    may_retry: bool,
-) -> Option<Vec<Job>> {
-    let (ops, replies): (Vec<Op>, Vec<Reply>) =
-        group.into_iter().map(|job| (job.op, job.reply)).unzip();
-    let mut order: Vec<usize> = (0..ops.len()).collect();
-    // Stable: operations on one document keep their queue order.
-    order.sort_by_key(|&i| ops[i].doc());
-    match execute_group(inner, conn, &ops, &order).await {
-        Ok((results, committed)) => {
-            if committed {
-                let ok = results.iter().filter(|r| stored(r)).count() as u64;
-                inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                inner.counters.batches.fetch_add(ok, Ordering::Relaxed);
-            }
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
-            None
-        }
-        Err(GroupError { error, committing }) => {
-            let _ = conn.client.batch_execute("ROLLBACK").await;
-            if may_retry && !committing {
-                tracing::warn!(size = ops.len(), %error, "postgres group failed before commit; retrying on a new connection");
-                return Some(
-                    ops.into_iter()
-                        .zip(replies)
-                        .map(|(op, reply)| Job { op, reply })
-                        .collect(),
-                );
-            }
-            tracing::error!(size = ops.len(), %error, "postgres group commit failed");
-            let outcome = if committing {
-                "the write may or may not be stored"
-            } else {
-                "nothing stored"
-            };
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Backend(format!(
-                    "group transaction failed, {outcome}: {error}"
-                ))));
-            }
-            None
-        }
+/// The writer's end of the store: the write connection (connected again when it broke),
+/// driven by the queue.
+struct PgWriter {
+    inner: Arc<Inner>,
+    conn: Option<WriteConn>,
+    /// What the open transaction tells the other nodes when it commits: `c` (changed) or
+    /// `d` (deleted), and the document.
+    notices: BTreeSet<(char, Uuid)>,
+}
+
+impl PgWriter {
+    fn conn(&self) -> Result<&WriteConn, StoreError> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the writer is not connected".into()))
     }
 }
 
-/// A group that failed as a whole; `committing` if it failed on COMMIT (its outcome is
-/// unknown), else nothing of it was stored.
-struct GroupError {
-    error: StoreError,
-    committing: bool,
-}
-
-impl From<StoreError> for GroupError {
-    fn from(error: StoreError) -> Self {
-        GroupError {
-            error,
-            committing: false,
-        }
+impl Writer for PgWriter {
+    fn name(&self) -> &'static str {
+        "postgres"
     }
-}
 
-async fn execute_group(
-    inner: &Inner,
-    conn: &WriteConn,
-    ops: &[Op],
-    order: &[usize],
-) -> Result<(Vec<Result<Done, StoreError>>, bool), GroupError> {
-    let client = &conn.client;
-    let exec =
-        |sql: &'static str| async move { client.batch_execute(sql).await.map_err(|e| pg(sql, e)) };
-    exec("BEGIN").await?;
-    let mut results: Vec<Option<Result<Done, StoreError>>> = ops.iter().map(|_| None).collect();
-    let mut notices = BTreeSet::new();
-    for &i in order {
-        exec("SAVEPOINT op").await?;
-        let result = apply(conn, &ops[i]).await;
-        if stored(&result) {
-            exec("RELEASE SAVEPOINT op").await?;
-            match (&ops[i], &result) {
-                (Op::Write(batch, _), _) => {
-                    notices.insert(('c', batch.doc));
-                }
-                (Op::Delete(id), Ok(Done::Deleted(true))) => {
-                    notices.insert(('d', *id));
-                }
-                _ => {}
-            }
-        } else {
-            exec("ROLLBACK TO SAVEPOINT op").await?;
-            exec("RELEASE SAVEPOINT op").await?;
-        }
-        results[i] = Some(result);
+    fn max_group(&self) -> usize {
+        MAX_GROUP
     }
-    let results: Vec<Result<Done, StoreError>> = results
-        .into_iter()
-        .map(|r| r.expect("every operation ran"))
-        .collect();
-    let committed = results.iter().any(stored);
-    if committed {
-        for (kind, doc) in notices {
-            let payload = format!("{kind} {} {doc}", inner.node);
-            client
-                .execute(&conn.st.notify, &[&inner.channel, &payload])
+
+    /// Every node locks documents in the same order, so two nodes' groups cannot deadlock.
+    fn in_document_order(&self) -> bool {
+        true
+    }
+
+    async fn connect(&mut self) -> Result<(), StoreError> {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = None;
+            self.conn = Some(WriteConn::open(&self.inner).await?);
+        }
+        Ok(())
+    }
+
+    async fn reconnect(&mut self) -> Result<bool, StoreError> {
+        self.conn = None;
+        self.conn = Some(WriteConn::open(&self.inner).await?);
+        Ok(true)
+    }
+
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        self.notices.clear();
+        self.execute("BEGIN").await
+    }
+
+    async fn execute(&mut self, statement: &'static str) -> Result<(), StoreError> {
+        self.conn()?
+            .client
+            .batch_execute(statement)
+            .await
+            .map_err(|e| pg(statement, e))
+    }
+
+    async fn write(
+        &mut self,
+        batch: &WriteBatch,
+        expect: &Expect,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let result = apply_write(self.conn()?, batch, expect).await;
+        if matches!(result, Ok(Ok(()))) {
+            self.notices.insert(('c', batch.doc));
+        }
+        result
+    }
+
+    async fn delete(&mut self, id: Uuid) -> Result<bool, StoreError> {
+        let existed = self
+            .conn()?
+            .client
+            .execute("DELETE FROM docs WHERE id = $1", &[&id])
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| pg("delete document", e))?;
+        if existed {
+            self.notices.insert(('d', id));
+        }
+        Ok(existed)
+    }
+
+    async fn compact(&mut self, compaction: &Compaction) -> Result<bool, StoreError> {
+        apply_compact(&self.conn()?.client, compaction).await
+    }
+
+    async fn purge(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        self.conn()?
+            .client
+            .execute(
+                "DELETE FROM idempotency WHERE created_at_ms < $1",
+                &[&before_ms],
+            )
+            .await
+            .map_err(|e| pg("purge idempotency records", e))
+    }
+
+    /// Sends the group's notices (delivered by the database only if it commits), then
+    /// commits. Waiters are answered after COMMIT returned, which `synchronous_commit`
+    /// makes durable; a COMMIT that failed may or may not have stored the group.
+    async fn commit(&mut self) -> Result<(), GroupError> {
+        let conn = self.conn()?;
+        for (kind, doc) in &self.notices {
+            let payload = format!("{kind} {} {doc}", self.inner.node);
+            conn.client
+                .execute(&conn.st.notify, &[&self.inner.channel, &payload])
                 .await
                 .map_err(|e| pg("notify", e))?;
         }
-        exec("COMMIT").await.map_err(|error| GroupError {
-            error,
-            committing: true,
-        })?;
-    } else {
-        exec("ROLLBACK").await?;
-    }
-    Ok((results, committed))
-}
-
-async fn apply(conn: &WriteConn, op: &Op) -> Result<Done, StoreError> {
-    let client = &conn.client;
-    match op {
-        Op::Write(batch, expect) => apply_write(conn, batch, expect).await,
-        Op::Delete(id) => client
-            .execute("DELETE FROM docs WHERE id = $1", &[id])
+        conn.client
+            .batch_execute("COMMIT")
             .await
-            .map(|n| Done::Deleted(n > 0))
-            .map_err(|e| pg("delete document", e)),
-        Op::Compact {
-            id,
-            snapshot,
-            covered,
-            synced,
-        } => apply_compact(client, *id, snapshot, covered, *synced).await,
-        Op::Purge { before_ms } => client
-            .execute(
-                "DELETE FROM idempotency WHERE created_at_ms < $1",
-                &[before_ms],
-            )
-            .await
-            .map(Done::Purged)
-            .map_err(|e| pg("purge idempotency records", e)),
+            .map_err(|e| GroupError::InDoubt(pg("COMMIT", e)))
     }
 }
 
@@ -912,7 +742,7 @@ async fn apply_write(
     conn: &WriteConn,
     batch: &WriteBatch,
     expect: &Expect,
-) -> Result<Done, StoreError> {
+) -> Result<Result<(), Refusal>, StoreError> {
     let (client, st) = (&conn.client, &conn.st);
     let id = batch.doc;
     let state = &batch.state;
@@ -968,7 +798,7 @@ async fn apply_write(
                 .map_err(|e| pg("read document version", e))?;
             return match current {
                 None => Err(StoreError::NotFound(id)),
-                Some(row) => Ok(Done::Refused(Refusal::Stale {
+                Some(row) => Ok(Err(Refusal::Stale {
                     current: row.get(0),
                 })),
             };
@@ -996,7 +826,7 @@ async fn apply_write(
             }
         };
         if let Some(refusal) = refusal {
-            return Ok(Done::Refused(refusal));
+            return Ok(Err(refusal));
         }
     }
     if !batch.changes.is_empty() {
@@ -1026,16 +856,13 @@ async fn apply_write(
             .await
             .map_err(|e| pg("insert idempotency record", e))?;
     }
-    Ok(Done::Written)
+    Ok(Ok(()))
 }
 
-async fn apply_compact(
-    client: &Client,
-    id: Uuid,
-    snapshot: &[u8],
-    covered: &[[u8; 32]],
-    synced: Option<u64>,
-) -> Result<Done, StoreError> {
+/// Stores a compaction's snapshot; `false` if a snapshot that reaches past what the
+/// compacting node had read is kept instead.
+async fn apply_compact(client: &Client, compaction: &Compaction) -> Result<bool, StoreError> {
+    let (id, snapshot, synced) = (compaction.id, &compaction.snapshot[..], compaction.synced);
     let locked = client
         .query_opt("SELECT 1 FROM docs WHERE id = $1 FOR UPDATE", &[&id])
         .await
@@ -1051,10 +878,10 @@ async fn apply_compact(
             .map(|row| row.get(0));
         if covers.is_some_and(|c| c > to_i64(synced, "log position").unwrap_or(i64::MAX)) {
             // A newer snapshot may hold records this one lacks: keep it.
-            return Ok(Done::Compacted(false));
+            return Ok(false);
         }
     }
-    let hashes: Vec<&[u8]> = covered.iter().map(|h| &h[..]).collect();
+    let hashes: Vec<&[u8]> = compaction.covered.iter().map(|h| &h[..]).collect();
     let deleted: i64 = client
         .query_one(
             "WITH gone AS (DELETE FROM changes WHERE doc = $1 AND hash = ANY($2::bytea[])
@@ -1074,7 +901,7 @@ async fn apply_compact(
         )
         .await
         .map_err(|e| pg("store snapshot", e))?;
-    Ok(Done::Compacted(true))
+    Ok(true)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1131,14 +958,7 @@ const LOG_AFTER: &str = "
 #[async_trait]
 impl Store for PostgresStore {
     fn write_checked(&self, batch: WriteBatch, expect: Expect) -> Checked {
-        let answer = self.enqueue(Op::Write(Box::new(batch), expect));
-        Box::pin(async move {
-            match wait("write", answer?).await? {
-                Done::Written => Ok(Ok(())),
-                Done::Refused(refusal) => Ok(Err(refusal)),
-                other => Err(unexpected("write", other)),
-            }
-        })
+        self.queue.write(batch, expect)
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<LoadedDoc>, StoreError> {
@@ -1184,10 +1004,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {
-        match self.submit(Op::Delete(id)).await? {
-            Done::Deleted(existed) => Ok(existed),
-            other => Err(unexpected("delete", other)),
-        }
+        self.queue.delete(id).await
     }
 
     async fn compact(
@@ -1196,16 +1013,13 @@ impl Store for PostgresStore {
         snapshot: Vec<u8>,
         covered: Vec<[u8; 32]>,
     ) -> Result<(), StoreError> {
-        let op = Op::Compact {
+        let compaction = Compaction {
             id,
             snapshot,
             covered,
             synced: None,
         };
-        match self.submit(op).await? {
-            Done::Compacted(_) => Ok(()),
-            other => Err(unexpected("compact", other)),
-        }
+        self.queue.compact(compaction).await.map(|_| ())
     }
 
     async fn compact_from(
@@ -1215,16 +1029,13 @@ impl Store for PostgresStore {
         covered: Vec<[u8; 32]>,
         synced: u64,
     ) -> Result<bool, StoreError> {
-        let op = Op::Compact {
+        let compaction = Compaction {
             id,
             snapshot,
             covered,
             synced: Some(synced),
         };
-        match self.submit(op).await? {
-            Done::Compacted(done) => Ok(done),
-            other => Err(unexpected("compact", other)),
-        }
+        self.queue.compact(compaction).await
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -1255,10 +1066,7 @@ impl Store for PostgresStore {
     }
 
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
-        match self.submit(Op::Purge { before_ms }).await? {
-            Done::Purged(n) => Ok(n),
-            other => Err(unexpected("purge_idempotency", other)),
-        }
+        self.queue.purge(before_ms).await
     }
 
     fn shared(&self) -> bool {
@@ -1490,7 +1298,7 @@ async fn listen_once(inner: &Inner) -> Result<(), StoreError> {
             .batch_execute(&format!("LISTEN {}", quote_ident(&inner.channel)))
             .await
             .map_err(|e| pg("listen", e))?;
-        inner.counters.listens.fetch_add(1, Ordering::Relaxed);
+        inner.listens.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(channel = %inner.channel, "postgres listener connected");
         // Whatever was stored before LISTEN took effect is read by catching up now.
         inner.emit(Notice::Resync);
