@@ -4,12 +4,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use concord_core::storage::{Expect, Refusal, StoreError, WriteBatch};
+use concord_core::storage::{
+    DocMeta, DocState, Expect, IdempotencyRecord, Refusal, StoreError, StoredChange, WriteBatch,
+};
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::schema::connect;
-use super::{pg, to_i64, to_u64, Inner, MAX_GROUP, NOW_MS};
+use super::{pg, to_u64, Inner, MAX_GROUP, NOW_MS};
+use crate::store::apply::{self, BatchSql};
 use crate::store::queue::{self, Compaction, GroupError, Jobs, Writer};
 
 /// The writer's statements, prepared once per connection.
@@ -160,7 +163,7 @@ impl Writer for PgWriter {
         batch: &WriteBatch,
         expect: &Expect,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        let result = apply_write(self.conn()?, batch, expect).await;
+        let result = apply::write(self.conn()?, batch, expect).await;
         if matches!(result, Ok(Ok(()))) {
             self.notices.insert(('c', batch.doc));
         }
@@ -182,7 +185,7 @@ impl Writer for PgWriter {
     }
 
     async fn compact(&mut self, compaction: &Compaction) -> Result<bool, StoreError> {
-        apply_compact(&self.conn()?.client, compaction).await
+        apply::compact(self.conn()?, compaction).await
     }
 
     async fn purge(&mut self, before_ms: i64) -> Result<u64, StoreError> {
@@ -215,29 +218,21 @@ impl Writer for PgWriter {
     }
 }
 
-async fn apply_write(
-    conn: &WriteConn,
-    batch: &WriteBatch,
-    expect: &Expect,
-) -> Result<Result<(), Refusal>, StoreError> {
-    let (client, st) = (&conn.client, &conn.st);
-    let id = batch.doc;
-    let state = &batch.state;
-    let change_count = to_i64(state.change_count, "change count")?;
-    if let Some(meta) = &batch.create {
-        if meta.id != id {
-            return Err(StoreError::Backend(format!(
-                "write batch for {id} creates a document with id {}",
-                meta.id
-            )));
-        }
-        let schema = serde_json::to_string(&meta.schema)
-            .map_err(|e| StoreError::Backend(format!("cannot encode schema of {id}: {e}")))?;
-        let inserted = client
+/// The statements of a write batch and a compaction, on the writer's connection.
+impl BatchSql for WriteConn {
+    async fn insert_doc(
+        &self,
+        meta: &DocMeta,
+        schema: &str,
+        state: &DocState,
+        change_count: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = self
+            .client
             .execute(
-                &st.insert_doc,
+                &self.st.insert_doc,
                 &[
-                    &id,
+                    &meta.id,
                     &meta.strategy.as_str(),
                     &schema,
                     &meta.created_at_ms,
@@ -249,78 +244,86 @@ async fn apply_write(
             )
             .await
             .map_err(|e| pg("insert document", e))?;
-        if inserted == 0 {
-            return Err(StoreError::AlreadyExists(id));
-        }
-    } else {
-        // Locks the document's row until commit: see "Log positions" in the module docs.
-        let updated = client
+        Ok(inserted > 0)
+    }
+
+    /// Locks the document's row until commit: see "Log positions" in the module docs.
+    async fn update_doc(
+        &self,
+        id: Uuid,
+        state: &DocState,
+        change_count: i64,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .client
             .query(
-                &st.update_doc,
+                &self.st.update_doc,
                 &[
                     &id,
                     &state.version,
                     &change_count,
                     &state.updated_at_ms,
                     &state.last_agent,
-                    &expect.version,
+                    &expected,
                 ],
             )
             .await
             .map_err(|e| pg("update document state", e))?;
-        if updated.is_empty() {
-            let current = client
-                .query_opt(&st.doc_version, &[&id])
-                .await
-                .map_err(|e| pg("read document version", e))?;
-            return match current {
-                None => Err(StoreError::NotFound(id)),
-                Some(row) => Ok(Err(Refusal::Stale {
-                    current: row.get(0),
-                })),
-            };
-        }
+        Ok(!updated.is_empty())
     }
-    if let Some(token) = expect.lease {
-        let row = client
-            .query_opt(&st.lease_check, &[&id])
+
+    async fn doc_version(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client
+            .query_opt(&self.st.doc_version, &[&id])
+            .await
+            .map_err(|e| pg("read document version", e))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Under a share lock of the lease row, so that the lease cannot change hands before
+    /// the write commits.
+    async fn check_lease(&self, id: Uuid, token: u64) -> Result<Option<Refusal>, StoreError> {
+        let row = self
+            .client
+            .query_opt(&self.st.lease_check, &[&id])
             .await
             .map_err(|e| pg("check lease", e))?;
-        let refusal = match row {
-            None => Some(Refusal::Fenced { newest: None }),
-            Some(row) => {
-                let newest = to_u64(row.get::<_, i64>(0), "lease token")?;
-                let (released, live): (bool, bool) = (row.get(1), row.get(2));
-                if newest != token {
-                    Some(Refusal::Fenced {
-                        newest: Some(newest),
-                    })
-                } else if released || !live {
-                    Some(Refusal::LeaseExpired)
-                } else {
-                    None
-                }
-            }
+        let Some(row) = row else {
+            return Ok(Some(Refusal::Fenced { newest: None }));
         };
-        if let Some(refusal) = refusal {
-            return Ok(Err(refusal));
-        }
+        let newest = to_u64(row.get::<_, i64>(0), "lease token")?;
+        let (released, live): (bool, bool) = (row.get(1), row.get(2));
+        Ok(if newest != token {
+            Some(Refusal::Fenced {
+                newest: Some(newest),
+            })
+        } else if released || !live {
+            Some(Refusal::LeaseExpired)
+        } else {
+            None
+        })
     }
-    if !batch.changes.is_empty() {
-        let hashes: Vec<&[u8]> = batch.changes.iter().map(|c| &c.hash[..]).collect();
-        let bytes: Vec<&[u8]> = batch.changes.iter().map(|c| &c.bytes[..]).collect();
-        client
-            .execute(&st.insert_changes, &[&id, &hashes, &bytes])
+
+    async fn insert_changes(&self, id: Uuid, changes: &[StoredChange]) -> Result<(), StoreError> {
+        let hashes: Vec<&[u8]> = changes.iter().map(|c| &c.hash[..]).collect();
+        let bytes: Vec<&[u8]> = changes.iter().map(|c| &c.bytes[..]).collect();
+        self.client
+            .execute(&self.st.insert_changes, &[&id, &hashes, &bytes])
             .await
             .map_err(|e| pg("insert changes", e))?;
+        Ok(())
     }
-    if let Some(record) = &batch.idempotency {
-        let headers = serde_json::to_string(&record.headers).map_err(|e| {
-            StoreError::Backend(format!("cannot encode headers of idempotency record: {e}"))
-        })?;
-        client
+
+    async fn put_idempotency(
+        &self,
+        record: &IdempotencyRecord,
+        headers: &str,
+    ) -> Result<(), StoreError> {
+        self.client
             .execute(
-                &st.upsert_idempotency,
+                &self.st.upsert_idempotency,
                 &[
                     &record.key,
                     &record.fingerprint,
@@ -332,51 +335,52 @@ async fn apply_write(
             )
             .await
             .map_err(|e| pg("insert idempotency record", e))?;
+        Ok(())
     }
-    Ok(Ok(()))
-}
 
-/// Stores a compaction's snapshot; `false` if a snapshot that reaches past what the
-/// compacting node had read is kept instead.
-async fn apply_compact(client: &Client, compaction: &Compaction) -> Result<bool, StoreError> {
-    let (id, snapshot, synced) = (compaction.id, &compaction.snapshot[..], compaction.synced);
-    let locked = client
-        .query_opt("SELECT 1 FROM docs WHERE id = $1 FOR UPDATE", &[&id])
-        .await
-        .map_err(|e| pg("lock document", e))?;
-    if locked.is_none() {
-        return Err(StoreError::NotFound(id));
+    async fn lock_doc(&self, id: Uuid) -> Result<bool, StoreError> {
+        let locked = self
+            .client
+            .query_opt("SELECT 1 FROM docs WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(|e| pg("lock document", e))?;
+        Ok(locked.is_some())
     }
-    if let Some(synced) = synced {
-        let covers: Option<i64> = client
+
+    async fn snapshot_covers(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .client
             .query_opt("SELECT covers_seq FROM snapshots WHERE doc = $1", &[&id])
             .await
-            .map_err(|e| pg("read snapshot position", e))?
-            .map(|row| row.get(0));
-        if covers.is_some_and(|c| c > to_i64(synced, "log position").unwrap_or(i64::MAX)) {
-            // A newer snapshot may hold records this one lacks: keep it.
-            return Ok(false);
-        }
+            .map_err(|e| pg("read snapshot position", e))?;
+        Ok(row.map(|row| row.get(0)))
     }
-    let hashes: Vec<&[u8]> = compaction.covered.iter().map(|h| &h[..]).collect();
-    let deleted: i64 = client
-        .query_one(
-            "WITH gone AS (DELETE FROM changes WHERE doc = $1 AND hash = ANY($2::bytea[])
-                           RETURNING seq)
-             SELECT COALESCE(MAX(seq), 0) FROM gone",
-            &[&id, &hashes],
-        )
-        .await
-        .map_err(|e| pg("delete covered changes", e))?
-        .get(0);
-    client
-        .execute(
-            "INSERT INTO snapshots (doc, bytes, covers_seq) VALUES ($1, $2, $3)
-             ON CONFLICT (doc) DO UPDATE SET bytes = EXCLUDED.bytes,
-                 covers_seq = GREATEST(snapshots.covers_seq, EXCLUDED.covers_seq)",
-            &[&id, &snapshot, &deleted],
-        )
-        .await
-        .map_err(|e| pg("store snapshot", e))?;
-    Ok(true)
+
+    async fn delete_covered(&self, id: Uuid, covered: &[[u8; 32]]) -> Result<i64, StoreError> {
+        let hashes: Vec<&[u8]> = covered.iter().map(|h| &h[..]).collect();
+        let row = self
+            .client
+            .query_one(
+                "WITH gone AS (DELETE FROM changes WHERE doc = $1 AND hash = ANY($2::bytea[])
+                               RETURNING seq)
+                 SELECT COALESCE(MAX(seq), 0) FROM gone",
+                &[&id, &hashes],
+            )
+            .await
+            .map_err(|e| pg("delete covered changes", e))?;
+        Ok(row.get(0))
+    }
+
+    async fn put_snapshot(&self, id: Uuid, snapshot: &[u8], covers: i64) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO snapshots (doc, bytes, covers_seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (doc) DO UPDATE SET bytes = EXCLUDED.bytes,
+                     covers_seq = GREATEST(snapshots.covers_seq, EXCLUDED.covers_seq)",
+                &[&id, &snapshot, &covers],
+            )
+            .await
+            .map_err(|e| pg("store snapshot", e))?;
+        Ok(())
+    }
 }

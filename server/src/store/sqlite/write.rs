@@ -1,11 +1,14 @@
 //! The writer thread's SQL: what each queued operation does inside the group's
 //! transaction (see `store::queue`).
 
-use concord_core::storage::{Expect, Refusal, StoreError, WriteBatch};
+use concord_core::storage::{
+    DocMeta, DocState, Expect, IdempotencyRecord, Refusal, StoreError, StoredChange, WriteBatch,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{sql, sql_err, MAX_GROUP};
+use crate::store::apply::{self, BatchSql};
 use crate::store::queue::{Compaction, GroupError, Writer};
 
 /// The writer thread's end of the store: the only write connection, driven by the queue.
@@ -43,10 +46,10 @@ impl Writer for SqliteWriter {
         batch: &WriteBatch,
         expect: &Expect,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        if let Some(refusal) = check(&self.conn, batch, expect)? {
-            return Ok(Err(refusal));
-        }
-        apply_write(&self.conn, batch).map(Ok)
+        // The registry asks for checks only on a shared store, so the server's own writes
+        // come here with `Expect::default()`; honouring one keeps the `Store` contract for
+        // any other caller.
+        apply::write(&self.conn, batch, expect).await
     }
 
     async fn delete(&mut self, id: Uuid) -> Result<bool, StoreError> {
@@ -54,14 +57,7 @@ impl Writer for SqliteWriter {
     }
 
     async fn compact(&mut self, compaction: &Compaction) -> Result<bool, StoreError> {
-        // One node writes this store: no other node's snapshot can be newer.
-        apply_compact(
-            &self.conn,
-            compaction.id,
-            &compaction.snapshot,
-            &compaction.covered,
-        )
-        .map(|()| true)
+        apply::compact(&self.conn, compaction).await
     }
 
     async fn purge(&mut self, before_ms: i64) -> Result<u64, StoreError> {
@@ -81,136 +77,10 @@ impl Writer for SqliteWriter {
     }
 }
 
-fn count_to_sql(count: u64) -> Result<i64, StoreError> {
-    i64::try_from(count)
-        .map_err(|_| StoreError::Backend(format!("change count {count} does not fit in SQLite")))
-}
-
 fn doc_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     conn.prepare_cached("SELECT 1 FROM docs WHERE id = ?1")
         .and_then(|mut stmt| stmt.exists(params![id]))
         .map_err(sql("look up document"))
-}
-
-/// Why a checked write must not be stored, if it must not. One node writes this store, so
-/// the version check only fails after an earlier write of the document failed; leases are
-/// kept by the node, so a lease condition never holds here. (The registry asks for checks
-/// only on a shared store, so the server's own writes come with `Expect::default()` and
-/// pass without a query; the check keeps [`Store::write_checked`]'s contract for any other
-/// caller.)
-fn check(
-    conn: &Connection,
-    batch: &WriteBatch,
-    expect: &Expect,
-) -> Result<Option<Refusal>, StoreError> {
-    if let Some(expected) = &expect.version {
-        let current: Option<String> = conn
-            .prepare_cached("SELECT version FROM docs WHERE id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![batch.doc.to_string()], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(sql("read document version"))?;
-        match current {
-            None => return Err(StoreError::NotFound(batch.doc)),
-            Some(current) if current != *expected => return Ok(Some(Refusal::Stale { current })),
-            Some(_) => {}
-        }
-    }
-    if expect.lease.is_some() {
-        return Ok(Some(Refusal::Fenced { newest: None }));
-    }
-    Ok(None)
-}
-
-fn apply_write(conn: &Connection, batch: &WriteBatch) -> Result<(), StoreError> {
-    let id = batch.doc.to_string();
-    let state = &batch.state;
-    let change_count = count_to_sql(state.change_count)?;
-    if let Some(meta) = &batch.create {
-        if meta.id != batch.doc {
-            return Err(StoreError::Backend(format!(
-                "write batch for {} creates a document with id {}",
-                batch.doc, meta.id
-            )));
-        }
-        if doc_exists(conn, &id)? {
-            return Err(StoreError::AlreadyExists(batch.doc));
-        }
-        let schema = serde_json::to_string(&meta.schema)
-            .map_err(|e| StoreError::Backend(format!("cannot encode schema of {id}: {e}")))?;
-        conn.prepare_cached(
-            "INSERT INTO docs (id, seq, strategy, schema, created_at_ms,
-                               version, change_count, updated_at_ms, last_agent)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM docs), ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                id,
-                meta.strategy.as_str(),
-                schema,
-                meta.created_at_ms,
-                state.version,
-                change_count,
-                state.updated_at_ms,
-                state.last_agent,
-            ])
-        })
-        .map_err(sql("insert document"))?;
-    } else {
-        let updated = conn
-            .prepare_cached(
-                "UPDATE docs SET version = ?2, change_count = ?3, updated_at_ms = ?4,
-                                 last_agent = ?5
-                 WHERE id = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    id,
-                    state.version,
-                    change_count,
-                    state.updated_at_ms,
-                    state.last_agent,
-                ])
-            })
-            .map_err(sql("update document state"))?;
-        if updated == 0 {
-            return Err(StoreError::NotFound(batch.doc));
-        }
-    }
-
-    if !batch.changes.is_empty() {
-        let mut stmt = conn
-            .prepare_cached("INSERT OR IGNORE INTO changes (doc, hash, bytes) VALUES (?1, ?2, ?3)")
-            .map_err(sql("prepare change insert"))?;
-        for change in &batch.changes {
-            stmt.execute(params![id, &change.hash[..], change.bytes])
-                .map_err(sql("insert change"))?;
-        }
-    }
-
-    if let Some(record) = &batch.idempotency {
-        let headers = serde_json::to_string(&record.headers).map_err(|e| {
-            StoreError::Backend(format!("cannot encode headers of idempotency record: {e}"))
-        })?;
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO idempotency
-                 (key, fingerprint, status, headers, body, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                record.key,
-                record.fingerprint,
-                record.status,
-                headers,
-                record.body,
-                record.created_at_ms,
-            ])
-        })
-        .map_err(sql("insert idempotency record"))?;
-    }
-    Ok(())
 }
 
 fn apply_delete(conn: &Connection, id: Uuid) -> Result<bool, StoreError> {
@@ -229,21 +99,138 @@ fn apply_delete(conn: &Connection, id: Uuid) -> Result<bool, StoreError> {
     Ok(removed > 0)
 }
 
-fn apply_compact(
-    conn: &Connection,
-    id: Uuid,
-    snapshot: &[u8],
-    covered: &[[u8; 32]],
-) -> Result<(), StoreError> {
-    let doc = id.to_string();
-    if !doc_exists(conn, &doc)? {
-        return Err(StoreError::NotFound(id));
+/// The statements of a write batch and a compaction. One connection writes the file and
+/// holds its write lock for the whole transaction, so no row needs a lock of its own.
+impl BatchSql for Connection {
+    async fn insert_doc(
+        &self,
+        meta: &DocMeta,
+        schema: &str,
+        state: &DocState,
+        change_count: i64,
+    ) -> Result<bool, StoreError> {
+        let id = meta.id.to_string();
+        if doc_exists(self, &id)? {
+            return Ok(false);
+        }
+        self.prepare_cached(
+            "INSERT INTO docs (id, seq, strategy, schema, created_at_ms,
+                               version, change_count, updated_at_ms, last_agent)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM docs), ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                id,
+                meta.strategy.as_str(),
+                schema,
+                meta.created_at_ms,
+                state.version,
+                change_count,
+                state.updated_at_ms,
+                state.last_agent,
+            ])
+        })
+        .map_err(sql("insert document"))?;
+        Ok(true)
     }
-    let mut covers: i64 = 0;
-    {
-        let mut stmt = conn
+
+    async fn update_doc(
+        &self,
+        id: Uuid,
+        state: &DocState,
+        change_count: i64,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .prepare_cached(
+                "UPDATE docs SET version = ?2, change_count = ?3, updated_at_ms = ?4,
+                                 last_agent = ?5
+                 WHERE id = ?1 AND (?6 IS NULL OR version = ?6)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    id.to_string(),
+                    state.version,
+                    change_count,
+                    state.updated_at_ms,
+                    state.last_agent,
+                    expected,
+                ])
+            })
+            .map_err(sql("update document state"))?;
+        Ok(updated > 0)
+    }
+
+    async fn doc_version(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        self.prepare_cached("SELECT version FROM docs WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id.to_string()], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(sql("read document version"))
+    }
+
+    /// Leases are kept by the node (the registry asks for lease checks only on a shared
+    /// store): no token is the newest here.
+    async fn check_lease(&self, _id: Uuid, _token: u64) -> Result<Option<Refusal>, StoreError> {
+        Ok(Some(Refusal::Fenced { newest: None }))
+    }
+
+    async fn insert_changes(&self, id: Uuid, changes: &[StoredChange]) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let mut stmt = self
+            .prepare_cached("INSERT OR IGNORE INTO changes (doc, hash, bytes) VALUES (?1, ?2, ?3)")
+            .map_err(sql("prepare change insert"))?;
+        for change in changes {
+            stmt.execute(params![id, &change.hash[..], change.bytes])
+                .map_err(sql("insert change"))?;
+        }
+        Ok(())
+    }
+
+    async fn put_idempotency(
+        &self,
+        record: &IdempotencyRecord,
+        headers: &str,
+    ) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency
+                 (key, fingerprint, status, headers, body, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                record.key,
+                record.fingerprint,
+                record.status,
+                headers,
+                record.body,
+                record.created_at_ms,
+            ])
+        })
+        .map_err(sql("insert idempotency record"))?;
+        Ok(())
+    }
+
+    async fn lock_doc(&self, id: Uuid) -> Result<bool, StoreError> {
+        doc_exists(self, &id.to_string())
+    }
+
+    async fn snapshot_covers(&self, id: Uuid) -> Result<Option<i64>, StoreError> {
+        self.prepare_cached("SELECT covers_seq FROM snapshots WHERE doc = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id.to_string()], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(sql("read snapshot position"))
+    }
+
+    async fn delete_covered(&self, id: Uuid, covered: &[[u8; 32]]) -> Result<i64, StoreError> {
+        let doc = id.to_string();
+        let mut stmt = self
             .prepare_cached("DELETE FROM changes WHERE doc = ?1 AND hash = ?2 RETURNING seq")
             .map_err(sql("prepare covered change delete"))?;
+        let mut covers: i64 = 0;
         for hash in covered {
             let seq: Option<i64> = stmt
                 .query_row(params![doc, &hash[..]], |row| row.get(0))
@@ -251,13 +238,17 @@ fn apply_compact(
                 .map_err(sql("delete covered change"))?;
             covers = covers.max(seq.unwrap_or(0));
         }
+        Ok(covers)
     }
-    conn.prepare_cached(
-        "INSERT INTO snapshots (doc, bytes, covers_seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (doc) DO UPDATE SET bytes = excluded.bytes,
-             covers_seq = MAX(snapshots.covers_seq, excluded.covers_seq)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![doc, snapshot, covers]))
-    .map_err(sql("store snapshot"))?;
-    Ok(())
+
+    async fn put_snapshot(&self, id: Uuid, snapshot: &[u8], covers: i64) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO snapshots (doc, bytes, covers_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doc) DO UPDATE SET bytes = excluded.bytes,
+                 covers_seq = MAX(snapshots.covers_seq, excluded.covers_seq)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id.to_string(), snapshot, covers]))
+        .map_err(sql("store snapshot"))?;
+        Ok(())
+    }
 }
