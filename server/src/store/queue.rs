@@ -303,12 +303,22 @@ impl Queue {
         async move { answer?.await }
     }
 
-    /// Queues a compaction now; it answers `false` if a newer snapshot was kept instead.
+    /// Queues a compaction now: the change records `covered` of document `id` replaced by
+    /// `snapshot`, by a node that read the log up to `synced` (`None`: unconditionally, see
+    /// `Store::compact_from`). It answers `false` if a newer snapshot was kept instead.
     pub(crate) fn compact(
         &self,
-        compaction: Compaction,
+        id: Uuid,
+        snapshot: Vec<u8>,
+        covered: Vec<[u8; 32]>,
+        synced: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> {
-        let compaction = Box::new(compaction);
+        let compaction = Box::new(Compaction {
+            id,
+            snapshot,
+            covered,
+            synced,
+        });
         let answer = self.submit("compact", move |reply| Job::Compact { compaction, reply });
         async move { answer?.await }
     }

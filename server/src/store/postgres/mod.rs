@@ -89,7 +89,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::queue::{Compaction, GroupCounters, Queue};
+use super::queue::{GroupCounters, Queue};
 use listen::listen_loop;
 use schema::{connect, migrate, parse_url};
 use write::write_loop;
@@ -322,13 +322,10 @@ impl Store for PostgresStore {
         snapshot: Vec<u8>,
         covered: Vec<[u8; 32]>,
     ) -> Result<(), StoreError> {
-        let compaction = Compaction {
-            id,
-            snapshot,
-            covered,
-            synced: None,
-        };
-        self.queue.compact(compaction).await.map(|_| ())
+        self.queue
+            .compact(id, snapshot, covered, None)
+            .await
+            .map(|_| ())
     }
 
     async fn compact_from(
@@ -338,13 +335,9 @@ impl Store for PostgresStore {
         covered: Vec<[u8; 32]>,
         synced: u64,
     ) -> Result<bool, StoreError> {
-        let compaction = Compaction {
-            id,
-            snapshot,
-            covered,
-            synced: Some(synced),
-        };
-        self.queue.compact(compaction).await
+        self.queue
+            .compact(id, snapshot, covered, Some(synced))
+            .await
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -212,18 +212,8 @@ fn each_operation_gets_its_own_typed_answer() {
     let refused = queue.write(batch(2), stale());
     let deleted = queue.delete(doc(1));
     let missing = queue.delete(doc(9));
-    let compacted = queue.compact(Compaction {
-        id: doc(3),
-        snapshot: vec![1],
-        covered: Vec::new(),
-        synced: None,
-    });
-    let kept_newer = queue.compact(Compaction {
-        id: doc(4),
-        snapshot: vec![1],
-        covered: Vec::new(),
-        synced: Some(5),
-    });
+    let compacted = queue.compact(doc(3), vec![1], Vec::new(), None);
+    let kept_newer = queue.compact(doc(4), vec![1], Vec::new(), Some(5));
     let purged = queue.purge(100);
     let mut writer = Memory::new(16);
     let counters = drain(&queue, jobs, &mut writer);

@@ -62,7 +62,7 @@ use concord_core::storage::{
 use rusqlite::{Connection, ErrorCode};
 use uuid::Uuid;
 
-use super::queue::{self, Compaction, GroupCounters, Queue};
+use super::queue::{self, GroupCounters, Queue};
 use read::{changes_since, list_docs, load_doc, load_idempotency};
 use schema::{configure_writer, migrate, open_connection};
 use write::SqliteWriter;
@@ -269,13 +269,10 @@ impl Store for SqliteStore {
         snapshot: Vec<u8>,
         covered: Vec<[u8; 32]>,
     ) -> Result<(), StoreError> {
-        let compaction = Compaction {
-            id,
-            snapshot,
-            covered,
-            synced: None,
-        };
-        self.queue.compact(compaction).await.map(|_| ())
+        self.queue
+            .compact(id, snapshot, covered, None)
+            .await
+            .map(|_| ())
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -86,12 +86,7 @@ async fn one_group_isolates_failures_in_savepoints() {
     let bad = queue.write(bad, Expect::default());
     let again = queue.write(create_batch(a, vec![change(3)]), Expect::default());
     let created = queue.write(create_batch(b, vec![change(4)]), Expect::default());
-    let compacted = queue.compact(Compaction {
-        id: missing,
-        snapshot: vec![1],
-        covered: vec![],
-        synced: None,
-    });
+    let compacted = queue.compact(missing, vec![1], vec![], None);
     let deleted = queue.delete(missing);
     let counters = drain(
         &queue,
