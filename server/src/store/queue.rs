@@ -75,7 +75,8 @@ impl<T> Reply<T> {
         stored
     }
 
-    /// Sends the kept result.
+    /// Sends the kept result. A group is answered this way only after every job in it ran,
+    /// so there is one; were there none, the caller would get an error, not a panic.
     fn answer(self) {
         let result = self.result.unwrap_or_else(|| {
             Err(StoreError::Backend(
@@ -358,11 +359,7 @@ pub(crate) async fn serve<W: Writer>(writer: &mut W, mut jobs: Jobs, counters: &
 }
 
 /// Runs one group and answers every job of it, only after its transaction ended.
-pub(crate) async fn run_group<W: Writer>(
-    writer: &mut W,
-    mut group: Vec<Job>,
-    counters: &GroupCounters,
-) {
+async fn run_group<W: Writer>(writer: &mut W, mut group: Vec<Job>, counters: &GroupCounters) {
     let store = writer.name();
     if let Err(e) = writer.connect().await {
         tracing::error!(store, error = %e, "writer cannot connect");
