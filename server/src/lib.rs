@@ -14,9 +14,9 @@
 //! - [`policy`]: write strategies as policies on the base version of a write.
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
-//! - [`sqlite`]: the embedded durable store with group commit.
-//! - [`postgres`]: the store shared by several nodes (PostgreSQL, `LISTEN`/`NOTIFY`);
-//!   [`cluster`]: a node following what the others write.
+//! - [`store`]: the durable stores, both writing through one group-commit queue:
+//!   [`sqlite`], the embedded store, and [`postgres`], the store shared by several nodes
+//!   (PostgreSQL, `LISTEN`/`NOTIFY`); [`cluster`]: a node following what the others write.
 //! - [`web`]: the browser viewer, its files embedded in the binary, served at `/`.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -30,12 +30,13 @@ pub mod compare;
 pub mod idempotency;
 pub mod limits;
 pub mod policy;
-pub mod postgres;
 pub mod problem;
 pub mod registry;
 pub mod repo;
-pub mod sqlite;
+pub mod store;
 pub mod web;
+
+pub use store::{postgres, sqlite};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
