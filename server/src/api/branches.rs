@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::docs::{idempotent, write_meta};
+use super::docs::{idempotent, write_meta, WriteHead};
 use super::{doc_id, json_body, now_ms};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
-use crate::registry::{self, Edit, WriteCommand};
+use crate::registry::{self, Edit};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -210,9 +210,8 @@ pub(super) async fn merge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let target = doc_id(&id)?;
-    let now = now_ms();
-    let meta = write_meta(&headers, now)?;
+    let head = WriteHead::plain(&id, &headers)?;
+    let target = head.id();
     let request: MergeBody =
         serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(
             |e| {
@@ -243,28 +242,10 @@ pub(super) async fn merge(
             e => e.into(),
         })?;
     let path = format!("/v1/docs/{target}/merge");
-    let registry = &state.registry;
-    idempotent(
-        &state,
-        &headers,
-        &method,
-        &path,
-        &body,
-        StatusCode::OK,
-        now,
-        |idem| {
-            registry.execute(WriteCommand {
-                doc: target,
-                meta: &meta,
-                if_match: None,
-                lock: None,
-                edit: Edit::MergeFork {
-                    fork: &fork,
-                    id: request.fork,
-                },
-                idempotency: idem,
-            })
-        },
-    )
-    .await
+    let edit = Edit::MergeFork {
+        fork: &fork,
+        id: request.fork,
+    };
+    head.execute(&state, (&method, &headers), &path, &body, edit)
+        .await
 }

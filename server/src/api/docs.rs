@@ -114,7 +114,7 @@ fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// What a write request says besides its body: which document, when (the server's clock),
 /// who, against which version, with which lease.
-struct WriteHead {
+pub(super) struct WriteHead {
     id: Uuid,
     now: i64,
     meta: WriteMeta,
@@ -122,15 +122,68 @@ struct WriteHead {
     lock: Option<u64>,
 }
 
-fn write_head(id: &str, headers: &HeaderMap) -> Result<WriteHead, ApiError> {
-    let now = now_ms();
-    Ok(WriteHead {
-        id: doc_id(id)?,
-        now,
-        meta: write_meta(headers, now)?,
-        if_match: if_match(headers)?,
-        lock: lock_token(headers)?,
-    })
+impl WriteHead {
+    /// A write that names its base and lease in `If-Match` and `Concord-Lock`.
+    fn read(id: &str, headers: &HeaderMap) -> Result<WriteHead, ApiError> {
+        let now = now_ms();
+        Ok(WriteHead {
+            id: doc_id(id)?,
+            now,
+            meta: write_meta(headers, now)?,
+            if_match: if_match(headers)?,
+            lock: lock_token(headers)?,
+        })
+    }
+
+    /// A write whose strategy takes neither a base nor a lease (raw changes, a merge).
+    pub(super) fn plain(id: &str, headers: &HeaderMap) -> Result<WriteHead, ApiError> {
+        let now = now_ms();
+        Ok(WriteHead {
+            id: doc_id(id)?,
+            now,
+            meta: write_meta(headers, now)?,
+            if_match: None,
+            lock: None,
+        })
+    }
+
+    /// The document written.
+    pub(super) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Runs `edit` as this request's write command, with `Idempotency-Key` handling around
+    /// it; `path` and `body` are what a retry with the same key must repeat.
+    pub(super) async fn execute(
+        &self,
+        state: &AppState,
+        request: (&Method, &HeaderMap),
+        path: &str,
+        body: &[u8],
+        edit: Edit<'_>,
+    ) -> Result<Response<Body>, ApiError> {
+        let (method, headers) = request;
+        idempotent(
+            state,
+            headers,
+            method,
+            path,
+            body,
+            StatusCode::OK,
+            self.now,
+            |idempotency| {
+                state.registry.execute(WriteCommand {
+                    doc: self.id,
+                    meta: &self.meta,
+                    if_match: self.if_match.as_ref(),
+                    lock: self.lock,
+                    edit,
+                    idempotency,
+                })
+            },
+        )
+        .await
+    }
 }
 
 pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, ApiError> {
@@ -321,36 +374,11 @@ pub(super) async fn put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let WriteHead {
-        id,
-        now,
-        meta,
-        if_match,
-        lock,
-    } = write_head(&id, &headers)?;
+    let head = WriteHead::read(&id, &headers)?;
     let value = json_body(&headers, &body, &["application/json"])?;
-    let path = format!("/v1/docs/{id}");
-    let registry = &state.registry;
-    idempotent(
-        &state,
-        &headers,
-        &method,
-        &path,
-        &body,
-        StatusCode::OK,
-        now,
-        |idem| {
-            registry.execute(WriteCommand {
-                doc: id,
-                meta: &meta,
-                if_match: if_match.as_ref(),
-                lock,
-                edit: Edit::Put(&value),
-                idempotency: idem,
-            })
-        },
-    )
-    .await
+    let path = format!("/v1/docs/{}", head.id);
+    head.execute(&state, (&method, &headers), &path, &body, Edit::Put(&value))
+        .await
 }
 
 pub(super) async fn patch(
@@ -360,13 +388,7 @@ pub(super) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let WriteHead {
-        id,
-        now,
-        meta,
-        if_match,
-        lock,
-    } = write_head(&id, &headers)?;
+    let head = WriteHead::read(&id, &headers)?;
     let accepted = [
         "application/json-patch+json",
         "application/merge-patch+json",
@@ -378,31 +400,13 @@ pub(super) async fn patch(
     } else {
         Some(parse_patch(&document)?)
     };
-    let path = format!("/v1/docs/{id}");
-    let registry = &state.registry;
-    idempotent(
-        &state,
-        &headers,
-        &method,
-        &path,
-        &body,
-        StatusCode::OK,
-        now,
-        |idem| {
-            registry.execute(WriteCommand {
-                doc: id,
-                meta: &meta,
-                if_match: if_match.as_ref(),
-                lock,
-                edit: match &ops {
-                    Some(ops) => Edit::Patch(ops),
-                    None => Edit::MergePatch(&document),
-                },
-                idempotency: idem,
-            })
-        },
-    )
-    .await
+    let edit = match &ops {
+        Some(ops) => Edit::Patch(ops),
+        None => Edit::MergePatch(&document),
+    };
+    let path = format!("/v1/docs/{}", head.id);
+    head.execute(&state, (&method, &headers), &path, &body, edit)
+        .await
 }
 
 /// Which lost edit a restore or dismiss names, and what it does with it.
@@ -440,41 +444,20 @@ async fn settle_lost(
     headers: HeaderMap,
     how: Settle,
 ) -> Result<Response<Body>, ApiError> {
-    let WriteHead {
-        id,
-        now,
-        meta,
-        if_match,
-        lock,
-    } = write_head(&id, &headers)?;
-    let path = match how {
-        Settle::Restore => format!("/v1/docs/{id}/lost/{lost}/restore"),
-        Settle::Dismiss => format!("/v1/docs/{id}/lost/{lost}"),
+    let head = WriteHead::read(&id, &headers)?;
+    let id = head.id;
+    let (path, edit) = match how {
+        Settle::Restore => (
+            format!("/v1/docs/{id}/lost/{lost}/restore"),
+            Edit::RestoreLost(&lost),
+        ),
+        Settle::Dismiss => (
+            format!("/v1/docs/{id}/lost/{lost}"),
+            Edit::DismissLost(&lost),
+        ),
     };
-    let registry = &state.registry;
-    idempotent(
-        &state,
-        &headers,
-        &method,
-        &path,
-        &[],
-        StatusCode::OK,
-        now,
-        |idem| {
-            registry.execute(WriteCommand {
-                doc: id,
-                meta: &meta,
-                if_match: if_match.as_ref(),
-                lock,
-                edit: match how {
-                    Settle::Restore => Edit::RestoreLost(&lost),
-                    Settle::Dismiss => Edit::DismissLost(&lost),
-                },
-                idempotency: idem,
-            })
-        },
-    )
-    .await
+    head.execute(&state, (&method, &headers), &path, &[], edit)
+        .await
 }
 
 pub(super) async fn delete(
@@ -544,9 +527,7 @@ pub(super) async fn post_changes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let id = doc_id(&id)?;
-    let now = now_ms();
-    let meta = write_meta(&headers, now)?;
+    let head = WriteHead::plain(&id, &headers)?;
     match super::content_type(&headers).as_deref() {
         None | Some("application/octet-stream") => {}
         Some(other) => {
@@ -557,26 +538,13 @@ pub(super) async fn post_changes(
             ))
         }
     }
-    let path = format!("/v1/docs/{id}/changes");
-    let registry = &state.registry;
-    idempotent(
+    let path = format!("/v1/docs/{}/changes", head.id);
+    head.execute(
         &state,
-        &headers,
-        &method,
+        (&method, &headers),
         &path,
         &body,
-        StatusCode::OK,
-        now,
-        |idem| {
-            registry.execute(WriteCommand {
-                doc: id,
-                meta: &meta,
-                if_match: None,
-                lock: None,
-                edit: Edit::Changes(&body),
-                idempotency: idem,
-            })
-        },
+        Edit::Changes(&body),
     )
     .await
 }

@@ -223,6 +223,38 @@ impl Registry {
         written.map_err(E::from)
     }
 
+    /// Makes `value` the document's present and tells its subscribers, and (if `announce`)
+    /// the feed: called under the document's lock, so that events keep the writes' order.
+    fn publish_write(
+        &self,
+        slot: &Slot,
+        loaded: &mut Loaded,
+        value: Value,
+        write: &WriteMeta,
+        new_changes: usize,
+        announce: bool,
+    ) {
+        let previous = std::mem::replace(&mut loaded.value, value);
+        publish(
+            slot,
+            loaded,
+            &previous,
+            Some(write.agent.clone()),
+            write.time_ms,
+        );
+        if announce {
+            self.announce(FeedEvent::Changed {
+                id: loaded.meta.id,
+                version: loaded.value_version.to_string(),
+                agent: Some(write.agent.clone()),
+                time_ms: write.time_ms,
+                strategy: loaded.meta.strategy,
+                changes: loaded.doc.change_count() as u64,
+                new_changes: new_changes as u64,
+            });
+        }
+    }
+
     /// Puts a document back where it was before an edit that failed after changing it (raw
     /// changes refused halfway, a value grown past the document limit): memory must not keep
     /// a change that is not stored. Rewound in place; failing that, the copy is dropped, but
@@ -325,23 +357,7 @@ impl Registry {
                 loaded.last_agent = last_agent;
                 loaded.updated_at_ms = updated_at_ms;
                 if let Some(value) = new_value {
-                    let previous = std::mem::replace(&mut loaded.value, value);
-                    publish(
-                        &slot,
-                        loaded,
-                        &previous,
-                        Some(write.agent.clone()),
-                        write.time_ms,
-                    );
-                    self.announce(FeedEvent::Changed {
-                        id,
-                        version: loaded.value_version.to_string(),
-                        agent: Some(write.agent.clone()),
-                        time_ms: write.time_ms,
-                        strategy: loaded.meta.strategy,
-                        changes: loaded.doc.change_count() as u64,
-                        new_changes: new_changes as u64,
-                    });
+                    self.publish_write(&slot, loaded, value, write, new_changes, true);
                 }
                 settling.guard.take();
                 Ok(written)
@@ -394,25 +410,9 @@ impl Registry {
             loaded.updated_at_ms = write.time_ms;
         }
         if let Some(value) = new_value {
-            let previous = std::mem::replace(&mut loaded.value, value);
-            publish(
-                &slot,
-                loaded,
-                &previous,
-                Some(write.agent.clone()),
-                write.time_ms,
-            );
-            if create.is_none() {
-                self.announce(FeedEvent::Changed {
-                    id: loaded.meta.id,
-                    version: loaded.value_version.to_string(),
-                    agent: Some(write.agent.clone()),
-                    time_ms: write.time_ms,
-                    strategy: loaded.meta.strategy,
-                    changes: loaded.doc.change_count() as u64,
-                    new_changes: new_changes as u64,
-                });
-            }
+            // A create was announced already, as created.
+            let announce = create.is_none();
+            self.publish_write(&slot, loaded, value, write, new_changes, announce);
         }
         let written = Written {
             id: loaded.meta.id,
