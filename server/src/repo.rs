@@ -65,7 +65,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use uuid::Uuid;
 
-use crate::api::now_ms;
+use crate::clock::now_ms;
 use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::registry::{Edit, WriteCommand};
