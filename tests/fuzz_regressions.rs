@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use concord_core::sync::SyncState;
 use concord_core::{Document, Schema, WriteMeta};
-use concord_server::repo::{document_id, Ephemeral, Outgoing};
+use concord_protocol::repo::{document_id, Ephemeral, Outgoing};
 use serde_json::{json, Value};
 
 fn folder(root: &str, target: &str) -> PathBuf {

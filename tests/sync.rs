@@ -10,7 +10,7 @@ use std::time::Duration;
 use ciborium::Value as Cbor;
 use concord_core::sync::{SyncMessage, SyncState};
 use concord_core::{Document, Schema, WriteMeta};
-use concord_server::repo::{document_id, Incoming};
+use concord_protocol::repo::{document_id, Incoming};
 use concord_tests::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};

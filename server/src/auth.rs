@@ -73,6 +73,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
 use concord_core::sync::SyncMessage;
+use concord_protocol::live::{Problem, ServerMessage};
+use concord_protocol::repo::{parse_document_id, Incoming, Outgoing};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -83,9 +85,7 @@ use tokio_tungstenite::tungstenite::{self, protocol::Role};
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
-use crate::client::{Problem, ServerMessage};
 use crate::problem::ApiError;
-use crate::repo::{parse_document_id, Incoming, Outgoing};
 use crate::AppState;
 
 /// The shortest token accepted in the file: shorter ones can be guessed.

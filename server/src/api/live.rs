@@ -53,6 +53,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use concord_core::patch::parse_patch;
 use concord_core::{Version, WriteMeta};
+use concord_protocol::live::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -63,7 +64,6 @@ use uuid::Uuid;
 
 use super::docs::admit;
 use super::{agent, doc_id, now_ms, parse_version};
-use crate::client::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use crate::idempotency::Keyed;
 use crate::policy::{IfMatch, WriteKind};
 use crate::problem::ApiError;
