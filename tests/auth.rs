@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
+use concord_client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_core::sync::{SyncMessage, SyncState};
 use concord_core::{Document, Schema, WriteMeta};
 use concord_protocol::repo::{document_id, Incoming};
 use concord_server::auth::Auth;
-use concord_server::client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_server::{Config, Server, StartError};
 use concord_tests::{Reply, SseStream, TestServer};
 use futures_util::{SinkExt, StreamExt};
@@ -972,7 +972,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
 /// The Rust agent client carries its token on HTTP and on its WebSocket subscriptions.
 #[tokio::test]
 async fn the_rust_client_carries_its_token() {
-    use concord_server::client::{Client, ClientError, Event, WriteOptions};
+    use concord_client::{Client, ClientError, Event, WriteOptions};
     let s = start().await;
     let doc = uuid::Uuid::parse_str(DOC).unwrap();
     let base = format!("http://{}", s.addr());

@@ -15,11 +15,11 @@ use std::io::{BufRead, Write};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use concord_client::{Change, Client, ClientError, CreateOptions, Event, WriteOptions};
 use concord_core::storage::{
     DocMeta, DocState, Expect, LeaseGrant, Refusal, Store, StoredChange, WriteBatch,
 };
 use concord_core::{Schema, Strategy};
-use concord_server::client::{Change, Client, ClientError, CreateOptions, Event, WriteOptions};
 use concord_server::postgres::{PostgresStore, MIGRATIONS};
 use concord_server::registry::{Registry, Tuning};
 use concord_server::{AppState, Config, Server};
@@ -185,7 +185,7 @@ async fn nodes(db: &Db, n: usize) -> Vec<Node> {
 
 /// Reads a subscription until it reaches `version`; returns the changes on the way.
 async fn until_version(
-    subscription: &mut concord_server::client::Subscription,
+    subscription: &mut concord_client::Subscription,
     version: &str,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
@@ -1111,7 +1111,7 @@ async fn optimistic_checks_are_decided_by_the_database() {
     }
 }
 
-fn refusal_kind(result: Result<concord_server::client::Doc, ClientError>) -> String {
+fn refusal_kind(result: Result<concord_client::Doc, ClientError>) -> String {
     let e = result.expect_err("the write must be refused");
     let problem = e.problem().expect("a problem");
     assert_eq!(problem.status, 409, "{problem:?}");

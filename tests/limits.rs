@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use concord_client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_core::{Document, Schema, WriteMeta};
-use concord_server::client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_tests::{Reply, SseStream, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

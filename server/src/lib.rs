@@ -7,7 +7,6 @@
 //! - [`limits`]: document size, connections, slow clients; the serve loop.
 //! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router; live sync
 //!   (WebSocket, Server-Sent Events) is in `api::live`.
-//! - [`client`]: a Rust client for agents: the HTTP API and live subscriptions.
 //! - [`compare`]: the lost-update comparison (`concord compare`, `/v1/compare`).
 //! - [`registry`]: documents in memory, one writer each, queued for storage in order.
 //! - [`repo`]: the automerge-repo network protocol (`/v1/repo`) and automerge document ids.
@@ -23,7 +22,6 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
-pub mod client;
 pub mod cluster;
 pub mod compare;
 pub mod idempotency;
