@@ -16,7 +16,6 @@
 //! A smoke run ([`BenchOptions::smoke`]) exercises every section with tiny sizes; the test
 //! suite runs it to check the harness works. It asserts no timing.
 
-pub mod cli;
 pub mod cluster;
 pub mod fanout;
 pub mod http;
@@ -67,6 +66,11 @@ pub struct BenchOptions {
     /// The `concord` binary, for the scale section's child servers (in-process if none).
     pub exe: Option<PathBuf>,
 }
+
+/// Every section, by the name [`BenchOptions::only`] gives it.
+pub const SECTIONS: [&str; 8] = [
+    "trace", "textput", "http", "stale", "fanout", "scale", "peer", "cluster",
+];
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {

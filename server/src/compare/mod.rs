@@ -17,14 +17,13 @@
 //! - [`scenario`]: the lesson's exact timeline (A reads at T=1, B at T=2, B writes at T=4,
 //!   A at T=5), deterministic, per strategy.
 //! - [`sweep`]: agents × think time grid, for plotting cost against conflict rate.
-//! - [`cli`]: `concord compare`. [`http`]: the viewer's `/v1/compare` endpoints.
+//! - [`http`]: the viewer's `/v1/compare` endpoints.
 //!
 //! The comparison never touches documents it did not create: by default (and always from
 //! the browser endpoints) it runs against a separate in-process server on a temporary data
 //! folder ([`LocalServer`]).
 
 pub mod board;
-pub mod cli;
 pub mod history;
 pub mod http;
 pub mod report;
