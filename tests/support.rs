@@ -86,6 +86,8 @@ impl TestServer {
         let mut config = Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             data: dir.path().to_path_buf(),
+            // As the binary serves them: the viewer's `/v1/compare*`.
+            extra_routes: concord_compare::routes(),
             ..Config::default()
         };
         adjust(&mut config);
@@ -106,6 +108,7 @@ impl TestServer {
         let config = Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             data: self.dir.path().to_path_buf(),
+            extra_routes: concord_compare::routes(),
             ..Config::default()
         };
         let server = Server::start(config).await.expect("server restarts");

@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concord_core::Strategy;
-use concord_server::compare::scenario::seed_scenario;
-use concord_server::compare::sweep::{sweep, SweepLimits, SweepOptions};
-use concord_server::compare::{
+use concord_compare::scenario::seed_scenario;
+use concord_compare::sweep::{sweep, SweepLimits, SweepOptions};
+use concord_compare::{
     run, CompareError, Limits, Options, ProgressFn, Target, ThinkRange, Workload,
 };
+use concord_core::Strategy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Which scripted scenario to play.

@@ -153,9 +153,9 @@ async fn run() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 if quiet {
-                    "concord_server=warn,tower_http=warn".into()
+                    "concord_server=warn,concord_compare=warn,tower_http=warn".into()
                 } else {
-                    "concord_server=info,tower_http=warn".into()
+                    "concord_server=info,concord_compare=info,tower_http=warn".into()
                 }
             }),
         )
@@ -202,6 +202,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
         },
         storage: args.storage,
+        // The viewer's comparison endpoints, `/v1/compare*`.
+        extra_routes: concord_compare::routes(),
     })
 }
 
