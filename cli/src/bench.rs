@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use concord_server::bench::{report, run, trace, BenchError, BenchOptions, SECTIONS};
+use concord_bench::{report, run, trace, BenchError, BenchOptions, SECTIONS};
 
 /// Arguments of `concord bench`.
 #[derive(Debug, Clone, Args)]

@@ -153,9 +153,11 @@ async fn run() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 if quiet {
-                    "concord_server=warn,concord_compare=warn,tower_http=warn".into()
+                    "concord_server=warn,concord_compare=warn,concord_bench=warn,tower_http=warn"
+                        .into()
                 } else {
-                    "concord_server=info,concord_compare=info,tower_http=warn".into()
+                    "concord_server=info,concord_compare=info,concord_bench=info,tower_http=warn"
+                        .into()
                 }
             }),
         )

@@ -27,7 +27,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod cluster;
 pub mod idempotency;
 pub mod limits;

@@ -30,12 +30,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use concord_server::{Config, Server, StartError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
-
-use crate::{Config, Server, StartError};
 
 /// How long the Node sync server may take to print its URL.
 const START_PATIENCE: Duration = Duration::from_secs(30);
@@ -252,10 +251,9 @@ impl PeerOptions {
     }
 }
 
-/// `bench/peer` of this source tree.
+/// `bench/peer` of this source tree (beside this crate's `src/`).
 pub fn default_dir() -> PathBuf {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-    server.parent().unwrap_or(server).join("bench").join("peer")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peer")
 }
 
 /// One server on one workload.
