@@ -4,7 +4,8 @@
 //! The command line is this crate's alone: the flags (clap) and the progress bars
 //! (indicatif) are here, mapped to the plain option structs of the library crates
 //! (`concord_server::Config`, the comparison's `Options`, the benchmark's `BenchOptions`),
-//! which report progress through callbacks. Errors are anyhow's here and typed below.
+//! which report progress through callbacks. The libraries' errors are typed; here they
+//! become anyhow's, printed on one line.
 
 mod bench;
 mod compare;
