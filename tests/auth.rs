@@ -529,6 +529,28 @@ async fn without_auth_an_access_token_is_ignored() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
+/// A restart keeps the token file: the restarted server still refuses requests without a
+/// token and still knows the tokens.
+#[tokio::test]
+async fn a_restarted_server_still_requires_its_tokens() {
+    let mut s = start().await;
+    s.restart().await;
+    let path = format!("/v1/docs/{DOC}");
+    let anonymous = s.send(send(&s, "", Method::GET, &path)).await;
+    anonymous.assert_problem(401);
+    let reader = s.send(send(&s, READER, Method::GET, &path)).await;
+    assert_eq!(reader.status, StatusCode::OK);
+    assert_eq!(reader.json()["value"], json!({"n": 1}));
+    let write = s
+        .send(
+            send(&s, READER, Method::PUT, &path)
+                .header("if-match", "*")
+                .json(&json!({"n": 2})),
+        )
+        .await;
+    write.assert_problem(403);
+}
+
 #[tokio::test]
 async fn auth_off_is_refused_on_an_address_that_is_not_loopback() {
     let dir = tempfile::tempdir().unwrap();

@@ -150,6 +150,20 @@ async fn a_write_that_makes_a_document_too_large_is_refused_and_changes_nothing(
     );
 }
 
+/// A restart keeps the configuration: the restarted server refuses the same too-large
+/// write, and the document is as it was.
+#[tokio::test]
+async fn a_restarted_server_keeps_its_document_limit() {
+    let mut s = TestServer::start_with(|c| c.limits.max_document_bytes = 1000).await;
+    let (id, version) = s.create(json!({"value": {"notes": "small"}})).await;
+    s.restart().await;
+    let put = s
+        .put(&id, "a", &version, &json!({"notes": "x".repeat(1200)}))
+        .await;
+    assert_eq!(problem_kind(&put, 413), "document-too-large");
+    assert_eq!(s.get(&id).await, (json!({"notes": "small"}), version));
+}
+
 // --- JSON nesting -----------------------------------------------------------------------------
 
 /// `levels` objects nested in each other: `{"d":{"d":...1...}}`.
