@@ -7,25 +7,19 @@
 //! hang into a failure.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ciborium::Value as Cbor;
 use concord_client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_core::sync::{SyncMessage, SyncState};
-use concord_core::{Document, Schema, WriteMeta};
+use concord_core::{Document, Schema};
 use concord_protocol::repo::{document_id, Incoming};
 use concord_server::auth::Auth;
 use concord_server::{Config, Server, StartError};
-use concord_tests::{Reply, SseStream, TestServer};
-use futures_util::{SinkExt, StreamExt};
+use concord_tests::sync::{Replica, RepoPeer};
+use concord_tests::ws::{connect_with, next, recv};
+use concord_tests::{meta, Reply, SseStream, TestServer, PATIENCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The document most cases act on, one a stranger may use, and one to delete.
 const DOC: &str = "11111111-1111-4111-8111-111111111111";
@@ -433,7 +427,7 @@ async fn the_token_decides_the_agent() {
     assert_eq!(history_agents(&s, DOC).await.last().unwrap(), "alice");
 
     // Sync, with a forged header: its own changes go through, someone else's close it.
-    let mut sync = ws_connect(
+    let mut sync = connect_with(
         &s,
         &format!("/v1/docs/{DOC}/sync"),
         WRITER,
@@ -582,17 +576,6 @@ async fn auth_off_is_refused_on_an_address_that_is_not_loopback() {
 
 // --- per message: WebSocket JSON -----------------------------------------------------------
 
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match tokio::time::timeout(PATIENCE, socket.recv())
-        .await
-        .expect("the server answers in time")
-        .expect("a frame")
-    {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
-}
-
 #[tokio::test]
 async fn a_reader_follows_a_document_live_but_cannot_write_it() {
     let s = start_with(|config| config.live.max_refused = 3).await;
@@ -674,120 +657,11 @@ async fn a_reader_follows_a_document_live_but_cannot_write_it() {
 
 // --- per message: binary sync ------------------------------------------------------------------
 
-type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Connects with `Authorization: Bearer <token>` and extra headers.
-async fn ws_connect(
-    s: &TestServer,
-    path: &str,
-    token: &str,
-    headers: &[(&str, &str)],
-) -> Result<Raw, tungstenite::Error> {
-    let mut request = format!("ws://{}{}", s.addr(), path)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    for (name, value) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-        request.headers_mut().insert(name, value.parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(socket, _)| socket)
-}
-
-/// The next frame that is not a ping or pong; `None` once the connection ended.
-async fn next(socket: &mut Raw) -> Option<Message> {
-    loop {
-        match tokio::time::timeout(PATIENCE, socket.next())
-            .await
-            .expect("the server answers in time")
-        {
-            None | Some(Err(_)) => return None,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(frame)) => return Some(frame),
-        }
-    }
-}
-
-fn meta(agent: &str) -> WriteMeta {
-    WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
-
-/// A CRDT client: its own replica, and the state of its peer (the server).
-struct Replica {
-    doc: Document,
-    server: SyncState,
-}
-
-impl Replica {
-    fn new() -> Self {
-        Replica {
-            doc: Document::empty(Schema::default()).unwrap(),
-            server: SyncState::new(),
-        }
-    }
-
-    /// Syncs until the server has exactly what the replica has.
-    async fn sync(&mut self, socket: &mut Raw) {
-        loop {
-            if let Some(message) = self.doc.generate_sync_message(&mut self.server) {
-                socket
-                    .send(Message::binary(message.encode()))
-                    .await
-                    .unwrap();
-            }
-            if self.server.their_heads().as_ref() == Some(&self.doc.version()) {
-                return;
-            }
-            match next(socket).await {
-                Some(Message::Binary(bytes)) => {
-                    let message = SyncMessage::decode(&bytes).expect("a sync message");
-                    self.doc
-                        .receive_sync_message(&mut self.server, message)
-                        .unwrap();
-                }
-                other => panic!("expected a sync message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Keeps syncing until the server closes the connection, and returns its code and reason.
-    /// The change may go out only after a round of heads and bloom filters (whether the first
-    /// message carries it depends on what the server said last), so one send is not enough.
-    async fn sync_until_closed(&mut self, socket: &mut Raw) -> (u16, String) {
-        loop {
-            if let Some(message) = self.doc.generate_sync_message(&mut self.server) {
-                // The server may already have closed; its close frame is still to be read.
-                let _ = socket.send(Message::binary(message.encode())).await;
-            }
-            match next(socket).await {
-                Some(Message::Binary(bytes)) => {
-                    let message = SyncMessage::decode(&bytes).expect("a sync message");
-                    self.doc
-                        .receive_sync_message(&mut self.server, message)
-                        .unwrap();
-                }
-                Some(Message::Close(Some(frame))) => {
-                    return (u16::from(frame.code), frame.reason.as_str().to_owned())
-                }
-                other => panic!("expected a sync message or the close, got {other:?}"),
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_reader_on_sync_gets_the_document_but_cannot_send_changes() {
     let s = start().await;
     let before = raw(&s, DOC).await;
-    let mut socket = ws_connect(&s, &format!("/v1/docs/{DOC}/sync"), READER, &[])
+    let mut socket = connect_with(&s, &format!("/v1/docs/{DOC}/sync"), READER, &[])
         .await
         .expect("a reader may sync");
     let mut replica = Replica::new();
@@ -808,7 +682,7 @@ async fn refusals_before_the_upgrade_pass_through_the_relay() {
     let s = start().await;
     // A reader of every document is relayed; the handler's 404 reaches it unchanged.
     let missing = "44444444-4444-4444-8444-444444444444";
-    match ws_connect(&s, &format!("/v1/docs/{missing}/sync"), READ_ALL, &[]).await {
+    match connect_with(&s, &format!("/v1/docs/{missing}/sync"), READ_ALL, &[]).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 404);
             let body = response.body().clone().unwrap_or_default();
@@ -818,7 +692,7 @@ async fn refusals_before_the_upgrade_pass_through_the_relay() {
         other => panic!("expected a 404, got {other:?}"),
     }
     // And a stranger is refused before any of it.
-    match ws_connect(&s, &format!("/v1/docs/{DOC}/ws"), STRANGER, &[]).await {
+    match connect_with(&s, &format!("/v1/docs/{DOC}/ws"), STRANGER, &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
         other => panic!("expected a 403, got {other:?}"),
     }
@@ -826,63 +700,12 @@ async fn refusals_before_the_upgrade_pass_through_the_relay() {
 
 // --- per message: automerge-repo ------------------------------------------------------------
 
-fn cbor_map(fields: Vec<(&str, Cbor)>) -> Vec<u8> {
-    let map = fields
-        .into_iter()
-        .map(|(k, v)| (Cbor::Text(k.to_owned()), v))
-        .collect();
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(&Cbor::Map(map), &mut out).unwrap();
-    out
-}
-
-fn text(s: &str) -> Cbor {
-    Cbor::Text(s.to_owned())
-}
-
-/// A hand-driven automerge-repo peer with a token.
-struct RepoPeer {
-    socket: Raw,
-    id: String,
-}
-
-impl RepoPeer {
-    async fn join(s: &TestServer, token: &str, id: &str) -> RepoPeer {
-        let mut socket = ws_connect(s, "/v1/repo", token, &[]).await.expect("joins");
-        let join = cbor_map(vec![
-            ("type", text("join")),
-            ("senderId", text(id)),
-            ("supportedProtocolVersions", Cbor::Array(vec![text("1")])),
-        ]);
-        socket.send(Message::binary(join)).await.unwrap();
-        let mut peer = RepoPeer {
-            socket,
-            id: id.to_owned(),
-        };
-        match peer.receive().await {
-            Incoming::Ignored { kind } => assert_eq!(kind, "peer"),
-            other => panic!("expected the peer message, got {other:?}"),
-        }
-        peer
-    }
-
-    async fn send_sync(&mut self, kind: &str, document: &str, data: &[u8]) {
-        let message = cbor_map(vec![
-            ("type", text(kind)),
-            ("senderId", text(&self.id)),
-            ("targetId", text("server")),
-            ("documentId", text(document)),
-            ("data", Cbor::Bytes(data.to_vec())),
-        ]);
-        self.socket.send(Message::binary(message)).await.unwrap();
-    }
-
-    async fn receive(&mut self) -> Incoming {
-        match next(&mut self.socket).await {
-            Some(Message::Binary(bytes)) => Incoming::decode(&bytes).expect("a repo message"),
-            other => panic!("expected a repo message, got {other:?}"),
-        }
-    }
+/// Joins `/v1/repo` as `id`, with `token`.
+async fn join(s: &TestServer, token: &str, id: &str) -> RepoPeer {
+    let socket = connect_with(s, "/v1/repo", token, &[])
+        .await
+        .expect("joins");
+    RepoPeer::join(socket, id).await.0
 }
 
 /// The first sync message of a replica that has nothing.
@@ -902,7 +725,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     let before = raw(&s, DOC).await;
 
     // A document the token may not read does not exist for it.
-    let mut stranger = RepoPeer::join(&s, STRANGER, "stranger").await;
+    let mut stranger = join(&s, STRANGER, "stranger").await;
     stranger.send_sync("request", &doc, &first_request()).await;
     match stranger.receive().await {
         Incoming::Ignored { kind } => assert_eq!(kind, "doc-unavailable"),
@@ -910,7 +733,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     }
 
     // A reader gets it...
-    let mut reader = RepoPeer::join(&s, READER, "reader").await;
+    let mut reader = join(&s, READER, "reader").await;
     let mut replica = Replica::new();
     let data = replica
         .doc
@@ -975,7 +798,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     // Offering a document the server lacks would create it: admin only.
     let new_id = "55555555-5555-4555-8555-555555555555";
     let new_doc = document_id(new_id.parse().unwrap());
-    let mut writer = RepoPeer::join(&s, EVERYWHERE, "writer").await;
+    let mut writer = join(&s, EVERYWHERE, "writer").await;
     let (offered, _) =
         Document::create(&json!({"offered": true}), Schema::default(), &meta("walt")).unwrap();
     let mut state = SyncState::new();

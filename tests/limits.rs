@@ -9,15 +9,14 @@
 
 use std::time::Duration;
 
-use concord_client::{ClientMessage, Frame, ServerMessage, Socket};
+use concord_client::{ClientMessage, ServerMessage, Socket};
 use concord_core::{Document, Schema, WriteMeta};
-use concord_tests::{Reply, SseStream, TestServer};
+use concord_tests::ws::recv;
+use concord_tests::{Reply, SseStream, TestServer, PATIENCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 fn problem_kind(reply: &Reply, status: u16) -> String {
     let problem = reply.assert_problem(status);
@@ -26,17 +25,6 @@ fn problem_kind(reply: &Reply, status: u16) -> String {
         .unwrap()
         .trim_start_matches("urn:concord:problem:")
         .to_owned()
-}
-
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match tokio::time::timeout(PATIENCE, socket.recv())
-        .await
-        .expect("the server answers in time")
-        .expect("a frame")
-    {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
 }
 
 async fn ws(s: &TestServer, id: &str) -> Socket {

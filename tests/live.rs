@@ -6,6 +6,7 @@ use concord_client::{
 };
 use concord_core::Strategy;
 use concord_server::LiveConfig;
+use concord_tests::ws::recv;
 use concord_tests::{Proxy, SseStream, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -25,14 +26,6 @@ fn client(s: &TestServer, agent: &str) -> Client {
 async fn create(s: &TestServer, value: Value) -> Uuid {
     let (id, _) = s.create(json!({ "value": value })).await;
     Uuid::parse_str(&id).unwrap()
-}
-
-/// The next protocol message; panics on a close frame.
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match socket.recv().await.expect("a frame") {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
 }
 
 /// The next close frame, counting the messages before it by type.
