@@ -23,6 +23,10 @@
 //!
 //! Call it from a multi-thread tokio runtime: Concord serves from the caller's runtime, and a
 //! single-threaded one would measure Concord on one core next to two Node processes.
+//!
+//! About 830 lines of code and 130 of tests in one file: the options, the Node processes
+//! they become flags of, and the rows parsed from what those processes print are one
+//! protocol between this file and `bench/peer/`, read and changed together.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -20,15 +20,16 @@
 //!
 //! # Example
 //! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use concord_protocol::live::{ClientMessage, ServerMessage};
 //! use concord_protocol::repo::{automerge_url, parse_document_id, Incoming, Outgoing};
 //!
 //! // A client's write, as it travels over `/v1/docs/{id}/ws`.
 //! let text = r#"{"type": "patch", "id": 1, "ops": [], "base": "abc"}"#;
-//! let message: ClientMessage = serde_json::from_str(text).unwrap();
+//! let message: ClientMessage = serde_json::from_str(text)?;
 //! assert!(matches!(message, ClientMessage::Patch { base: Some(_), .. }));
 //! let answer: ServerMessage =
-//!     serde_json::from_str(r#"{"type": "subscribed", "version": "abc"}"#).unwrap();
+//!     serde_json::from_str(r#"{"type": "subscribed", "version": "abc"}"#)?;
 //! assert_eq!(answer, ServerMessage::Subscribed { version: "abc".into() });
 //!
 //! // A Concord id is an automerge-repo document id, and back.
@@ -37,7 +38,9 @@
 //!
 //! // A CBOR message to a repo peer, read back as if the peer had sent it.
 //! let bytes = Outgoing::Sync { document: "doc", data: vec![1, 2] }.encode("server", "peer");
-//! assert!(matches!(Incoming::decode(&bytes).unwrap(), Incoming::Sync { request: false, .. }));
+//! assert!(matches!(Incoming::decode(&bytes)?, Incoming::Sync { request: false, .. }));
+//! # Ok(())
+//! # }
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
