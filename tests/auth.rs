@@ -7,25 +7,19 @@
 //! hang into a failure.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ciborium::Value as Cbor;
+use concord_client::{ClientMessage, Frame, ServerMessage, Socket};
 use concord_core::sync::{SyncMessage, SyncState};
-use concord_core::{Document, Schema, WriteMeta};
+use concord_core::{Document, Schema};
+use concord_protocol::repo::{document_id, Incoming};
 use concord_server::auth::Auth;
-use concord_server::client::{ClientMessage, Frame, ServerMessage, Socket};
-use concord_server::repo::{document_id, Incoming};
 use concord_server::{Config, Server, StartError};
-use concord_tests::{Reply, SseStream, TestServer};
-use futures_util::{SinkExt, StreamExt};
+use concord_tests::sync::{Replica, RepoPeer};
+use concord_tests::ws::{connect_with, next, recv};
+use concord_tests::{meta, Reply, SseStream, TestServer, PATIENCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The document most cases act on, one a stranger may use, and one to delete.
 const DOC: &str = "11111111-1111-4111-8111-111111111111";
@@ -436,7 +430,7 @@ async fn the_token_decides_the_agent() {
     assert_eq!(history_agents(&s, DOC).await.last().unwrap(), "alice");
 
     // Sync, with a forged header: its own changes go through, someone else's close it.
-    let mut sync = ws_connect(
+    let mut sync = connect_with(
         &s,
         &format!("/v1/docs/{DOC}/sync"),
         WRITER,
@@ -532,6 +526,28 @@ async fn without_auth_an_access_token_is_ignored() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
+/// A restart keeps the token file: the restarted server still refuses requests without a
+/// token and still knows the tokens.
+#[tokio::test]
+async fn a_restarted_server_still_requires_its_tokens() {
+    let mut s = start().await;
+    s.restart().await;
+    let path = format!("/v1/docs/{DOC}");
+    let anonymous = s.send(send(&s, "", Method::GET, &path)).await;
+    anonymous.assert_problem(401);
+    let reader = s.send(send(&s, READER, Method::GET, &path)).await;
+    assert_eq!(reader.status, StatusCode::OK);
+    assert_eq!(reader.json()["value"], json!({"n": 1}));
+    let write = s
+        .send(
+            send(&s, READER, Method::PUT, &path)
+                .header("if-match", "*")
+                .json(&json!({"n": 2})),
+        )
+        .await;
+    write.assert_problem(403);
+}
+
 #[tokio::test]
 async fn auth_off_is_refused_on_an_address_that_is_not_loopback() {
     let dir = tempfile::tempdir().unwrap();
@@ -562,17 +578,6 @@ async fn auth_off_is_refused_on_an_address_that_is_not_loopback() {
 }
 
 // --- per message: WebSocket JSON -----------------------------------------------------------
-
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match tokio::time::timeout(PATIENCE, socket.recv())
-        .await
-        .expect("the server answers in time")
-        .expect("a frame")
-    {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
-}
 
 #[tokio::test]
 async fn a_reader_follows_a_document_live_but_cannot_write_it() {
@@ -719,120 +724,11 @@ async fn a_reader_is_refused_every_message_type_but_subscribe() {
 
 // --- per message: binary sync ------------------------------------------------------------------
 
-type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Connects with `Authorization: Bearer <token>` and extra headers.
-async fn ws_connect(
-    s: &TestServer,
-    path: &str,
-    token: &str,
-    headers: &[(&str, &str)],
-) -> Result<Raw, tungstenite::Error> {
-    let mut request = format!("ws://{}{}", s.addr(), path)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    for (name, value) in headers {
-        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-        request.headers_mut().insert(name, value.parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(socket, _)| socket)
-}
-
-/// The next frame that is not a ping or pong; `None` once the connection ended.
-async fn next(socket: &mut Raw) -> Option<Message> {
-    loop {
-        match tokio::time::timeout(PATIENCE, socket.next())
-            .await
-            .expect("the server answers in time")
-        {
-            None | Some(Err(_)) => return None,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(frame)) => return Some(frame),
-        }
-    }
-}
-
-fn meta(agent: &str) -> WriteMeta {
-    WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
-
-/// A CRDT client: its own replica, and the state of its peer (the server).
-struct Replica {
-    doc: Document,
-    server: SyncState,
-}
-
-impl Replica {
-    fn new() -> Self {
-        Replica {
-            doc: Document::empty(Schema::default()).unwrap(),
-            server: SyncState::new(),
-        }
-    }
-
-    /// Syncs until the server has exactly what the replica has.
-    async fn sync(&mut self, socket: &mut Raw) {
-        loop {
-            if let Some(message) = self.doc.generate_sync_message(&mut self.server) {
-                socket
-                    .send(Message::binary(message.encode()))
-                    .await
-                    .unwrap();
-            }
-            if self.server.their_heads().as_ref() == Some(&self.doc.version()) {
-                return;
-            }
-            match next(socket).await {
-                Some(Message::Binary(bytes)) => {
-                    let message = SyncMessage::decode(&bytes).expect("a sync message");
-                    self.doc
-                        .receive_sync_message(&mut self.server, message)
-                        .unwrap();
-                }
-                other => panic!("expected a sync message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Keeps syncing until the server closes the connection, and returns its code and reason.
-    /// The change may go out only after a round of heads and bloom filters (whether the first
-    /// message carries it depends on what the server said last), so one send is not enough.
-    async fn sync_until_closed(&mut self, socket: &mut Raw) -> (u16, String) {
-        loop {
-            if let Some(message) = self.doc.generate_sync_message(&mut self.server) {
-                // The server may already have closed; its close frame is still to be read.
-                let _ = socket.send(Message::binary(message.encode())).await;
-            }
-            match next(socket).await {
-                Some(Message::Binary(bytes)) => {
-                    let message = SyncMessage::decode(&bytes).expect("a sync message");
-                    self.doc
-                        .receive_sync_message(&mut self.server, message)
-                        .unwrap();
-                }
-                Some(Message::Close(Some(frame))) => {
-                    return (u16::from(frame.code), frame.reason.as_str().to_owned())
-                }
-                other => panic!("expected a sync message or the close, got {other:?}"),
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_reader_on_sync_gets_the_document_but_cannot_send_changes() {
     let s = start().await;
     let before = raw(&s, DOC).await;
-    let mut socket = ws_connect(&s, &format!("/v1/docs/{DOC}/sync"), READER, &[])
+    let mut socket = connect_with(&s, &format!("/v1/docs/{DOC}/sync"), READER, &[])
         .await
         .expect("a reader may sync");
     let mut replica = Replica::new();
@@ -853,7 +749,7 @@ async fn refusals_before_the_upgrade_pass_through_the_relay() {
     let s = start().await;
     // A reader of every document is relayed; the handler's 404 reaches it unchanged.
     let missing = "44444444-4444-4444-8444-444444444444";
-    match ws_connect(&s, &format!("/v1/docs/{missing}/sync"), READ_ALL, &[]).await {
+    match connect_with(&s, &format!("/v1/docs/{missing}/sync"), READ_ALL, &[]).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 404);
             let body = response.body().clone().unwrap_or_default();
@@ -863,127 +759,13 @@ async fn refusals_before_the_upgrade_pass_through_the_relay() {
         other => panic!("expected a 404, got {other:?}"),
     }
     // And a stranger is refused before any of it.
-    match ws_connect(&s, &format!("/v1/docs/{DOC}/ws"), STRANGER, &[]).await {
+    match connect_with(&s, &format!("/v1/docs/{DOC}/ws"), STRANGER, &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
         other => panic!("expected a 403, got {other:?}"),
     }
 }
 
 // --- per message: automerge-repo ------------------------------------------------------------
-
-fn cbor_map(fields: Vec<(&str, Cbor)>) -> Vec<u8> {
-    let map = fields
-        .into_iter()
-        .map(|(k, v)| (Cbor::Text(k.to_owned()), v))
-        .collect();
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(&Cbor::Map(map), &mut out).unwrap();
-    out
-}
-
-fn text(s: &str) -> Cbor {
-    Cbor::Text(s.to_owned())
-}
-
-/// A hand-driven automerge-repo peer with a token.
-struct RepoPeer {
-    socket: Raw,
-    id: String,
-}
-
-impl RepoPeer {
-    async fn join(s: &TestServer, token: &str, id: &str) -> RepoPeer {
-        let mut socket = ws_connect(s, "/v1/repo", token, &[]).await.expect("joins");
-        let join = cbor_map(vec![
-            ("type", text("join")),
-            ("senderId", text(id)),
-            ("supportedProtocolVersions", Cbor::Array(vec![text("1")])),
-        ]);
-        socket.send(Message::binary(join)).await.unwrap();
-        let mut peer = RepoPeer {
-            socket,
-            id: id.to_owned(),
-        };
-        match peer.receive().await {
-            Incoming::Ignored { kind } => assert_eq!(kind, "peer"),
-            other => panic!("expected the peer message, got {other:?}"),
-        }
-        peer
-    }
-
-    async fn send_sync(&mut self, kind: &str, document: &str, data: &[u8]) {
-        let message = cbor_map(vec![
-            ("type", text(kind)),
-            ("senderId", text(&self.id)),
-            ("targetId", text("server")),
-            ("documentId", text(document)),
-            ("data", Cbor::Bytes(data.to_vec())),
-        ]);
-        self.socket.send(Message::binary(message)).await.unwrap();
-    }
-
-    async fn receive(&mut self) -> Incoming {
-        match next(&mut self.socket).await {
-            Some(Message::Binary(bytes)) => Incoming::decode(&bytes).expect("a repo message"),
-            other => panic!("expected a repo message, got {other:?}"),
-        }
-    }
-
-    async fn send_ephemeral(&mut self, document: &str, data: &[u8]) {
-        let message = cbor_map(vec![
-            ("type", text("ephemeral")),
-            ("senderId", text(&self.id)),
-            ("targetId", text("server")),
-            ("count", Cbor::Integer(1.into())),
-            ("sessionId", text("session")),
-            ("documentId", text(document)),
-            ("data", Cbor::Bytes(data.to_vec())),
-        ]);
-        self.socket.send(Message::binary(message)).await.unwrap();
-    }
-
-    /// Syncs a document until the server has exactly what the replica has.
-    async fn sync(&mut self, document: &str, replica: &mut Replica) {
-        loop {
-            if let Some(message) = replica.doc.generate_sync_message(&mut replica.server) {
-                self.send_sync("sync", document, &message.encode()).await;
-            }
-            if replica.server.their_heads().as_ref() == Some(&replica.doc.version()) {
-                return;
-            }
-            match self.receive().await {
-                Incoming::Sync { data, .. } => {
-                    let message = SyncMessage::decode(&data).expect("a sync message");
-                    replica
-                        .doc
-                        .receive_sync_message(&mut replica.server, message)
-                        .unwrap();
-                }
-                other => panic!("expected a sync message, got {other:?}"),
-            }
-        }
-    }
-
-    /// The code and reason the server closes the connection with (after its `error`, and
-    /// any sync message sent before).
-    async fn closed(&mut self) -> (u16, String) {
-        loop {
-            match next(&mut self.socket).await {
-                Some(Message::Close(Some(frame))) => {
-                    return (u16::from(frame.code), frame.reason.as_str().to_owned())
-                }
-                Some(Message::Binary(bytes)) => {
-                    match Incoming::decode(&bytes).expect("a repo message") {
-                        Incoming::Ignored { kind } if kind == "error" => continue,
-                        Incoming::Sync { .. } => continue,
-                        other => panic!("expected the close, got {other:?}"),
-                    }
-                }
-                other => panic!("expected the close, got {other:?}"),
-            }
-        }
-    }
-}
 
 /// A document from its raw changes.
 fn load(changes: &[u8]) -> Document {
@@ -1023,6 +805,14 @@ fn carrying_changes(mut server: Document, mut replica: Document) -> Vec<u8> {
     panic!("the replica never sent its changes");
 }
 
+/// Joins `/v1/repo` as `id`, with `token`.
+async fn join(s: &TestServer, token: &str, id: &str) -> RepoPeer {
+    let socket = connect_with(s, "/v1/repo", token, &[])
+        .await
+        .expect("joins");
+    RepoPeer::join(socket, id).await.0
+}
+
 /// The first sync message of a replica that has nothing.
 fn first_request() -> Vec<u8> {
     let mut replica = Replica::new();
@@ -1040,7 +830,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     let before = raw(&s, DOC).await;
 
     // A document the token may not read does not exist for it.
-    let mut stranger = RepoPeer::join(&s, STRANGER, "stranger").await;
+    let mut stranger = join(&s, STRANGER, "stranger").await;
     stranger.send_sync("request", &doc, &first_request()).await;
     match stranger.receive().await {
         Incoming::Ignored { kind } => assert_eq!(kind, "doc-unavailable"),
@@ -1048,7 +838,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     }
 
     // A reader gets it...
-    let mut reader = RepoPeer::join(&s, READER, "reader").await;
+    let mut reader = join(&s, READER, "reader").await;
     let mut replica = Replica::new();
     let data = replica
         .doc
@@ -1113,7 +903,7 @@ async fn repo_peers_see_only_what_their_tokens_allow() {
     // Offering a document the server lacks would create it: admin only.
     let new_id = "55555555-5555-4555-8555-555555555555";
     let new_doc = document_id(new_id.parse().unwrap());
-    let mut writer = RepoPeer::join(&s, EVERYWHERE, "writer").await;
+    let mut writer = join(&s, EVERYWHERE, "writer").await;
     let (offered, _) =
         Document::create(&json!({"offered": true}), Schema::default(), &meta("walt")).unwrap();
     let mut state = SyncState::new();
@@ -1134,7 +924,7 @@ async fn a_reader_on_repo_cannot_offer_changes_to_a_document_it_reads() {
     let s = start().await;
     let before = raw(&s, DOC).await;
     let doc = document_id(DOC.parse().unwrap());
-    let mut reader = RepoPeer::join(&s, READER, "reader").await;
+    let mut reader = join(&s, READER, "reader").await;
     // Its very first message about the document carries a change.
     let rita = edited(&before, |doc| {
         doc.put(None, &json!({"n": 7}), &meta("rita")).unwrap();
@@ -1155,14 +945,14 @@ async fn a_repo_peer_writes_only_the_documents_its_token_writes() {
     let doc = document_id(DOC.parse().unwrap());
     let other = document_id(OTHER.parse().unwrap());
     let before = raw(&s, DOC).await;
-    let mut peer = RepoPeer::join(&s, MIXED, "mixed").await;
+    let mut peer = join(&s, MIXED, "mixed").await;
     let mut replica = Replica::new();
-    peer.sync(&other, &mut replica).await;
+    peer.sync(&other, &mut replica, "sync").await;
     replica
         .doc
         .put(None, &json!({"n": 1, "by": "wendy"}), &meta("wendy"))
         .unwrap();
-    peer.sync(&other, &mut replica).await;
+    peer.sync(&other, &mut replica, "sync").await;
     let (value, _) = read_as(&s, ADMIN, OTHER).await;
     assert_eq!(value, json!({"n": 1, "by": "wendy"}));
     assert_eq!(history_agents(&s, OTHER).await.last().unwrap(), "wendy");
@@ -1189,7 +979,7 @@ async fn a_repo_peer_may_send_back_others_changes_but_not_forge_one() {
     let s = start().await;
     let other = document_id(OTHER.parse().unwrap());
     let before = raw(&s, OTHER).await;
-    let mut peer = RepoPeer::join(&s, STRANGER, "sam").await;
+    let mut peer = join(&s, STRANGER, "sam").await;
     // Every change of the document, the admin's included, and one of sam's.
     let sam = edited(&before, |doc| {
         doc.put(None, &json!({"n": 2}), &meta("sam")).unwrap();
@@ -1220,11 +1010,11 @@ async fn a_repo_peer_may_send_back_others_changes_but_not_forge_one() {
 async fn ephemeral_messages_about_a_document_need_read() {
     let s = start().await;
     let doc = document_id(DOC.parse().unwrap());
-    let mut reader = RepoPeer::join(&s, READER, "reader").await;
-    reader.sync(&doc, &mut Replica::new()).await;
+    let mut reader = join(&s, READER, "reader").await;
+    reader.sync(&doc, &mut Replica::new(), "sync").await;
     // A stranger's message about the document is dropped. Its next message is answered
     // only once that one was handled.
-    let mut stranger = RepoPeer::join(&s, STRANGER, "stranger").await;
+    let mut stranger = join(&s, STRANGER, "stranger").await;
     stranger.send_ephemeral(&doc, b"from the stranger").await;
     stranger.send_sync("request", &doc, &first_request()).await;
     match stranger.receive().await {
@@ -1232,7 +1022,7 @@ async fn ephemeral_messages_about_a_document_need_read() {
         other => panic!("expected doc-unavailable, got {other:?}"),
     }
     // So the first ephemeral message the reader gets is the writer's, sent after it.
-    let mut writer = RepoPeer::join(&s, WRITER, "writer").await;
+    let mut writer = join(&s, WRITER, "writer").await;
     writer.send_ephemeral(&doc, b"from the writer").await;
     match reader.receive().await {
         Incoming::Ephemeral(ephemeral) => assert_eq!(ephemeral.data, b"from the writer"),
@@ -1243,7 +1033,7 @@ async fn ephemeral_messages_about_a_document_need_read() {
 /// The Rust agent client carries its token on HTTP and on its WebSocket subscriptions.
 #[tokio::test]
 async fn the_rust_client_carries_its_token() {
-    use concord_server::client::{Client, ClientError, Event, WriteOptions};
+    use concord_client::{Client, ClientError, Event, WriteOptions};
     let s = start().await;
     let doc = uuid::Uuid::parse_str(DOC).unwrap();
     let base = format!("http://{}", s.addr());

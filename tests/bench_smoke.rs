@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use concord_server::bench::{report, run, BenchOptions};
+use concord_bench::{report, run, BenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_section_runs_and_reports() {

@@ -1,5 +1,5 @@
 //! The real `concord` binary as a child process, for tests that kill it: built from
-//! `server/src/main.rs` as `concord-e2e` (see tests/Cargo.toml), started on `127.0.0.1:0`
+//! `cli/src/main.rs` as `concord-e2e` (see tests/Cargo.toml), started on `127.0.0.1:0`
 //! over a data folder the test owns. Included by path from `crash.rs` and `storage.rs`.
 
 #![allow(dead_code)]

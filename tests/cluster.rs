@@ -11,220 +11,23 @@
 //! hang), and the few conditions polled are polled a bounded number of times.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
-use std::sync::{Arc, Once};
+use std::io::BufRead;
+use std::sync::Arc;
 use std::time::Duration;
 
+use concord_client::{Client, ClientError, CreateOptions, Event, WriteOptions};
 use concord_core::storage::{
     DocMeta, DocState, Expect, LeaseGrant, Refusal, Store, StoredChange, WriteBatch,
 };
 use concord_core::{Schema, Strategy};
-use concord_server::client::{Change, Client, ClientError, CreateOptions, Event, WriteOptions};
 use concord_server::postgres::{PostgresStore, MIGRATIONS};
 use concord_server::registry::{Registry, Tuning};
-use concord_server::{AppState, Config, Server};
+use concord_tests::cluster::{agreed, manual_maintenance, nodes, until_version, Db, Node, HUNG};
+use concord_tests::meta;
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use uuid::Uuid;
-
-/// The longest any wait for another node may take before the test is declared hung.
-const HUNG: Duration = Duration::from_secs(60);
-
-/// The database URL, or `None` (after saying once that the suite is skipped).
-fn database() -> Option<String> {
-    if let Ok(url) = std::env::var("CONCORD_TEST_POSTGRES") {
-        if !url.trim().is_empty() {
-            return Some(url.trim().to_owned());
-        }
-    }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!(
-            "CI runs the PostgreSQL suite: set CONCORD_TEST_POSTGRES \
-             (for example postgres://postgres@127.0.0.1:5432/test)"
-        );
-    }
-    static SAID: Once = Once::new();
-    SAID.call_once(|| {
-        // Straight to the process's stderr: the test harness does not capture it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "PostgreSQL suite SKIPPED: set CONCORD_TEST_POSTGRES"
-        );
-    });
-    None
-}
-
-/// A schema of the test's own; dropped (with everything in it) when the test ends.
-struct Db {
-    base: String,
-    schema: String,
-}
-
-impl Db {
-    fn new() -> Option<Db> {
-        let base = database()?;
-        let schema = format!(
-            "concord_test_{}",
-            &Uuid::new_v4().simple().to_string()[..12]
-        );
-        Some(Db { base, schema })
-    }
-
-    /// The URL every node of the test uses.
-    fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}schema={}", self.base, self.schema)
-    }
-
-    /// A plain connection to the database, for looking behind the nodes' backs.
-    async fn admin(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.base, tokio_postgres::NoTls)
-            .await
-            .expect("the test database accepts connections");
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let (base, schema) = (self.base.clone(), self.schema.clone());
-        // On a thread of its own: this may run while a test's runtime is panicking.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.schema);
-        }
-    }
-}
-
-/// Maintenance only when a test calls it.
-fn manual_maintenance() -> Tuning {
-    Tuning {
-        maintain_every: Duration::from_secs(3600),
-        ..Tuning::default()
-    }
-}
-
-/// One Concord node in this process, over its own `PostgresStore`.
-struct Node {
-    server: Option<Server>,
-    store: Arc<PostgresStore>,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(db: &Db) -> Node {
-        Self::start_with(db, manual_maintenance()).await
-    }
-
-    async fn start_with(db: &Db, tuning: Tuning) -> Node {
-        let store = Arc::new(
-            PostgresStore::open(&db.url())
-                .await
-                .expect("the store opens"),
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            data: dir.path().to_path_buf(),
-            storage: Some(db.url()),
-            tuning,
-            ..Config::default()
-        };
-        let server = Server::start_with_store(Arc::clone(&store) as Arc<dyn Store>, config)
-            .await
-            .expect("the node starts");
-        Node {
-            base: format!("http://{}", server.addr()),
-            server: Some(server),
-            store,
-            _dir: dir,
-        }
-    }
-
-    fn client(&self, agent: &str) -> Client {
-        Client::new(&self.base, agent)
-    }
-
-    fn state(&self) -> &Arc<AppState> {
-        self.server.as_ref().expect("running").state()
-    }
-
-    /// Graceful shutdown, then the store is closed.
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await.expect("clean shutdown");
-        }
-        self.store.close().await;
-    }
-}
-
-async fn nodes(db: &Db, n: usize) -> Vec<Node> {
-    let mut nodes = Vec::with_capacity(n);
-    for _ in 0..n {
-        nodes.push(Node::start(db).await);
-    }
-    nodes
-}
-
-/// Reads a subscription until it reaches `version`; returns the changes on the way.
-async fn until_version(
-    subscription: &mut concord_server::client::Subscription,
-    version: &str,
-) -> Vec<Change> {
-    let mut changes = Vec::new();
-    let reached = tokio::time::timeout(HUNG, async {
-        loop {
-            match subscription.next().await.expect("the subscription lives") {
-                Event::Change(change) => {
-                    let done = change.version == version;
-                    changes.push(change);
-                    if done {
-                        return;
-                    }
-                }
-                Event::Snapshot { version: v, .. } if v == version => return,
-                Event::Snapshot { .. } => {}
-                Event::Error(problem) => panic!("the subscription reported {problem:?}"),
-            }
-        }
-    })
-    .await;
-    assert!(
-        reached.is_ok(),
-        "the subscriber never saw version {version}"
-    );
-    changes
-}
-
-/// The document as every node sees it: asserts that they agree, returns the value.
-async fn agreed(nodes: &[Node], id: Uuid) -> Value {
-    let mut seen = Vec::new();
-    for node in nodes {
-        let doc = node.client("reader").get(id).await.expect("readable");
-        seen.push((doc.value, doc.version));
-    }
-    for other in &seen[1..] {
-        assert_eq!(other, &seen[0], "two nodes disagree");
-    }
-    seen.swap_remove(0).0
-}
 
 /// True if every change of the history follows the one before (one head at every step):
 /// what a single writer at a time produces.
@@ -663,17 +466,12 @@ impl Store for Racing {
 /// not in the node's memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_refused_by_the_database_leaves_nothing_behind() {
-    use concord_core::{Document, Version, WriteMeta};
+    use concord_core::{Document, Version};
     use concord_server::policy::{base_for, IfMatch, WriteKind};
 
     let Some(db) = Db::new() else { return };
     let inner = Arc::new(PostgresStore::open(&db.url()).await.unwrap());
     let rival = Arc::new(PostgresStore::open(&db.url()).await.unwrap());
-    let meta = |agent: &str| WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    };
     // The document, stored by the rival.
     let id = Uuid::new_v4();
     let (mut doc, created) =
@@ -775,15 +573,13 @@ async fn agents_on_every_node_converge(n: usize) {
     let Some(db) = Db::new() else { return };
     let nodes = nodes(&db, n).await;
     let doc = nodes[0]
-        .client("setup")
-        .create(&CreateOptions {
+        .create_doc(CreateOptions {
             value: Some(json!({"items": [], "notes": "", "n": 0})),
             text: vec!["/notes".into()],
             counters: vec!["/n".into()],
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     let agents = 3 * n;
     let barrier = Arc::new(Barrier::new(agents));
     let mut tasks = JoinSet::new();
@@ -854,13 +650,11 @@ async fn a_subscriber_on_one_node_sees_writes_on_another() {
     let Some(db) = Db::new() else { return };
     let nodes = nodes(&db, 2).await;
     let doc = nodes[0]
-        .client("setup")
-        .create(&CreateOptions {
+        .create_doc(CreateOptions {
             value: Some(json!({"items": []})),
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     let mut subscription = nodes[0]
         .client("watcher")
         .subscribe(doc.id, None)
@@ -1012,14 +806,12 @@ async fn every_strategy_keeps_its_meaning_across_nodes() {
         Strategy::Queue,
     ] {
         let doc = nodes[0]
-            .client("setup")
-            .create(&CreateOptions {
+            .create_doc(CreateOptions {
                 value: Some(json!({"items": []})),
                 strategy: Some(strategy),
                 ..Default::default()
             })
-            .await
-            .unwrap();
+            .await;
         let mut tasks = JoinSet::new();
         for k in 0..agents {
             let name = format!("agent-{k}");
@@ -1066,14 +858,12 @@ async fn optimistic_checks_are_decided_by_the_database() {
     let Some(db) = Db::new() else { return };
     let nodes = nodes(&db, 3).await;
     let doc = nodes[0]
-        .client("setup")
-        .create(&CreateOptions {
+        .create_doc(CreateOptions {
             value: Some(json!({"winner": null})),
             strategy: Some(Strategy::Optimistic),
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     for round in 0..4 {
         let version = nodes[round % 3]
             .client("reader")
@@ -1114,7 +904,7 @@ async fn optimistic_checks_are_decided_by_the_database() {
     }
 }
 
-fn refusal_kind(result: Result<concord_server::client::Doc, ClientError>) -> String {
+fn refusal_kind(result: Result<concord_client::Doc, ClientError>) -> String {
     let e = result.expect_err("the write must be refused");
     let problem = e.problem().expect("a problem");
     assert_eq!(problem.status, 409, "{problem:?}");
@@ -1339,13 +1129,11 @@ async fn a_node_that_loses_its_connections_reconnects_and_catches_up() {
     let nodes = nodes(&db, 2).await;
     let admin = db.admin().await;
     let doc = nodes[0]
-        .client("setup")
-        .create(&CreateOptions {
+        .create_doc(CreateOptions {
             value: Some(json!({"items": []})),
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await;
     let mut subscription = nodes[0]
         .client("watcher")
         .subscribe(doc.id, None)

@@ -6,21 +6,21 @@
 //! the paused lock holder is overtaken by a lock request the server holds until the
 //! holder's lease lapses.
 
-use concord_core::Strategy;
-use concord_server::compare::board::TaskEdit;
-use concord_server::compare::history::{
+use concord_compare::board::TaskEdit;
+use concord_compare::history::{
     check, check_with_lost, Basis, Effect, LostEdit, Phase, Recorder, Verdict,
 };
-use concord_server::compare::run::{compare, create, run_strategies, Tracker};
-use concord_server::compare::scenario::seed_scenario;
-use concord_server::compare::wire::{Reply, Wire};
-use concord_server::compare::workload::rewrite;
-use concord_server::compare::{no_progress, Options, ThinkRange, Workload};
+use concord_compare::run::{compare, create, run_strategies, Tracker};
+use concord_compare::scenario::seed_scenario;
+use concord_compare::wire::{Reply, Wire};
+use concord_compare::workload::rewrite;
+use concord_compare::{no_progress, Options, ThinkRange, Workload};
+use concord_core::Strategy;
 use concord_tests::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-fn lost_by_strategy(report: &concord_server::compare::Report) -> Vec<(Strategy, usize)> {
+fn lost_by_strategy(report: &concord_compare::Report) -> Vec<(Strategy, usize)> {
     report.rows.iter().map(|r| (r.strategy, r.lost)).collect()
 }
 
@@ -144,8 +144,7 @@ async fn board_loses_nothing_silently_under_crdt_and_lww_loses() {
     let runs = run_strategies(&wire, &opts, &tracker)
         .await
         .expect("the comparison runs");
-    let report =
-        concord_server::compare::Report::new(&opts, runs.iter().map(|r| r.row.clone()).collect());
+    let report = concord_compare::Report::new(&opts, runs.iter().map(|r| r.row.clone()).collect());
     let run = |st: Strategy| runs.iter().find(|r| r.row.strategy == st).unwrap();
     let why = |st: Strategy| format!("{st}: {:?}\n{}", run(st).verdict, report.table());
     for row in &report.rows {

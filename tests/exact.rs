@@ -2,7 +2,7 @@
 //! disappears silently. Each case starts from a fresh crdt document at version V; Y writes
 //! first, then X, both with `If-Match: "V"`; both are answered 200.
 
-use concord_server::client::{Client, Frame, ServerMessage};
+use concord_client::{Client, Frame, ServerMessage};
 use concord_tests::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -15,8 +15,9 @@ mod harness;
 use std::path::{Path, PathBuf};
 
 use concord_core::sync::SyncState;
-use concord_core::{Document, Schema, WriteMeta};
-use concord_server::repo::{document_id, Ephemeral, Outgoing};
+use concord_core::{Document, Schema};
+use concord_protocol::repo::{document_id, Ephemeral, Outgoing};
+use concord_tests::meta;
 use serde_json::{json, Value};
 
 fn folder(root: &str, target: &str) -> PathBuf {
@@ -74,14 +75,6 @@ fn every_seed_passes() {
     }
 }
 
-fn meta() -> WriteMeta {
-    WriteMeta {
-        agent: "seed".into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
-
 /// Writes `fuzz/seeds/<target>/<n>` for every target.
 #[test]
 #[ignore = "writes the fuzz seed corpus; run by name when the formats change"]
@@ -127,13 +120,13 @@ fn write_fuzz_seeds() {
             counters: vec!["/n".into()],
             ids: Vec::new(),
         },
-        &meta(),
+        &meta("seed"),
     )
     .expect("a document");
     doc.put(
         None,
         &json!({"l": ["a", "b"], "t": "texts", "n": 4}),
-        &meta(),
+        &meta("seed"),
     )
     .expect("a write");
     let mut replica = Document::empty(Schema::default()).expect("empty");

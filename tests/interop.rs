@@ -12,7 +12,7 @@ use std::time::Duration;
 use concord_tests::TestServer;
 
 /// Bounds the whole Node run; it takes seconds.
-const PATIENCE: Duration = Duration::from_secs(300);
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the suite cannot run here, if it cannot.
 fn missing(js: &std::path::Path) -> Option<String> {
@@ -71,7 +71,7 @@ async fn javascript_automerge_repo_client_interoperates() {
         .env("CONCORD_URL", &url)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let output = tokio::time::timeout(PATIENCE, node.output())
+    let output = tokio::time::timeout(SUITE_TIMEOUT, node.output())
         .await
         .expect("the Node suite finishes in time")
         .expect("node runs");

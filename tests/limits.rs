@@ -9,15 +9,14 @@
 
 use std::time::Duration;
 
+use concord_client::{ClientMessage, ServerMessage, Socket};
 use concord_core::{Document, Schema, WriteMeta};
-use concord_server::client::{ClientMessage, Frame, ServerMessage, Socket};
-use concord_tests::{Reply, SseStream, TestServer};
+use concord_tests::ws::recv;
+use concord_tests::{Reply, SseStream, TestServer, PATIENCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 fn problem_kind(reply: &Reply, status: u16) -> String {
     let problem = reply.assert_problem(status);
@@ -26,17 +25,6 @@ fn problem_kind(reply: &Reply, status: u16) -> String {
         .unwrap()
         .trim_start_matches("urn:concord:problem:")
         .to_owned()
-}
-
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match tokio::time::timeout(PATIENCE, socket.recv())
-        .await
-        .expect("the server answers in time")
-        .expect("a frame")
-    {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
 }
 
 async fn ws(s: &TestServer, id: &str) -> Socket {
@@ -148,6 +136,20 @@ async fn a_write_that_makes_a_document_too_large_is_refused_and_changes_nothing(
         listed(s.send(s.request(Method::GET, "/v1/docs")).await),
         count
     );
+}
+
+/// A restart keeps the configuration: the restarted server refuses the same too-large
+/// write, and the document is as it was.
+#[tokio::test]
+async fn a_restarted_server_keeps_its_document_limit() {
+    let mut s = TestServer::start_with(|c| c.limits.max_document_bytes = 1000).await;
+    let (id, version) = s.create(json!({"value": {"notes": "small"}})).await;
+    s.restart().await;
+    let put = s
+        .put(&id, "a", &version, &json!({"notes": "x".repeat(1200)}))
+        .await;
+    assert_eq!(problem_kind(&put, 413), "document-too-large");
+    assert_eq!(s.get(&id).await, (json!({"notes": "small"}), version));
 }
 
 // --- JSON nesting -----------------------------------------------------------------------------

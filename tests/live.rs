@@ -1,11 +1,12 @@
 //! End-to-end tests of live sync: the WebSocket JSON protocol, Server-Sent Events, the
 //! global feed, and the Rust client library, against the real server.
 
-use concord_core::Strategy;
-use concord_server::client::{
+use concord_client::{
     Client, ClientError, CreateOptions, Event, Frame, ServerMessage, Socket, WriteOptions,
 };
+use concord_core::Strategy;
 use concord_server::LiveConfig;
+use concord_tests::ws::recv;
 use concord_tests::{Proxy, SseStream, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -25,14 +26,6 @@ fn client(s: &TestServer, agent: &str) -> Client {
 async fn create(s: &TestServer, value: Value) -> Uuid {
     let (id, _) = s.create(json!({ "value": value })).await;
     Uuid::parse_str(&id).unwrap()
-}
-
-/// The next protocol message; panics on a close frame.
-async fn recv(socket: &mut Socket) -> ServerMessage {
-    match socket.recv().await.expect("a frame") {
-        Frame::Message(message) => message,
-        Frame::Close { code, reason } => panic!("closed ({code}): {reason}"),
-    }
 }
 
 /// The next close frame, counting the messages before it by type.
@@ -62,14 +55,14 @@ async fn subscribe(socket: &mut Socket, since: Option<&str>) -> (Vec<ServerMessa
     }
 }
 
-fn change(message: ServerMessage) -> concord_server::client::Change {
+fn change(message: ServerMessage) -> concord_client::Change {
     match message {
         ServerMessage::Change(change) => change,
         other => panic!("expected a change, got {other:?}"),
     }
 }
 
-fn problem(message: ServerMessage) -> concord_server::client::Problem {
+fn problem(message: ServerMessage) -> concord_client::Problem {
     match message {
         ServerMessage::Error(problem) => problem,
         other => panic!("expected an error, got {other:?}"),
@@ -136,7 +129,7 @@ async fn two_agents_and_a_listener_see_each_others_edits() {
         let heard = sse.next().await.unwrap();
         assert_eq!(heard.event, "change");
         assert_eq!(heard.id.as_deref(), Some(ack.version.as_str()));
-        let heard: concord_server::client::Change = serde_json::from_value(heard.json()).unwrap();
+        let heard: concord_client::Change = serde_json::from_value(heard.json()).unwrap();
         for c in [&own, &seen, &heard] {
             assert_eq!(c.version, ack.version);
             assert_eq!(c.previous, previous);
@@ -883,7 +876,7 @@ async fn client_library_round_trip() {
     let live = c.subscribe(locked.id, None).await.unwrap();
     let ack = live
         .send(
-            concord_server::client::Write::patch(json!([{"op": "add", "path": "/b", "value": 2}]))
+            concord_client::Write::patch(json!([{"op": "add", "path": "/b", "value": 2}]))
                 .lock(&lease.token),
         )
         .await

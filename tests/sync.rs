@@ -5,121 +5,18 @@
 //! Every wait is for a message the protocol promises; the timeout around it only turns a
 //! hang into a failure.
 
-use std::time::Duration;
-
 use ciborium::Value as Cbor;
 use concord_core::sync::{SyncMessage, SyncState};
-use concord_core::{Document, Schema, WriteMeta};
-use concord_server::repo::{document_id, Incoming};
-use concord_tests::TestServer;
-use futures_util::{SinkExt, StreamExt};
+use concord_core::{Document, Schema};
+use concord_protocol::repo::{document_id, Incoming};
+use concord_tests::sync::{cbor_map, field, text, Replica, RepoPeer};
+use concord_tests::ws::{closed, connect, next};
+use concord_tests::{meta, TestServer};
+use futures_util::SinkExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Bounds every wait for the server; a correct server answers in milliseconds.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn connect(s: &TestServer, path: &str) -> Socket {
-    let url = format!("ws://{}{}", s.addr(), path);
-    let (socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {path}: {e}"));
-    socket
-}
-
-/// The next frame that is not a ping or pong; `None` once the connection ended.
-async fn next(socket: &mut Socket) -> Option<Message> {
-    loop {
-        let frame = tokio::time::timeout(PATIENCE, socket.next())
-            .await
-            .expect("the server answers in time");
-        match frame {
-            None | Some(Err(_)) => return None,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(frame)) => return Some(frame),
-        }
-    }
-}
-
-/// Waits for the close frame; returns its code and reason.
-async fn closed(socket: &mut Socket) -> (u16, String) {
-    loop {
-        match next(socket).await {
-            Some(Message::Close(Some(frame))) => {
-                return (u16::from(frame.code), frame.reason.as_str().to_owned())
-            }
-            Some(Message::Close(None)) | None => panic!("closed without a reason"),
-            Some(_) => continue,
-        }
-    }
-}
-
-fn meta(agent: &str) -> WriteMeta {
-    WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
-
-/// A Rust sync client: its own Automerge replica and the state of its peer, the server.
-struct Replica {
-    doc: Document,
-    server: SyncState,
-    /// Send every message twice.
-    duplicate: bool,
-}
-
-impl Replica {
-    fn new() -> Self {
-        Replica {
-            doc: Document::empty(Schema::default()).unwrap(),
-            server: SyncState::new(),
-            duplicate: false,
-        }
-    }
-
-    async fn send_next(&mut self, socket: &mut Socket) {
-        if let Some(message) = self.doc.generate_sync_message(&mut self.server) {
-            let bytes = message.encode();
-            if self.duplicate {
-                socket.send(Message::binary(bytes.clone())).await.unwrap();
-            }
-            socket.send(Message::binary(bytes)).await.unwrap();
-        }
-    }
-
-    /// Syncs until the server says it has exactly what the replica has, and nothing is
-    /// left to send either way.
-    async fn sync(&mut self, socket: &mut Socket) {
-        loop {
-            self.send_next(socket).await;
-            if self.server.their_heads().as_ref() == Some(&self.doc.version()) {
-                return;
-            }
-            match next(socket).await {
-                Some(Message::Binary(bytes)) => {
-                    let message = SyncMessage::decode(&bytes).expect("a sync message");
-                    self.doc
-                        .receive_sync_message(&mut self.server, message)
-                        .unwrap();
-                }
-                other => panic!("expected a sync message, got {other:?}"),
-            }
-        }
-    }
-
-    /// A new connection: what the server knows of us does not outlive it.
-    fn reconnected(&mut self) {
-        self.server = SyncState::new();
-    }
-}
 
 #[tokio::test]
 async fn sync_client_converges_after_concurrent_offline_edits() {
@@ -364,113 +261,24 @@ fn torn_sync_message(change: &[u8]) -> Vec<u8> {
 
 // --- the automerge-repo protocol, spoken by hand -------------------------------------------
 
-/// A CBOR map of text keys, as automerge-repo clients send.
-fn cbor_map(fields: Vec<(&str, Cbor)>) -> Vec<u8> {
-    let map = fields
-        .into_iter()
-        .map(|(k, v)| (Cbor::Text(k.to_owned()), v))
-        .collect();
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(&Cbor::Map(map), &mut out).unwrap();
-    out
-}
-
-fn text(s: &str) -> Cbor {
-    Cbor::Text(s.to_owned())
-}
-
-/// A text field of a CBOR map.
-fn field(map: &Cbor, key: &str) -> String {
-    map.as_map()
-        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some(key)))
-        .and_then(|(_, v)| v.as_text())
-        .unwrap_or_else(|| panic!("no text field {key} in {map:?}"))
-        .to_owned()
-}
-
-/// A hand-driven automerge-repo peer.
-struct RepoPeer {
-    socket: Socket,
-    id: String,
-    server: String,
-}
-
-impl RepoPeer {
-    async fn join(s: &TestServer, id: &str) -> RepoPeer {
-        let mut socket = connect(s, "/v1/repo").await;
-        let join = cbor_map(vec![
-            ("type", text("join")),
-            ("senderId", text(id)),
-            ("supportedProtocolVersions", Cbor::Array(vec![text("1")])),
-        ]);
-        socket.send(Message::binary(join)).await.unwrap();
-        let Some(Message::Binary(bytes)) = next(&mut socket).await else {
-            panic!("expected the peer message");
-        };
-        let peer: Cbor = ciborium::de::from_reader(&bytes[..]).unwrap();
-        assert_eq!(field(&peer, "type"), "peer");
-        assert_eq!(field(&peer, "targetId"), id);
-        assert_eq!(field(&peer, "selectedProtocolVersion"), "1");
-        let metadata = peer
-            .as_map()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.as_text() == Some("peerMetadata"))
-            .unwrap()
-            .1
-            .clone();
-        assert!(!field(&metadata, "storageId").is_empty());
-        RepoPeer {
-            socket,
-            id: id.to_owned(),
-            server: field(&peer, "senderId"),
-        }
-    }
-
-    async fn send_sync(&mut self, kind: &str, document: &str, data: &[u8]) {
-        let message = cbor_map(vec![
-            ("type", text(kind)),
-            ("senderId", text(&self.id)),
-            ("targetId", text(&self.server)),
-            ("documentId", text(document)),
-            ("data", Cbor::Bytes(data.to_vec())),
-        ]);
-        self.socket.send(Message::binary(message)).await.unwrap();
-    }
-
-    /// The next protocol message.
-    async fn receive(&mut self) -> Incoming {
-        match next(&mut self.socket).await {
-            Some(Message::Binary(bytes)) => Incoming::decode(&bytes).expect("a repo message"),
-            other => panic!("expected a repo message, got {other:?}"),
-        }
-    }
-
-    /// Syncs `replica` as `document` until the server has what it has.
-    async fn sync(&mut self, document: &str, replica: &mut Replica, first: &str) {
-        let mut kind = first;
-        loop {
-            if let Some(message) = replica.doc.generate_sync_message(&mut replica.server) {
-                self.send_sync(kind, document, &message.encode()).await;
-                kind = "sync";
-            }
-            if replica.server.their_heads().as_ref() == Some(&replica.doc.version()) {
-                return;
-            }
-            match self.receive().await {
-                Incoming::Sync {
-                    document: d, data, ..
-                } if d == document => {
-                    let message = SyncMessage::decode(&data).unwrap();
-                    replica
-                        .doc
-                        .receive_sync_message(&mut replica.server, message)
-                        .unwrap();
-                }
-                other => panic!("expected a sync message for {document}, got {other:?}"),
-            }
-        }
-    }
+/// Joins `/v1/repo` as `id`, checking the server's `peer` answer: addressed to us, in
+/// protocol version 1, with the server's peer id and a storage id.
+async fn join(s: &TestServer, id: &str) -> RepoPeer {
+    let (peer, answer) = RepoPeer::join(connect(s, "/v1/repo").await, id).await;
+    assert_eq!(field(&answer, "type"), "peer");
+    assert_eq!(field(&answer, "targetId"), id);
+    assert_eq!(field(&answer, "selectedProtocolVersion"), "1");
+    let metadata = answer
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("peerMetadata"))
+        .unwrap()
+        .1
+        .clone();
+    assert!(!field(&metadata, "storageId").is_empty());
+    assert_eq!(peer.server, Some(field(&answer, "senderId")));
+    peer
 }
 
 #[tokio::test]
@@ -484,7 +292,7 @@ async fn repo_peer_finds_edits_and_creates_documents() {
     let document = url.strip_prefix("automerge:").unwrap().to_owned();
     assert_eq!(document, document_id(Uuid::parse_str(&id).unwrap()));
 
-    let mut peer = RepoPeer::join(&s, "rust-peer").await;
+    let mut peer = join(&s, "rust-peer").await;
 
     // find: a request for a document Concord has.
     let mut replica = Replica::new();
@@ -575,7 +383,7 @@ async fn garbage_on_repo_is_closed_with_a_reason_and_others_keep_working() {
     let s = TestServer::start().await;
     let (id, _) = s.create(json!({"value": {"k": 1}})).await;
     let document = document_id(Uuid::parse_str(&id).unwrap());
-    let mut good = RepoPeer::join(&s, "good").await;
+    let mut good = join(&s, "good").await;
 
     // Before join.
     let cases: Vec<(&str, Message, u16)> = vec![
@@ -616,7 +424,7 @@ async fn garbage_on_repo_is_closed_with_a_reason_and_others_keep_working() {
     }
 
     // After join, an invalid sync message: an error message, then the close frame.
-    let mut bad = RepoPeer::join(&s, "bad").await;
+    let mut bad = join(&s, "bad").await;
     bad.send_sync("sync", &document, b"not a sync message")
         .await;
     match bad.receive().await {

@@ -5,18 +5,13 @@
 //! V while Y edits fields of elements at V; each of Y's edits ends on the element Y edited,
 //! unless X deleted it, in which case it is listed as a lost edit.
 
+mod common;
+
+use common::meta;
 use concord_core::patch::parse_patch;
-use concord_core::{Document, Schema, Version, WriteMeta};
+use concord_core::{Document, Schema, Version};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-fn meta(agent: &str) -> WriteMeta {
-    WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
 
 fn schema(text: &[&str], counters: &[&str], ids: &[&str]) -> Schema {
     let own = |p: &[&str]| p.iter().map(|s| s.to_string()).collect();

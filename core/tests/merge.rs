@@ -1,18 +1,13 @@
 //! Merge behaviour of concord-core: table-driven cases of two writers from one base, the
 //! list traps (shrink, grow, reorder), and property tests for reconcile and convergence.
 
+mod common;
+
+use common::meta;
 use concord_core::patch::parse_patch;
-use concord_core::{Document, Schema, Version, WriteMeta};
+use concord_core::{Document, Schema, Version};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-fn meta(agent: &str) -> WriteMeta {
-    WriteMeta {
-        agent: agent.into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
 
 fn schema(text: &[&str], counters: &[&str]) -> Schema {
     Schema {

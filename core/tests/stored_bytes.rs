@@ -1,24 +1,19 @@
 //! Damaged stored bytes are refused, never taken for another change: each regression test
 //! here is named for the bug it caught.
 
-use concord_core::doc::parse_changes;
-use concord_core::{Document, Schema, WriteMeta};
-use serde_json::json;
+mod common;
 
-fn meta() -> WriteMeta {
-    WriteMeta {
-        agent: "w".into(),
-        time_ms: 1_700_000_000_000,
-        message: None,
-    }
-}
+use common::meta;
+use concord_core::doc::parse_changes;
+use concord_core::{Document, Schema};
+use serde_json::json;
 
 /// A document of two changes; the second is large enough for Automerge to compress.
 fn two_changes() -> (Document, Vec<Vec<u8>>) {
     let (mut doc, _) =
-        Document::create(&json!({"a": "first"}), Schema::default(), &meta()).unwrap();
+        Document::create(&json!({"a": "first"}), Schema::default(), &meta("w")).unwrap();
     let big: Vec<String> = (0..60).map(|i| format!("item number {i}")).collect();
-    doc.put(None, &json!({"a": "first", "items": big}), &meta())
+    doc.put(None, &json!({"a": "first", "items": big}), &meta("w"))
         .unwrap();
     let changes = doc
         .automerge()
@@ -105,7 +100,7 @@ fn torn_change_bytes_are_refused_at_every_length() {
 #[test]
 fn applying_damaged_changes_changes_nothing() {
     let (_, changes) = two_changes();
-    let (mut target, _) = Document::create(&json!({}), Schema::default(), &meta()).unwrap();
+    let (mut target, _) = Document::create(&json!({}), Schema::default(), &meta("w")).unwrap();
     let before = target.version();
     let mut all: Vec<u8> = changes.concat();
     let last = all.len() - 1;
@@ -121,7 +116,7 @@ fn applying_damaged_changes_changes_nothing() {
 #[test]
 fn changes_without_their_dependencies_are_refused_whole() {
     let (_, changes) = two_changes();
-    let (mut target, _) = Document::create(&json!({}), Schema::default(), &meta()).unwrap();
+    let (mut target, _) = Document::create(&json!({}), Schema::default(), &meta("w")).unwrap();
     let before = target.version();
     let err = target.apply_complete_changes(&changes[1]).unwrap_err();
     assert!(err.to_string().contains("depends on"), "{err}");

@@ -12,8 +12,8 @@ use concord_core::doc::parse_changes;
 use concord_core::patch::parse_patch;
 use concord_core::sync::{SyncError, SyncMessage, SyncState};
 use concord_core::{Document, Schema, Version, WriteMeta};
-use concord_server::client::ClientMessage;
-use concord_server::repo::{parse_document_id, Incoming, Outgoing};
+use concord_protocol::live::ClientMessage;
+use concord_protocol::repo::{parse_document_id, Incoming, Outgoing};
 use serde_json::{json, Value};
 
 /// A harness: takes any bytes, panics if Concord mishandles them.

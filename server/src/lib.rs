@@ -1,5 +1,4 @@
-//! Concord's server: the HTTP API over the document registry, storage backends, and the
-//! `concord` binary's building blocks.
+//! Concord's server: the HTTP API over the document registry, and the storage backends.
 //!
 //! # Layout
 //! - [`Config`], [`Server`]: start a server on an address with a data folder; stop it.
@@ -7,10 +6,9 @@
 //! - [`limits`]: document size, connections, slow clients; the serve loop.
 //! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router; live sync
 //!   (WebSocket, Server-Sent Events) is in `api::live`.
-//! - [`client`]: a Rust client for agents: the HTTP API and live subscriptions.
-//! - [`compare`]: the lost-update comparison (`concord compare`, `/v1/compare`).
 //! - [`registry`]: documents in memory, one writer each, queued for storage in order.
-//! - [`repo`]: the automerge-repo network protocol (`/v1/repo`) and automerge document ids.
+//! - [`repo`]: the automerge-repo network protocol (`/v1/repo`); its messages and document
+//!   ids are `concord-protocol`'s.
 //! - [`policy`]: write strategies as policies on the base version of a write.
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
@@ -18,15 +16,19 @@
 //!   [`sqlite`], the embedded store, and [`postgres`], the store shared by several nodes
 //!   (PostgreSQL, `LISTEN`/`NOTIFY`); [`cluster`]: a node following what the others write.
 //! - [`web`]: the browser viewer, its files embedded in the binary, served at `/`.
+//!
+//! # Who depends on it
+//! The `concord` binary (`cli/`), which maps its flags to a [`Config`] and mounts the
+//! comparison's routes through [`Config::extra_routes`]; `concord-compare` and
+//! `concord-bench`, which start servers of their own in-process; and the end-to-end tests.
+//! It speaks the wire types of `concord-protocol`; the Rust client (`concord-client`) does
+//! not depend on it.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod client;
 pub mod clock;
 pub mod cluster;
-pub mod compare;
 pub mod idempotency;
 pub mod limits;
 pub mod policy;
@@ -80,6 +82,15 @@ pub struct Config {
     /// Where documents are stored: `None` for the embedded SQLite store in `data`, or a
     /// `postgres://` URL for a PostgreSQL store that several nodes share (see [`postgres`]).
     pub storage: Option<String>,
+    /// Routes served beside the API's own, such as the comparison's `/v1/compare*` (the
+    /// `concord-compare` crate, which depends on this one and so is mounted from outside by
+    /// the binary). They are merged into the API's router where its own routes are, before
+    /// the fallback, so they pass through the same layers: authentication (a route the
+    /// [`auth`] rules do not name needs the admin scope), the body limit, the request
+    /// deadline and problem+json errors. They take no state. A route that is also one of
+    /// the API's, or a router with a fallback of its own, makes [`app`] panic, as axum's
+    /// `Router::merge` does.
+    pub extra_routes: Router,
 }
 
 /// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
@@ -136,6 +147,7 @@ impl Default for Config {
             insecure_no_auth: false,
             limits: limits::Limits::default(),
             storage: None,
+            extra_routes: Router::new(),
         }
     }
 }

@@ -341,7 +341,7 @@ pub(super) async fn read(
                 "strategy": loaded.meta.strategy,
                 "value": value,
                 // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
-                "url": crate::repo::automerge_url(id),
+                "url": concord_protocol::repo::automerge_url(id),
             });
             if let Some(p) = &pointer {
                 body["path"] = json!(p.to_string());

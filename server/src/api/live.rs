@@ -56,6 +56,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use concord_core::patch::parse_patch;
 use concord_core::{Version, WriteMeta};
+use concord_protocol::live::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -66,7 +67,6 @@ use uuid::Uuid;
 
 use super::{agent, doc_id, now_ms, parse_version};
 use crate::auth::Caller;
-use crate::client::{Ack, Change, ClientMessage, Problem, ServerMessage};
 use crate::idempotency::Keyed;
 use crate::policy::Refusal;
 use crate::problem::ApiError;

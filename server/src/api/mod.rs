@@ -64,17 +64,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/docs/{id}/ws", get(live::ws))
         .route("/v1/docs/{id}/events", get(live::doc_events))
         .route("/v1/events", get(live::feed))
-        .route(
-            "/v1/compare",
-            axum::routing::post(crate::compare::http::compare),
-        )
-        .route(
-            "/v1/compare/sweep",
-            axum::routing::post(crate::compare::http::compare_sweep),
-        )
-        .route(
-            "/v1/compare/scenario",
-            get(crate::compare::http::compare_scenario),
+        // Routes mounted from outside this crate (the comparison's): under every layer below.
+        .merge(
+            state
+                .config
+                .extra_routes
+                .clone()
+                .with_state::<Arc<AppState>>(()),
         )
         .fallback(not_found)
         .with_state(state)
@@ -181,12 +177,9 @@ pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Parses a JSON body whose media type must be one of `accepted` (a body without a
-/// Content-Type is taken as `application/json`).
-pub(crate) fn json_body(
-    headers: &HeaderMap,
-    body: &[u8],
-    accepted: &[&str],
-) -> Result<Value, ApiError> {
+/// Content-Type is taken as `application/json`); the errors are the API's own (400, 415),
+/// for routes mounted through [`crate::Config::extra_routes`] too.
+pub fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<Value, ApiError> {
     let media = match content_type(headers) {
         Some(media) => media,
         None if accepted.contains(&"application/json") => "application/json".into(),

@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 
+use concord_server::{Config, Server};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{fetch_json, http, percentile, BenchError};
-use crate::{Config, Server};
 
 /// One measured cluster size.
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,5 @@
-//! Helpers for end-to-end tests: the real Concord server on `127.0.0.1:0` with a temporary
-//! data folder, and a small HTTP client for it.
+//! [`TestServer`]: the real server in this process, on `127.0.0.1:0` over a temporary data
+//! folder, with a small HTTP client for it; [`Reply`], a response read whole.
 
 use std::net::SocketAddr;
 
@@ -14,7 +14,11 @@ pub struct TestServer {
     pub client: reqwest::Client,
     server: Option<Server>,
     addr: SocketAddr,
-    dir: TempDir,
+    /// What the server was started with: a restart starts the same server again, with the
+    /// same authentication and limits.
+    config: Config,
+    /// The data folder (unless the test named another), removed when the test ends.
+    _dir: TempDir,
 }
 
 /// A response, read whole.
@@ -86,29 +90,31 @@ impl TestServer {
         let mut config = Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             data: dir.path().to_path_buf(),
+            // As the binary serves them: the viewer's `/v1/compare*`.
+            extra_routes: concord_compare::routes(),
             ..Config::default()
         };
         adjust(&mut config);
-        let server = Server::start(config).await.expect("server starts");
+        let server = Server::start(config.clone()).await.expect("server starts");
         TestServer {
             client: reqwest::Client::new(),
             addr: server.addr(),
             server: Some(server),
-            dir,
+            config,
+            _dir: dir,
         }
     }
 
-    /// Shuts the server down gracefully and starts a new one over the same data folder.
+    /// Shuts the server down gracefully and starts a new one over the same data folder,
+    /// with the configuration the first one was started with (on a new port when that was
+    /// port 0).
     pub async fn restart(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
         }
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            data: self.dir.path().to_path_buf(),
-            ..Config::default()
-        };
-        let server = Server::start(config).await.expect("server restarts");
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
         self.addr = server.addr();
         self.server = Some(server);
     }
@@ -200,165 +206,5 @@ impl TestServer {
             .await;
         assert_eq!(reply.status, StatusCode::OK);
         reply.bytes
-    }
-}
-
-/// One Server-Sent Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The `event:` field (`message` if none).
-    pub event: String,
-    /// The `id:` field.
-    pub id: Option<String>,
-    /// The `data:` lines, joined by newlines.
-    pub data: String,
-}
-
-impl SseEvent {
-    /// The data as JSON (panics if it is not).
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
-    }
-}
-
-/// A Server-Sent Events stream, read event by event (keep-alive comments skipped).
-pub struct SseStream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseStream {
-    /// Opens `path` with optional extra headers; asserts a 200 `text/event-stream`. The
-    /// server has subscribed by the time this returns.
-    pub async fn open(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> SseStream {
-        let mut request = server.request(Method::GET, path);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.expect("SSE request sent");
-        assert_eq!(response.status(), StatusCode::OK);
-        let media = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        assert!(media.starts_with("text/event-stream"), "{media}");
-        SseStream {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event; `None` when the stream ends.
-    pub async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    event: "message".into(),
-                    id: None,
-                    data: String::new(),
-                };
-                let mut has_data = false;
-                for line in block.lines() {
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    match field {
-                        "event" => event.event = value.to_owned(),
-                        "id" => event.id = Some(value.to_owned()),
-                        "data" => {
-                            if has_data {
-                                event.data.push('\n');
-                            }
-                            event.data.push_str(value);
-                            has_data = true;
-                        }
-                        _ => {}
-                    }
-                }
-                if has_data {
-                    return Some(event);
-                }
-            }
-            let chunk = self.response.chunk().await.expect("SSE stream read")?;
-            self.buffer
-                .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
-        }
-    }
-}
-
-/// A TCP proxy in front of the server, to cut connections and hold new ones: a network
-/// drop on demand, for reconnect tests.
-pub struct Proxy {
-    addr: SocketAddr,
-    paused: tokio::sync::watch::Sender<bool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    /// A proxy on a free port forwarding to `target`.
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy binds");
-        let addr = listener.local_addr().expect("proxy address");
-        let (paused, mut resumed) = tokio::sync::watch::channel(false);
-        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let held = std::sync::Arc::clone(&links);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                // While paused, a connection waits here, unanswered.
-                if resumed.wait_for(|paused| !*paused).await.is_err() {
-                    return;
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                held.lock().unwrap().push(link.abort_handle());
-            }
-        });
-        Proxy {
-            addr,
-            paused,
-            links,
-            accept,
-        }
-    }
-
-    /// The proxy's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Holds new connections unanswered until [`Proxy::resume`].
-    pub fn pause(&self) {
-        self.paused.send_replace(true);
-    }
-
-    /// Lets held and new connections through.
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
-    }
-
-    /// Drops every open connection, as a network failure would.
-    pub fn cut(&self) {
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
     }
 }

@@ -1,4 +1,14 @@
-//! The `concord` binary: serve documents (the default), or run the lost-update comparison.
+//! The `concord` binary: serve documents (the default), run the lost-update comparison
+//! (`concord compare`), or measure Concord beside its baselines (`concord bench`).
+//!
+//! The command line is this crate's alone: the flags (clap) and the progress bars
+//! (indicatif) are here, mapped to the plain option structs of the library crates
+//! (`concord_server::Config`, the comparison's `Options`, the benchmark's `BenchOptions`),
+//! which report progress through callbacks. The libraries' errors are typed; here they
+//! become anyhow's, printed on one line.
+
+mod bench;
+mod compare;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,10 +43,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run one seeded workload through every write strategy and report what each lost and
     /// what each cost (the lost-update comparison).
-    Compare(concord_server::compare::cli::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Measure Concord beside its baselines (raw Automerge, lww, a no-op endpoint) and
     /// print a table of figures and ratios.
-    Bench(concord_server::bench::cli::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -144,9 +154,11 @@ async fn run() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 if quiet {
-                    "concord_server=warn,tower_http=warn".into()
+                    "concord_server=warn,concord_compare=warn,concord_bench=warn,tower_http=warn"
+                        .into()
                 } else {
-                    "concord_server=info,tower_http=warn".into()
+                    "concord_server=info,concord_compare=info,concord_bench=info,tower_http=warn"
+                        .into()
                 }
             }),
         )
@@ -154,12 +166,8 @@ async fn run() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Compare(args)) => concord_server::compare::cli::run(args)
-            .await
-            .context("concord compare failed"),
-        Some(Command::Bench(args)) => concord_server::bench::cli::main(args)
-            .await
-            .context("concord bench failed"),
+        Some(Command::Compare(args)) => compare::run(args).await.context("concord compare failed"),
+        Some(Command::Bench(args)) => bench::main(args).await.context("concord bench failed"),
         None => serve(cli.serve).await,
     }
 }
@@ -197,6 +205,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
         },
         storage: args.storage,
+        // The viewer's comparison endpoints, `/v1/compare*`.
+        extra_routes: concord_compare::routes(),
     })
 }
 

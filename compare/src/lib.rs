@@ -17,14 +17,22 @@
 //! - [`scenario`]: the lesson's exact timeline (A reads at T=1, B at T=2, B writes at T=4,
 //!   A at T=5), deterministic, per strategy.
 //! - [`sweep`]: agents × think time grid, for plotting cost against conflict rate.
-//! - [`cli`]: `concord compare`. [`http`]: the viewer's `/v1/compare` endpoints.
+//! - [`http`]: the viewer's `/v1/compare` endpoints; [`routes`] mounts them on a server.
 //!
 //! The comparison never touches documents it did not create: by default (and always from
 //! the browser endpoints) it runs against a separate in-process server on a temporary data
 //! folder ([`LocalServer`]).
+//!
+//! # Who depends on it
+//! The `concord` binary (`concord compare`, whose flags and progress bar are the binary's:
+//! this crate takes [`Options`] and reports [`Progress`] through a [`ProgressFn`]), which
+//! also mounts [`routes`] on the server it serves through
+//! [`concord_server::Config::extra_routes`]; and the end-to-end tests. It depends on
+//! `concord-server` (for [`LocalServer`], and the API's errors in the endpoints), which
+//! cannot depend on it in turn: that is why the routes are mounted from outside.
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod board;
-pub mod cli;
 pub mod history;
 pub mod http;
 pub mod report;
@@ -41,8 +49,9 @@ use std::sync::Arc;
 use concord_core::Strategy;
 use serde::Serialize;
 
-use crate::{Config, Server, StartError};
+use concord_server::{Config, Server, StartError};
 
+pub use http::routes;
 pub use report::{Report, Row};
 pub use workload::Workload;
 

@@ -13,9 +13,7 @@ use super::board;
 use super::history::Effect;
 
 /// What the agents write.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Every write appends a unique item to one shared list (`/items`).

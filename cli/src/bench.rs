@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-
-use super::{report, run, BenchError, BenchOptions};
+use concord_bench::{report, run, trace, BenchError, BenchOptions, SECTIONS};
 
 /// Arguments of `concord bench`.
 #[derive(Debug, Clone, Args)]
@@ -24,11 +23,7 @@ pub struct BenchArgs {
     pub json: PathBuf,
 }
 
-const SECTIONS: [&str; 8] = [
-    "trace", "textput", "http", "stale", "fanout", "scale", "peer", "cluster",
-];
-
-/// Runs `concord bench`.
+/// Runs `concord bench`: each step it starts is a line on stderr, with the time so far.
 pub async fn main(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(unknown) = args.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
         return Err(BenchError::Invalid(format!(
@@ -39,7 +34,7 @@ pub async fn main(args: BenchArgs) -> Result<(), BenchError> {
     let options = BenchOptions {
         smoke: args.smoke,
         only: args.only,
-        trace: args.trace.unwrap_or_else(super::trace::default_path),
+        trace: args.trace.unwrap_or_else(trace::default_path),
         exe: std::env::current_exe().ok(),
     };
     let started = std::time::Instant::now();

@@ -233,13 +233,14 @@ async fn store_and_load(
 }
 
 /// Opens the SQLite store in `dir`.
-pub(crate) fn open_store(dir: &Path) -> Result<crate::sqlite::SqliteStore, BenchError> {
-    crate::sqlite::SqliteStore::open(dir).map_err(|e| BenchError::Io(format!("open store: {e}")))
+pub(crate) fn open_store(dir: &Path) -> Result<concord_server::sqlite::SqliteStore, BenchError> {
+    concord_server::sqlite::SqliteStore::open(dir)
+        .map_err(|e| BenchError::Io(format!("open store: {e}")))
 }
 
 /// Stores a document given as a snapshot; returns its id.
 pub(crate) async fn store_snapshot(
-    store: &crate::sqlite::SqliteStore,
+    store: &concord_server::sqlite::SqliteStore,
     schema: Schema,
     snapshot: Vec<u8>,
 ) -> Result<uuid::Uuid, BenchError> {
@@ -274,7 +275,7 @@ pub(crate) async fn store_snapshot(
 
 /// Loads a stored document the way the registry does.
 pub(crate) async fn load_doc(
-    store: &crate::sqlite::SqliteStore,
+    store: &concord_server::sqlite::SqliteStore,
     id: uuid::Uuid,
 ) -> Result<Document, BenchError> {
     use concord_core::storage::Store;

@@ -5,18 +5,53 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use concord_compare::scenario::seed_scenario;
+use concord_compare::sweep::{sweep, SweepLimits, SweepOptions};
+use concord_compare::{
+    run, CompareError, Limits, Options, ProgressFn, Target, ThinkRange, Workload,
+};
 use concord_core::Strategy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use super::scenario::seed_scenario;
-use super::sweep::{sweep, SweepLimits, SweepOptions};
-use super::{run, CompareError, Limits, Options, ProgressFn, Target, ThinkRange, Workload};
 
 /// Which scripted scenario to play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// The lesson's timeline: A reads at T=1, B at T=2, B writes at T=4, A at T=5.
     Seed,
+}
+
+/// What the agents write: the comparison's [`Workload`]s, as command-line values (the
+/// names and the help of each are the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadArg {
+    /// Every write appends a unique item to one shared list (`/items`).
+    List,
+    /// Every write adds one to a shared counter (`/count`).
+    Counter,
+    /// Every agent keeps its own field (`/fields/agent-N`) up to date, and names itself in
+    /// one shared field (`/editor`): the latter is a true conflict, kept by crdt.
+    Fields,
+    /// Every write inserts a unique word into one collaborative text (`/text`).
+    Text,
+    /// Each write is one of list, counter, fields and text, chosen by the seed.
+    Mix,
+    /// Agents work on a list of tasks (`/tasks`): insert, delete, set a title or done, vote,
+    /// add a word to a body, move a task. An edit of a task deleted meanwhile is lost:
+    /// silently, or surfaced among the document's lost edits.
+    Board,
+}
+
+impl From<WorkloadArg> for Workload {
+    fn from(arg: WorkloadArg) -> Workload {
+        match arg {
+            WorkloadArg::List => Workload::List,
+            WorkloadArg::Counter => Workload::Counter,
+            WorkloadArg::Fields => Workload::Fields,
+            WorkloadArg::Text => Workload::Text,
+            WorkloadArg::Mix => Workload::Mix,
+            WorkloadArg::Board => Workload::Board,
+        }
+    }
 }
 
 /// Runs one seeded workload through every write strategy over the real HTTP API and
@@ -44,7 +79,7 @@ pub struct CompareArgs {
     pub strategies: Vec<Strategy>,
     /// What the agents write.
     #[arg(long, value_enum, default_value = "list")]
-    pub workload: Workload,
+    pub workload: WorkloadArg,
     /// Every agent reads before any agent writes, in every round: certain overlap.
     #[arg(long)]
     pub lockstep: bool,
@@ -85,7 +120,7 @@ pub struct CompareArgs {
 impl CompareArgs {
     fn options(&self) -> Options {
         Options {
-            workload: self.workload,
+            workload: self.workload.into(),
             agents: self.agents,
             writes: self.writes,
             think: self.think_ms,
@@ -198,4 +233,21 @@ async fn run_sweep(args: &CompareArgs, target: &Target) -> Result<(), CompareErr
         print!("{}", report.table());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn every_workload_has_its_own_name_on_the_command_line() {
+        let args = WorkloadArg::value_variants();
+        assert_eq!(args.len(), Workload::ALL.len());
+        for arg in args {
+            let name = arg.to_possible_value().expect("not hidden");
+            assert_eq!(name.get_name(), Workload::from(*arg).as_str());
+        }
+    }
 }

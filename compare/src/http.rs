@@ -14,8 +14,11 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use concord_core::Strategy;
+use concord_server::api::json_body;
+use concord_server::problem::{problem_body, ApiError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,8 +27,15 @@ use tokio_stream::{Stream, StreamExt};
 use super::scenario::{seed_scenario, ScenarioReport};
 use super::sweep::{sweep, SweepLimits, SweepOptions};
 use super::{run, CompareError, Limits, LocalServer, Options, Progress, ProgressFn, ThinkRange};
-use crate::api::json_body;
-use crate::problem::{problem_body, ApiError};
+
+/// The routes of these endpoints, for [`concord_server::Config::extra_routes`]: the server
+/// puts them under its own authentication (admin scope), limits and problem+json errors.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/v1/compare", post(compare))
+        .route("/v1/compare/sweep", post(compare_sweep))
+        .route("/v1/compare/scenario", get(compare_scenario))
+}
 
 /// Comparisons running at once; more wait their turn (each runs a server of its own, and
 /// two cores share the work).

@@ -15,8 +15,15 @@
 //!
 //! A smoke run ([`BenchOptions::smoke`]) exercises every section with tiny sizes; the test
 //! suite runs it to check the harness works. It asserts no timing.
+//!
+//! # Who depends on it
+//! The `concord` binary (`concord bench`: its flags are the binary's, mapped to
+//! [`BenchOptions`]; [`run`] reports each step it starts through a callback) and the
+//! end-to-end tests (`tests/bench_smoke.rs`). It depends on `concord-server` for the servers
+//! it measures in-process, and drives `bench/peer/` (Node, beside this crate's `src/`) for
+//! the peer section.
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod cli;
 pub mod cluster;
 pub mod fanout;
 pub mod http;
@@ -33,12 +40,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_core::storage::Store;
+use concord_server::registry::Tuning;
+use concord_server::sqlite::SqliteStore;
+use concord_server::{AppState, Config, Server};
 use serde::Serialize;
 use serde_json::Value;
-
-use crate::registry::Tuning;
-use crate::sqlite::SqliteStore;
-use crate::{AppState, Config, Server};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,11 @@ pub struct BenchOptions {
     /// The `concord` binary, for the scale section's child servers (in-process if none).
     pub exe: Option<PathBuf>,
 }
+
+/// Every section, by the name [`BenchOptions::only`] gives it.
+pub const SECTIONS: [&str; 8] = [
+    "trace", "textput", "http", "stale", "fanout", "scale", "peer", "cluster",
+];
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {
@@ -122,7 +133,7 @@ impl LocalConcord {
             data: dir.path().to_path_buf(),
             tuning,
             // The fan-out section opens a thousand WebSockets at once.
-            limits: crate::limits::Limits {
+            limits: concord_server::limits::Limits {
                 max_connections: 4096,
                 ..Default::default()
             },

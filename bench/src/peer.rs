@@ -23,6 +23,10 @@
 //!
 //! Call it from a multi-thread tokio runtime: Concord serves from the caller's runtime, and a
 //! single-threaded one would measure Concord on one core next to two Node processes.
+//!
+//! About 830 lines of code and 130 of tests in one file: the options, the Node processes
+//! they become flags of, and the rows parsed from what those processes print are one
+//! protocol between this file and `bench/peer/`, read and changed together.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,12 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use concord_server::{Config, Server, StartError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
-
-use crate::{Config, Server, StartError};
 
 /// How long the Node sync server may take to print its URL.
 const START_PATIENCE: Duration = Duration::from_secs(30);
@@ -252,10 +255,9 @@ impl PeerOptions {
     }
 }
 
-/// `bench/peer` of this source tree.
+/// `bench/peer` of this source tree (beside this crate's `src/`).
 pub fn default_dir() -> PathBuf {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-    server.parent().unwrap_or(server).join("bench").join("peer")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peer")
 }
 
 /// One server on one workload.

@@ -533,7 +533,7 @@ pub fn check(ops: &[Op<'_>], final_value: &Value, lost: &[LostEdit]) -> BoardVer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::history::{check_with_lost, Basis, Event};
+    use crate::history::{check_with_lost, Basis, Event};
 
     fn bound(op: BoardOp, read: &Value, pick: u64) -> (String, TaskEdit) {
         match resolve(op, read, "m", pick) {

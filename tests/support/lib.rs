@@ -1,0 +1,44 @@
+//! What the end-to-end suites share (the library of `concord-tests`): the real Concord
+//! server on `127.0.0.1:0` with a temporary data folder, and the clients, connections and
+//! fixtures the suites drive it with. Each suite (`tests/*.rs`) is a test target of this
+//! package and uses these helpers; none of them asserts anything a suite relies on being
+//! checked elsewhere.
+//!
+//! # Layout
+//! - [`server`]: [`TestServer`], started with a configuration the test may adjust and
+//!   restarted with the same one; [`Reply`], a response read whole.
+//! - [`sse`]: [`SseStream`], Server-Sent Events read event by event.
+//! - [`proxy`]: [`Proxy`], a TCP proxy that cuts and holds connections (reconnect tests).
+//! - [`ws`]: raw WebSocket connections and frames, and the JSON protocol's next message.
+//! - [`sync`]: the binary sync client ([`sync::Replica`]) and a hand-driven automerge-repo
+//!   peer ([`sync::RepoPeer`]).
+//! - [`cluster`]: a PostgreSQL schema per test and nodes over it (`tests/cluster.rs`).
+//! - [`meta`] and [`PATIENCE`], used by every suite that writes or waits.
+
+pub mod cluster;
+pub mod proxy;
+pub mod server;
+pub mod sse;
+pub mod sync;
+pub mod ws;
+
+use std::time::Duration;
+
+use concord_core::WriteMeta;
+
+pub use proxy::Proxy;
+pub use server::{Reply, TestServer};
+pub use sse::{SseEvent, SseStream};
+
+/// Bounds every wait for the server; a correct server answers in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The metadata of a write by `agent` at a fixed time (2023-11-14), for documents built
+/// in the test rather than through the server.
+pub fn meta(agent: &str) -> WriteMeta {
+    WriteMeta {
+        agent: agent.into(),
+        time_ms: 1_700_000_000_000,
+        message: None,
+    }
+}
