@@ -175,6 +175,22 @@ pub fn admit(
     base_for(strategy, kind, if_match, current)
 }
 
+/// Whether a document of this strategy takes raw Automerge changes (HTTP, `/sync`,
+/// `/v1/repo`): only a crdt document does; the others' rules would be bypassed.
+pub fn takes_changes(strategy: Strategy) -> bool {
+    strategy == Strategy::Crdt
+}
+
+/// Whether a document of this strategy may be forked (branches and crdt documents).
+pub fn may_fork(strategy: Strategy) -> Result<(), Refusal> {
+    match strategy {
+        Strategy::Branches | Strategy::Crdt => Ok(()),
+        _ => Err(Refusal::Strategy(format!(
+            "only branches and crdt documents can be forked; this one is {strategy}"
+        ))),
+    }
+}
+
 /// The version a write is applied at (`None`: the current one), or why it is refused; the
 /// lease of a lock document is [`check_lease`]'s.
 pub fn base_for(
@@ -183,7 +199,7 @@ pub fn base_for(
     if_match: Option<&IfMatch>,
     current: &Version,
 ) -> Result<Option<Version>, Refusal> {
-    if kind == WriteKind::Changes && strategy != Strategy::Crdt {
+    if kind == WriteKind::Changes && !takes_changes(strategy) {
         return Err(Refusal::Strategy(format!(
             "raw Automerge changes bypass the {strategy} strategy; only crdt documents accept them"
         )));

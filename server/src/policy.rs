@@ -3,7 +3,9 @@
 //! themselves are pure functions in [`concord_core::policy`].
 
 use axum::http::{header, HeaderValue, StatusCode};
-pub use concord_core::policy::{admit, base_for, check_lease, IfMatch, Lease, Refusal, WriteKind};
+pub use concord_core::policy::{
+    admit, base_for, check_lease, may_fork, takes_changes, IfMatch, Lease, Refusal, WriteKind,
+};
 use concord_core::Version;
 
 use crate::problem::ApiError;

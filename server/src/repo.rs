@@ -474,7 +474,7 @@ impl Connection<'_> {
             .read::<_, ApiError>(id, |l| Ok(l.meta.strategy))
             .await
         {
-            Ok(Strategy::Crdt) => {
+            Ok(strategy) if crate::policy::takes_changes(strategy) => {
                 self.watch(id).await.map_err(|e| Closing::from_api(&e))?;
                 Ok(Some(Session::Live(SyncState::new())))
             }

@@ -150,17 +150,8 @@ pub(super) async fn fork(
     let (schema, copy) = state
         .registry
         .read(parent, |loaded| {
-            if !matches!(loaded.meta.strategy, Strategy::Branches | Strategy::Crdt) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "strategy-refuses",
-                    format!(
-                        "only branches and crdt documents can be forked; this one is {}",
-                        loaded.meta.strategy
-                    ),
-                ));
-            }
-            Ok((loaded.meta.schema.clone(), loaded.doc.fork()))
+            crate::policy::may_fork(loaded.meta.strategy)?;
+            Ok::<_, ApiError>((loaded.meta.schema.clone(), loaded.doc.fork()))
         })
         .await?;
     let doc = DocMeta {
