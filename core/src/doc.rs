@@ -11,7 +11,7 @@
 
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, PatchLog, ReadDoc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -81,7 +81,7 @@ pub struct HistoryEntry {
 }
 
 /// The JSON object Concord writes as a change message.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Note {
     agent: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,17 +106,7 @@ struct Extra {
     moves: Vec<(String, String)>,
 }
 
-/// Reads a change message: `(agent, message)`. Messages not written by Concord (raw changes
-/// from other clients) have no agent and are kept whole.
-pub fn decode_note(message: Option<&str>) -> (Option<String>, Option<String>) {
-    match message {
-        None => (None, None),
-        Some(m) => match serde_json::from_str::<Note>(m) {
-            Ok(note) => (Some(note.agent), note.message),
-            Err(_) => (None, Some(m.to_owned())),
-        },
-    }
-}
+pub use crate::note::decode_note;
 
 fn encode_note(meta: &WriteMeta, extra: Extra) -> String {
     serde_json::to_string(&Note {

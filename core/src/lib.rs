@@ -42,6 +42,7 @@ pub mod doc;
 pub mod error;
 mod listdiff;
 pub mod lost;
+mod note;
 pub mod patch;
 pub mod pointer;
 pub mod policy;

@@ -20,8 +20,8 @@ use automerge::{Automerge, Change, ChangeHash, ObjId, ObjType, ReadDoc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::doc::decode_note;
 use crate::error::Result;
+use crate::note::decode_note;
 use crate::pointer::Pointer;
 use crate::reconcile::Report;
 use crate::value::{get, value_to_json};

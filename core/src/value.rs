@@ -379,7 +379,7 @@ fn walk_conflicts(
                 let change = doc.hash_for_opid(id);
                 let agent = change
                     .and_then(|h| doc.get_change_meta_by_hash(&h))
-                    .and_then(|m| crate::doc::decode_note(m.message.as_deref()).0);
+                    .and_then(|m| crate::note::decode_note(m.message.as_deref()).0);
                 values.push(ConflictValue {
                     value: value_to_json(doc, value, id, heads)?,
                     agent,
