@@ -1,6 +1,6 @@
 //! Every way a registry operation fails, typed. The transports render them, once each: HTTP
 //! through `From<Error> for ApiError` (problem.rs), the WebSocket through the same problem
-//! with its own wording for refusals that name HTTP headers (api/live.rs).
+//! with its own wording for refusals that name HTTP headers (api/live/message.rs).
 
 use concord_core::policy::Refusal;
 use concord_core::storage::StoreError;

@@ -4,18 +4,17 @@
 //! version, then merged into the present: what others wrote since that version survives.
 //! The change records the agent (in its message, as `{"agent": …}`) and the time.
 //!
-//! Longer than the ~500-line habit because it is the one place a document changes: the
-//! write loop, its notes (agent, lost edits, moves, settles), loading, raw changes, forks,
-//! and the strict chunk decoder they share. The merge logic itself lives in `reconcile`,
-//! `listdiff`, `textdiff` and `lost`; splitting the note format out is the next step.
+//! One file for `Document`'s methods, as they are one type's API around one private
+//! `write`: creating and loading, reads, the write forms, lost edits, raw changes, forks.
+//! What a change records is in `note.rs`, the strict chunk decoder in `chunks.rs`; the merge
+//! logic lives in `reconcile`, `listdiff`, `textdiff` and `lost`.
 
-use automerge::transaction::{CommitOptions, Transaction};
+use automerge::transaction::Transaction;
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, PatchLog, ReadDoc};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::lost::{detect, LostEdit, LostLog, LostNote};
+use crate::lost::{detect, LostEdit, LostLog};
 use crate::patch::{apply_merge_patch, apply_patch, PatchOp};
 use crate::pointer::Pointer;
 use crate::reconcile::{reconcile_prop, reconcile_root, write_new, Ctx, Present, Settle, ENCODING};
@@ -24,16 +23,14 @@ use crate::storage::StoredChange;
 use crate::value::{conflicts, len, locate, read_pointer, Conflict};
 use crate::version::Version;
 
-/// Who writes, when, and why: recorded in the change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteMeta {
-    /// The agent's name (`Concord-Agent`).
-    pub agent: String,
-    /// Milliseconds since the Unix epoch; Automerge keeps whole seconds.
-    pub time_ms: i64,
-    /// An optional description of the change.
-    pub message: Option<String>,
-}
+mod chunks;
+mod note;
+
+pub use crate::note::decode_note;
+pub use chunks::parse_changes;
+pub(crate) use chunks::read_uleb;
+use note::{commit_options, Extra};
+pub use note::{HistoryEntry, WriteMeta};
 
 /// What a write did.
 #[derive(Debug, Clone)]
@@ -57,66 +54,6 @@ pub fn stored(change: &Change) -> StoredChange {
         hash: change.hash().0,
         bytes: change.raw_bytes().to_vec(),
     }
-}
-
-/// One change of the history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HistoryEntry {
-    /// The change hash (hex).
-    pub hash: String,
-    /// The agent recorded in the change, if any.
-    pub agent: Option<String>,
-    /// Seconds since the Unix epoch, as recorded.
-    pub time: i64,
-    /// The message recorded besides the agent, if any.
-    pub message: Option<String>,
-    /// The hashes this change depends on.
-    pub deps: Vec<String>,
-    /// How many operations it holds.
-    pub ops: u64,
-    /// The Automerge actor (hex) and its sequence number.
-    pub actor: String,
-    /// Sequence number of the change for its actor.
-    pub seq: u64,
-}
-
-/// The JSON object Concord writes as a change message.
-#[derive(Serialize)]
-struct Note {
-    agent: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    /// Edits this change found no longer visible (see [`crate::lost`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    lost: Vec<LostNote>,
-    /// Lost-edit records this change settles (restored or dismissed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    settles: Vec<String>,
-    /// Objects this change moved: `(old object, its copy)`, so that a concurrent delete of
-    /// the old object also deletes the copy.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    moves: Vec<(String, String)>,
-}
-
-/// What a change's note records besides its agent and message.
-#[derive(Default)]
-struct Extra {
-    lost: Vec<LostNote>,
-    settles: Vec<String>,
-    moves: Vec<(String, String)>,
-}
-
-pub use crate::note::decode_note;
-
-fn encode_note(meta: &WriteMeta, extra: Extra) -> String {
-    serde_json::to_string(&Note {
-        agent: meta.agent.clone(),
-        message: meta.message.clone(),
-        lost: extra.lost,
-        settles: extra.settles,
-        moves: extra.moves,
-    })
-    .expect("a note always serializes")
 }
 
 /// A JSON document kept as an Automerge CRDT.
@@ -658,75 +595,4 @@ fn read_object(doc: &Automerge, id: &automerge::ObjId) -> Result<Option<Value>> 
     }
     let kind = automerge::Value::Object(doc.object_type(id)?);
     crate::value::value_to_json(doc, &kind, id, None).map(Some)
-}
-
-fn commit_options(meta: &WriteMeta, extra: Extra) -> CommitOptions {
-    CommitOptions::default()
-        .with_message(encode_note(meta, extra))
-        .with_time(meta.time_ms.div_euclid(1000))
-}
-
-/// The first bytes of every Automerge storage chunk.
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Decodes bytes holding one or more Automerge chunks: changes (plain or compressed) or
-/// saved documents. Every byte must belong to a valid chunk, so a garbage or torn tail is an
-/// error rather than silently ignored (as `load_incremental` would).
-pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
-    let invalid =
-        |offset: usize, what: &str| Error::InvalidChanges(format!("at byte {offset}: {what}"));
-    if bytes.is_empty() {
-        return Err(Error::InvalidChanges("no bytes".into()));
-    }
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.len() < 9 || rest[..4] != MAGIC {
-            return Err(invalid(offset, "not an Automerge chunk"));
-        }
-        let chunk_type = rest[8];
-        let (len, len_size) =
-            read_uleb(&rest[9..]).ok_or_else(|| invalid(offset, "malformed chunk length"))?;
-        let end = 9usize
-            .checked_add(len_size)
-            .and_then(|h| h.checked_add(usize::try_from(len).ok()?))
-            .filter(|end| *end <= rest.len())
-            .ok_or_else(|| invalid(offset, "chunk runs past the end of the bytes"))?;
-        let chunk = &rest[..end];
-        match chunk_type {
-            1 | 2 => {
-                let change =
-                    Change::try_from(chunk).map_err(|e| invalid(offset, &e.to_string()))?;
-                // `Change::try_from` does not check the chunk's checksum (Automerge checks it
-                // only when loading a document), so damaged bytes would decode as another
-                // change. The checksum is the first four bytes of the change's hash.
-                if change.hash().0[..4] != chunk[4..8] {
-                    return Err(invalid(offset, "checksum mismatch: the change is damaged"));
-                }
-                out.push(change)
-            }
-            0 => {
-                let doc =
-                    Automerge::load_with_options(chunk, LoadOptions::new().text_encoding(ENCODING))
-                        .map_err(|e| invalid(offset, &e.to_string()))?;
-                out.extend(doc.get_changes(&[]));
-            }
-            other => return Err(invalid(offset, &format!("unsupported chunk type {other}"))),
-        }
-        offset += end;
-    }
-    Ok(out)
-}
-
-/// An unsigned LEB128 number and how many bytes it took.
-pub(crate) fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
