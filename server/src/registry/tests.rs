@@ -144,15 +144,17 @@ async fn value(registry: &Registry, id: Uuid) -> serde_json::Value {
         .unwrap()
 }
 
-/// A failed edit that left changes in memory, while an earlier write of the same document
-/// waits for the disk: memory must still hold (and later show) the earlier write once it
-/// is acknowledged, not reload a store that has not got it yet.
-#[tokio::test]
-async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
+/// A document `{"n": 0}`, and a write of `{"n": 1}` to it queued for a disk that holds it
+/// back: the store, the registry, the document, and the write's task.
+async fn a_write_held_at_the_disk() -> (
+    Arc<GatedStore>,
+    Arc<Registry>,
+    Uuid,
+    tokio::task::JoinHandle<Result<Written, Error>>,
+) {
     let store = GatedStore::new();
     let registry = Arc::new(Registry::new(Arc::clone(&store) as Arc<dyn Store>));
     let id = create(&registry, json!({"n": 0})).await;
-
     store.close();
     let first = tokio::spawn({
         let registry = Arc::clone(&registry);
@@ -166,6 +168,15 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
         }
     });
     store.until_waiting(1).await;
+    (store, registry, id, first)
+}
+
+/// A failed edit that left changes in memory, while an earlier write of the same document
+/// waits for the disk: memory must still hold (and later show) the earlier write once it
+/// is acknowledged, not reload a store that has not got it yet.
+#[tokio::test]
+async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
+    let (store, registry, id, first) = a_write_held_at_the_disk().await;
 
     // An edit that changes the document and then fails (as raw changes refused halfway do).
     let write = meta("b");
@@ -197,23 +208,7 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
 /// batches queued for it are answered.
 #[tokio::test]
 async fn a_dropped_copy_waits_for_its_queued_batches() {
-    let store = GatedStore::new();
-    let registry = Arc::new(Registry::new(Arc::clone(&store) as Arc<dyn Store>));
-    let id = create(&registry, json!({"n": 0})).await;
-
-    store.close();
-    let first = tokio::spawn({
-        let registry = Arc::clone(&registry);
-        async move {
-            let write = meta("a");
-            registry
-                .write(id, &write, None, |loaded| {
-                    Ok::<_, Error>(loaded.doc.put(None, &json!({"n": 1}), &write)?)
-                })
-                .await
-        }
-    });
-    store.until_waiting(1).await;
+    let (store, registry, id, first) = a_write_held_at_the_disk().await;
     let (locked, is_locked) = oneshot::channel();
     let retired = tokio::spawn({
         let registry = Arc::clone(&registry);
