@@ -14,8 +14,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use concord_core::Strategy;
 use concord_server::api::json_body;
 use concord_server::problem::{problem_body, ApiError};
@@ -23,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::scenario::{seed_scenario, ScenarioReport};
 use super::sweep::{sweep, SweepLimits, SweepOptions};
@@ -30,11 +32,11 @@ use super::{run, CompareError, Limits, LocalServer, Options, Progress, ProgressF
 
 /// The routes of these endpoints, for [`concord_server::Config::extra_routes`]: the server
 /// puts them under its own authentication (admin scope), limits and problem+json errors.
-pub fn routes() -> Router {
-    Router::new()
-        .route("/v1/compare", post(compare))
-        .route("/v1/compare/sweep", post(compare_sweep))
-        .route("/v1/compare/scenario", get(compare_scenario))
+pub fn routes() -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(compare))
+        .routes(routes!(compare_sweep))
+        .routes(routes!(compare_scenario))
 }
 
 /// Comparisons running at once; more wait their turn (each runs a server of its own, and
@@ -42,9 +44,9 @@ pub fn routes() -> Router {
 static SLOTS: Semaphore = Semaphore::const_new(2);
 
 /// The body of `POST /v1/compare`; every field optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CompareBody {
+pub(crate) struct CompareBody {
     workload: Option<String>,
     agents: Option<u32>,
     writes: Option<u32>,
@@ -54,9 +56,9 @@ struct CompareBody {
 }
 
 /// The body of `POST /v1/compare/sweep`; every field optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SweepBody {
+pub(crate) struct SweepBody {
     workload: Option<String>,
     writes: Option<u32>,
     seed: Option<u64>,
@@ -153,6 +155,15 @@ fn sweep_options(body: SweepBody) -> Result<SweepOptions, ApiError> {
 }
 
 /// `POST /v1/compare`.
+#[utoipa::path(post, path = "/v1/compare", tag = "compare",
+    description = "Runs one workload through each write strategy against a separate in-process \
+                   server, and reports what each lost and what each cost.",
+    request_body(content = Option<CompareBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Server-Sent Events: `progress`, then `result` (the report) or `error` (a problem).",
+            content_type = "text/event-stream", body = String),
+        (status = 422, description = "Invalid options."),
+    ))]
 pub(crate) async fn compare(
     headers: HeaderMap,
     body: Bytes,
@@ -169,6 +180,14 @@ pub(crate) async fn compare(
 }
 
 /// `POST /v1/compare/sweep`.
+#[utoipa::path(post, path = "/v1/compare/sweep", tag = "compare",
+    description = "A small sweep of comparisons over agent counts and think times.",
+    request_body(content = Option<SweepBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Server-Sent Events: `progress`, then `result` (the sweep) or `error` (a problem).",
+            content_type = "text/event-stream", body = String),
+        (status = 422, description = "Invalid options."),
+    ))]
 pub(crate) async fn compare_sweep(
     headers: HeaderMap,
     body: Bytes,
@@ -185,6 +204,9 @@ pub(crate) async fn compare_sweep(
 }
 
 /// `GET /v1/compare/scenario`.
+#[utoipa::path(get, path = "/v1/compare/scenario", tag = "compare",
+    description = "The lost-update timeline (two agents read, both write) per strategy.",
+    responses((status = 200, description = "What each strategy kept and lost.", body = Object)))]
 pub(crate) async fn compare_scenario() -> Result<Json<ScenarioReport>, ApiError> {
     let _slot = SLOTS.acquire().await.map_err(ApiError::internal)?;
     let local = LocalServer::start().await?;

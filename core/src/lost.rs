@@ -41,6 +41,7 @@ pub struct LostNote {
 
 /// A lost edit that is still open: listed with the document's conflicts until settled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LostEdit {
     /// Names the record in a restore or dismiss: the recording change and an index.
     pub id: String,

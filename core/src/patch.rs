@@ -26,23 +26,27 @@ use crate::value::{counter_sum, get, len, locate, parse_index, prop_for, read_po
 
 /// One JSON Patch operation.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum PatchOp {
     /// Adds a member, inserts a list element (`-` appends), or replaces the root.
     Add {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
         /// What.
         value: Value,
     },
-    /// Removes a member or list element, which must exist.
+    /// Removes a member or list element, which must exist (not the root).
     Remove {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)+$"))]
         path: String,
     },
     /// Replaces a value, which must exist; the change is reconciled, not rewritten.
     Replace {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
         /// The new value.
         value: Value,
@@ -50,20 +54,25 @@ pub enum PatchOp {
     /// Removes the value at `from` and adds it at `path`.
     Move {
         /// Where the value is.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)+$"))]
         from: String,
         /// Where it goes.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
     },
     /// Adds a copy of the value at `from` at `path`.
     Copy {
         /// Where the value is.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)+$"))]
         from: String,
         /// Where the copy goes.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
     },
     /// Fails the whole patch unless the value at `path` equals `value`.
     Test {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
         /// The expected value.
         value: Value,
@@ -71,23 +80,49 @@ pub enum PatchOp {
     /// Adds `value` to the counter at `path`.
     Increment {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
         /// How much (may be negative).
+        #[serde(deserialize_with = "whole")]
         value: i64,
     },
     /// Deletes `del` characters at `pos` of the text at `path` and inserts `insert` there.
     Splice {
         /// Where.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^(/([^~/]|~[01])*)*$"))]
         path: String,
         /// Position, in Unicode code points.
+        #[serde(deserialize_with = "whole")]
         pos: usize,
         /// How many characters to delete.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "whole")]
         del: usize,
         /// What to insert.
         #[serde(default)]
         insert: String,
     },
+}
+
+/// A whole number, written either way JSON allows (`3` or `3.0`), in range for `T`.
+fn whole<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::de::Error as _;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(i), _, _) => Some(i128::from(i)),
+        (_, Some(u), _) => Some(i128::from(u)),
+        // Exactly representable and whole: 2^53 and below, no fraction.
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+            Some(f as i128)
+        }
+        _ => None,
+    };
+    whole
+        .and_then(|w| T::try_from(w).ok())
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }
 
 /// Parses a JSON Patch document: an array of operations.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// The write policy of one document, chosen at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Writes are applied at the version the writer read and merged into the present.

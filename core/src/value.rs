@@ -315,6 +315,7 @@ pub(crate) fn read_pointer<R: ReadDoc>(
 
 /// One place where concurrent writes left more than one value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conflict {
     /// JSON Pointer of the place.
     pub path: String,
@@ -324,6 +325,7 @@ pub struct Conflict {
 
 /// One of the values held at a conflicting place.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictValue {
     /// The value.
     pub value: Value,

@@ -642,3 +642,31 @@ fn forks_edit_apart_and_merge_back() {
     let (stranger, _) = Document::create(&json!({}), Schema::default(), &meta("s")).unwrap();
     assert!(!main.shares_origin(&stranger));
 }
+
+/// JSON does not tell `3` from `3.0`: a whole number written with a fraction part is the
+/// same number in `increment` and `splice`; a fraction, a negative position or one past
+/// the range is refused.
+#[test]
+fn patch_numbers_are_whole_however_written() {
+    let ops = parse_patch(&json!([
+        {"op": "increment", "path": "/n", "value": 2.0},
+        {"op": "splice", "path": "/t", "pos": 1.0, "del": 0.0, "insert": "x"},
+    ]))
+    .unwrap();
+    assert_eq!(
+        ops,
+        parse_patch(&json!([
+            {"op": "increment", "path": "/n", "value": 2},
+            {"op": "splice", "path": "/t", "pos": 1, "del": 0, "insert": "x"},
+        ]))
+        .unwrap()
+    );
+    for bad in [
+        json!([{"op": "increment", "path": "/n", "value": 1.5}]),
+        json!([{"op": "splice", "path": "/t", "pos": -1, "insert": "x"}]),
+        json!([{"op": "increment", "path": "/n", "value": 1e300}]),
+    ] {
+        let err = parse_patch(&bad).unwrap_err().to_string();
+        assert!(err.contains("whole number"), "{bad}: {err}");
+    }
+}

@@ -12,6 +12,8 @@
 //! - [`policy`]: write strategies as policies on the base version of a write.
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
+//! - [`openapi`]: the OpenAPI 3.1 description at `/openapi.json`, from the handlers' own
+//!   annotations and types.
 //! - [`store`]: the durable stores, both writing through one group-commit queue:
 //!   [`sqlite`], the embedded store, and [`postgres`], the store shared by several nodes
 //!   (PostgreSQL, `LISTEN`/`NOTIFY`); [`cluster`]: a node following what the others write.
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod cluster;
 pub mod idempotency;
 pub mod limits;
+pub mod openapi;
 pub mod policy;
 pub mod problem;
 pub mod registry;
@@ -89,8 +92,9 @@ pub struct Config {
     /// [`auth`] rules do not name needs the admin scope), the body limit, the request
     /// deadline and problem+json errors. They take no state. A route that is also one of
     /// the API's, or a router with a fallback of its own, makes [`app`] panic, as axum's
-    /// `Router::merge` does.
-    pub extra_routes: Router,
+    /// `Router::merge` does. Their operations join the OpenAPI description (`/openapi.json`,
+    /// see [`openapi`]): register them with utoipa-axum's `routes!`.
+    pub extra_routes: utoipa_axum::router::OpenApiRouter,
 }
 
 /// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
@@ -147,7 +151,7 @@ impl Default for Config {
             insecure_no_auth: false,
             limits: limits::Limits::default(),
             storage: None,
-            extra_routes: Router::new(),
+            extra_routes: utoipa_axum::router::OpenApiRouter::new(),
         }
     }
 }

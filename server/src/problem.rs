@@ -22,13 +22,24 @@ pub struct ApiError {
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The body of every error answer (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:concord:problem:not-found",
+    "title": "Not Found",
+    "status": 404,
+    "detail": "no document 7f1c1c9e-3b8e-4c43-9a55-0d6f3f3c2a10"
+}))]
+pub struct Problem<'a> {
+    /// `urn:concord:problem:<kind>`: which problem, stable for programs to match on.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: &'a str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person reading it.
+    pub detail: &'a str,
 }
 
 impl ApiError {

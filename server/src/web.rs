@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use axum::routing::get;
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::problem::ApiError;
 
@@ -67,13 +67,19 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
                    base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
 /// The routes of the viewer, to merge into the API router.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/favicon.ico", get(favicon))
-        .route("/web/{name}", get(file))
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(favicon))
+        .routes(routes!(file))
 }
 
+/// The viewer's page.
+#[utoipa::path(get, path = "/", tag = "viewer", security(()),
+    responses(
+        (status = 200, description = "The page.", content_type = "text/html", body = String),
+        (status = 304, description = "Not modified since the `If-None-Match` tag."),
+    ))]
 async fn index(headers: HeaderMap) -> Response<Body> {
     serve(
         find("index.html").expect("index.html is embedded"),
@@ -81,6 +87,12 @@ async fn index(headers: HeaderMap) -> Response<Body> {
     )
 }
 
+/// The viewer's icon.
+#[utoipa::path(get, path = "/favicon.ico", tag = "viewer", security(()),
+    responses(
+        (status = 200, description = "The icon.", content_type = "image/svg+xml", body = String),
+        (status = 304, description = "Not modified since the `If-None-Match` tag."),
+    ))]
 async fn favicon(headers: HeaderMap) -> Response<Body> {
     serve(
         find("favicon.svg").expect("favicon.svg is embedded"),
@@ -88,6 +100,14 @@ async fn favicon(headers: HeaderMap) -> Response<Body> {
     )
 }
 
+/// One of the viewer's files (scripts, styles).
+#[utoipa::path(get, path = "/web/{name}", tag = "viewer", security(()),
+    params(("name" = String, Path, description = "The file's name")),
+    responses(
+        (status = 200, description = "The file.", content_type = "*/*", body = String),
+        (status = 304, description = "Not modified since the `If-None-Match` tag."),
+        (status = 404, description = "No such file."),
+    ))]
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Result<Response<Body>, ApiError> {
     find(&name)
         .map(|asset| serve(asset, &headers))

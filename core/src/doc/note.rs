@@ -19,6 +19,7 @@ pub struct WriteMeta {
 
 /// One change of the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     /// The change hash (hex).
     pub hash: String,

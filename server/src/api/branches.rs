@@ -9,12 +9,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::Json;
 use concord_core::storage::DocMeta;
 use concord_core::Strategy;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::docs::{idempotent, write_meta, WriteHead};
+use super::docs::{idempotent, write_meta, WriteAnswer, WriteHead};
 use super::{doc_id, json_body, now_ms};
+use crate::openapi::{DocPath, PlainWriteHeaders};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
 use crate::registry::{self, Edit};
@@ -26,15 +27,29 @@ type Shared = State<Arc<AppState>>;
 const MAX_TTL_MS: u64 = 10 * 60 * 1000;
 const MAX_WAIT_MS: u64 = 60 * 1000;
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/docs/{id}/lock`; every field optional.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LockBody {
+pub(super) struct LockBody {
     /// How long the lease lasts (default 10 s).
     #[serde(default = "default_ttl")]
+    #[schema(minimum = 1, maximum = 600_000, default = 10_000)]
     ttl_ms: u64,
     /// How long to wait for a held lock before giving up (default 0: answer at once).
     #[serde(default)]
+    #[schema(maximum = 60_000, default = 0)]
     wait_ms: u64,
+}
+
+/// A lease taken: write with its token in `Concord-Lock` until it expires.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Lease {
+    /// The lease's token (a number, as text): the fencing token writes carry.
+    token: String,
+    /// When it expires, milliseconds since the Unix epoch.
+    expires_at: i64,
+    /// How long it lasts.
+    ttl_ms: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -43,27 +58,46 @@ fn default_ttl() -> u64 {
 
 /// `POST /v1/docs/{id}/lock`: takes the lease of a lock document, waiting up to `wait_ms`
 /// for the current holder to release it or for its lease to expire.
+#[utoipa::path(post, path = "/v1/docs/{id}/lock", tag = "branches",
+    params(DocPath, ("Concord-Agent" = Option<String>, Header, description = "Who takes the lease",
+        min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$")),
+    request_body(content = Option<LockBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The lease.", body = Lease),
+        (status = 404, description = "No such document."),
+        (status = 409, description = "Not a lock document."),
+        (status = 423, description = "Another agent holds the lease; `Retry-After` says when it expires.",
+            headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub(super) async fn acquire(
     State(state): Shared,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Lease>, ApiError> {
     let id = doc_id(&id)?;
     let agent = write_meta(&headers, 0)?.agent;
+    // An empty body, or `null`, is all defaults.
+    let defaults = LockBody {
+        ttl_ms: default_ttl(),
+        wait_ms: 0,
+    };
     let request: LockBody = if body.iter().all(u8::is_ascii_whitespace) {
-        LockBody {
-            ttl_ms: default_ttl(),
-            wait_ms: 0,
-        }
+        defaults
     } else {
-        serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(|e| {
+        serde_json::from_value::<Option<LockBody>>(json_body(
+            &headers,
+            &body,
+            &["application/json"],
+        )?)
+        .map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-body",
                 format!("invalid lock request: {e}"),
             )
         })?
+        .unwrap_or(defaults)
     };
     if request.ttl_ms == 0 || request.ttl_ms > MAX_TTL_MS || request.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
@@ -84,11 +118,11 @@ pub(super) async fn acquire(
             .await?;
         match outcome {
             Ok(lease) => {
-                return Ok(Json(json!({
-                    "token": lease.token.to_string(),
-                    "expires_at": lease.expires_at_ms,
-                    "ttl_ms": request.ttl_ms,
-                })))
+                return Ok(Json(Lease {
+                    token: lease.token.to_string(),
+                    expires_at: lease.expires_at_ms,
+                    ttl_ms: request.ttl_ms,
+                }))
             }
             Err(held) if now >= deadline => {
                 let retry = ((held.expires_at_ms - now).max(0) / 1000 + 1).to_string();
@@ -117,6 +151,14 @@ pub(super) async fn acquire(
 }
 
 /// `DELETE /v1/docs/{id}/lock` with `Concord-Lock`: releases the lease.
+#[utoipa::path(delete, path = "/v1/docs/{id}/lock", tag = "branches",
+    params(DocPath, ("Concord-Lock" = String, Header, description = "The lease's token",
+        pattern = "^[0-9]{1,18}$")),
+    responses(
+        (status = 204, description = "Released."),
+        (status = 404, description = "No such document."),
+        (status = 409, description = "The token is not the current lease's."),
+    ))]
 pub(super) async fn release(
     State(state): Shared,
     Path(id): Path<String>,
@@ -138,6 +180,14 @@ pub(super) async fn release(
 }
 
 /// `POST /v1/docs/{id}/fork`: an isolated copy (a crdt document) with the same history.
+#[utoipa::path(post, path = "/v1/docs/{id}/fork", tag = "branches",
+    params(DocPath, PlainWriteHeaders),
+    responses(
+        (status = 201, description = "The fork.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The fork's version, quoted"),
+                    ("Location" = String, description = "The fork's address"))),
+        (status = 404, description = "No such document."),
+    ))]
 pub(super) async fn fork(
     State(state): Shared,
     Path(id): Path<String>,
@@ -187,13 +237,24 @@ pub(super) async fn fork(
     .await
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/docs/{id}/merge`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MergeBody {
+pub(super) struct MergeBody {
+    /// The fork whose changes to merge.
     fork: Uuid,
 }
 
 /// `POST /v1/docs/{id}/merge` `{"fork": id}`: merges a fork's changes back.
+#[utoipa::path(post, path = "/v1/docs/{id}/merge", tag = "branches",
+    params(DocPath, PlainWriteHeaders),
+    request_body(content = MergeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Merged.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document."),
+        (status = 422, description = "No such fork, or a document named as its own fork."),
+    ))]
 pub(super) async fn merge(
     State(state): Shared,
     Path(id): Path<String>,

@@ -11,12 +11,14 @@ use concord_core::patch::parse_patch;
 use concord_core::pointer::Pointer;
 use concord_core::storage::DocMeta;
 use concord_core::{Document, Schema, Strategy, WriteMeta};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
 use crate::idempotency::{respond, Begin};
+use crate::openapi::{DocPath, PlainWriteHeaders, WriteHeaders};
 use crate::policy::{etag, IfMatch, LOCK_HEADER};
 use crate::problem::ApiError;
 use crate::registry::{Edit, IdempotencyDraft, Responder, WriteCommand, Written};
@@ -24,19 +26,45 @@ use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
 
-/// The body of `POST /v1/docs`; every field optional.
-#[derive(Deserialize, Default)]
+/// The body of `POST /v1/docs`; every field optional (an empty body is all defaults).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
+    /// The document's id; a new one if not given (409 if taken).
     id: Option<Uuid>,
+    /// Its first value, a JSON object (default `{}`).
     value: Option<Value>,
+    /// Its write strategy (default `crdt`).
+    #[schema(value_type = Option<Strategy>)]
     strategy: Option<String>,
+    /// JSON Pointers of strings kept as collaborative text (merged character by character).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::openapi::PointerPattern>)]
     text: Vec<String>,
+    /// JSON Pointers of numbers kept as counters (concurrent increments add up).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::openapi::PointerPattern>)]
     counters: Vec<String>,
+    /// Which key identifies the elements of a list, per list: `"/items/*/id"`, say.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::openapi::IdsPattern>)]
     ids: Vec<String>,
+}
+
+/// The answer to every write, with `ETag` (and `Location` on create).
+#[derive(Serialize, ToSchema)]
+pub(super) struct WriteAnswer<'a> {
+    /// The document.
+    id: Uuid,
+    /// Its version after the write: the `If-Match` of the next write made from this value.
+    version: String,
+    /// Its write strategy.
+    strategy: Strategy,
+    /// Its value after the write: the merged present.
+    #[schema(value_type = Value)]
+    value: &'a Value,
+    /// How many changes the write made (0: it changed nothing).
+    new_changes: usize,
 }
 
 /// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
@@ -49,13 +77,13 @@ fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u
     if status == StatusCode::CREATED.as_u16() {
         headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
     }
-    let body = json!({
-        "id": written.id,
-        "version": written.version.to_string(),
-        "strategy": written.strategy,
-        "value": written.value,
-        "new_changes": written.new_changes,
-    });
+    let body = WriteAnswer {
+        id: written.id,
+        version: written.version.to_string(),
+        strategy: written.strategy,
+        value: &written.value,
+        new_changes: written.new_changes,
+    };
     (headers, serde_json::to_vec(&body).expect("JSON serializes"))
 }
 
@@ -194,6 +222,18 @@ pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, Api
     })
 }
 
+/// Creates a document.
+#[utoipa::path(post, path = "/v1/docs", tag = "documents",
+    params(PlainWriteHeaders),
+    request_body(content = Option<CreateBody>, content_type = "application/json",
+        description = "Every field is optional; an empty body creates `{}` as a crdt document."),
+    responses(
+        (status = 201, description = "Created.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The version, quoted"),
+                    ("Location" = String, description = "The document's address"))),
+        (status = 409, description = "A document with this id exists."),
+        (status = 422, description = "The body is not a valid document or schema."),
+    ))]
 pub(super) async fn create(
     State(state): Shared,
     method: Method,
@@ -202,16 +242,23 @@ pub(super) async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let now = now_ms();
     let meta = write_meta(&headers, now)?;
+    // An empty body, or `null`, is all defaults.
     let request: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
     } else {
-        serde_json::from_value(json_body(&headers, &body, &["application/json"])?).map_err(|e| {
+        serde_json::from_value::<Option<CreateBody>>(json_body(
+            &headers,
+            &body,
+            &["application/json"],
+        )?)
+        .map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-body",
                 format!("invalid document: {e}"),
             )
         })?
+        .unwrap_or_default()
     };
     let strategy = match request.strategy.as_deref() {
         None => Strategy::Crdt,
@@ -260,34 +307,107 @@ pub(super) async fn create(
     .await
 }
 
-pub(super) async fn list(State(state): Shared) -> Result<Json<Value>, ApiError> {
-    let docs = state.registry.store().list().await?;
-    let docs: Vec<Value> = docs
-        .into_iter()
-        .map(|d| {
-            json!({
-                "id": d.meta.id,
-                "strategy": d.meta.strategy,
-                "version": d.state.version,
-                "changes": d.state.change_count,
-                "created_at": d.meta.created_at_ms,
-                "updated_at": d.state.updated_at_ms,
-                "last_agent": d.state.last_agent,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "docs": docs })))
+/// Every document.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DocList {
+    /// One entry per document.
+    docs: Vec<DocEntry>,
 }
 
-#[derive(Deserialize)]
+/// One document of the list: what its last durable write left.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DocEntry {
+    /// The document.
+    id: Uuid,
+    /// Its write strategy.
+    strategy: Strategy,
+    /// Its version.
+    version: String,
+    /// How many changes it holds.
+    changes: u64,
+    /// When it was created, milliseconds since the Unix epoch.
+    created_at: i64,
+    /// When it was last written, milliseconds since the Unix epoch.
+    updated_at: i64,
+    /// The agent of the last write, if known.
+    last_agent: Option<String>,
+}
+
+/// Lists the documents.
+#[utoipa::path(get, path = "/v1/docs", tag = "documents",
+    responses((status = 200, description = "Every document.", body = DocList)))]
+pub(super) async fn list(State(state): Shared) -> Result<Json<DocList>, ApiError> {
+    let docs = state.registry.store().list().await?;
+    let docs = docs
+        .into_iter()
+        .map(|d| DocEntry {
+            id: d.meta.id,
+            strategy: d.meta.strategy,
+            version: d.state.version,
+            changes: d.state.change_count,
+            created_at: d.meta.created_at_ms,
+            updated_at: d.state.updated_at_ms,
+            last_agent: d.state.last_agent,
+        })
+        .collect();
+    Ok(Json(DocList { docs }))
+}
+
+/// What a read asks for besides the document.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReadQuery {
+    /// A past version to read (a version the document has had), instead of the present.
+    #[param(pattern = "^[0-9a-fA-F]{64}(\\.[0-9a-fA-F]{64})*$")]
     at: Option<String>,
+    /// A JSON Pointer: read only the value there.
+    #[param(pattern = "^(/([^~/]|~[01])*)*$")]
     path: Option<String>,
+    /// `true`: list the places where concurrent writes left several values, and the edits
+    /// lost to concurrent deletes.
     #[serde(default)]
+    #[param(pattern = "^(true|false|)$")]
     conflicts: Option<String>,
 }
 
+/// A document read: its value (or the part at `path`) and version.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ReadAnswer {
+    /// The document.
+    id: Uuid,
+    /// The version read: send it as `If-Match` with a write made from this value.
+    version: String,
+    /// Its write strategy.
+    strategy: Strategy,
+    /// The value (at `path`, if one was asked for).
+    value: Value,
+    /// The document's automerge-repo URL (`automerge:…`), for automerge-repo clients.
+    url: String,
+    /// The JSON Pointer read, if one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    /// Stored records of this document that failed to load (storage damage), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    skipped: Option<Value>,
+    /// With `conflicts=true`: the places with several concurrent values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conflicts: Option<Vec<concord_core::value::Conflict>>,
+    /// With `conflicts=true`, reading the present: edits hidden by a concurrent delete or
+    /// move, until restored or dismissed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<Vec<concord_core::LostEdit>>,
+}
+
+/// Reads a document: its value and version (`ETag`).
+#[utoipa::path(get, path = "/v1/docs/{id}", tag = "documents",
+    params(DocPath, ReadQuery),
+    responses(
+        (status = 200, description = "The value and its version.", body = ReadAnswer,
+            headers(("ETag" = String, description = "The version read, quoted"))),
+        (status = 404, description = "No such document, version or path."),
+    ))]
 pub(super) async fn read(
     State(state): Shared,
     Path(id): Path<String>,
@@ -335,31 +455,22 @@ pub(super) async fn read(
                     )
                 })?,
             };
-            let mut body = json!({
-                "id": id,
-                "version": version.to_string(),
-                "strategy": loaded.meta.strategy,
-                "value": value,
-                // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
-                "url": concord_protocol::repo::automerge_url(id),
-            });
-            if let Some(p) = &pointer {
-                body["path"] = json!(p.to_string());
-            }
             // Storage damage (issue 6): stored records that did not load are named here.
             let skipped = state.registry.damage_of(id);
-            if !skipped.is_empty() {
-                body["skipped"] = json!(skipped);
-            }
-            if conflicts {
-                body["conflicts"] = serde_json::to_value(doc.conflicts(at.as_ref())?)
-                    .map_err(ApiError::internal)?;
+            let body = ReadAnswer {
+                id,
+                version: version.to_string(),
+                strategy: loaded.meta.strategy,
+                value,
+                // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
+                url: concord_protocol::repo::automerge_url(id),
+                path: pointer.as_ref().map(ToString::to_string),
+                skipped: (!skipped.is_empty()).then(|| json!(skipped)),
+                conflicts: conflicts.then(|| doc.conflicts(at.as_ref())).transpose()?,
                 // Edits no longer visible because their object was deleted concurrently,
                 // until restored or dismissed (concord_core::lost). Only the present has them.
-                if at.is_none() {
-                    body["lost"] = serde_json::to_value(doc.lost()).map_err(ApiError::internal)?;
-                }
-            }
+                lost: (conflicts && at.is_none()).then(|| doc.lost().to_vec()),
+            };
             let mut response = Json(body).into_response();
             response.headers_mut().insert(header::ETAG, etag(&version));
             Ok(response)
@@ -367,6 +478,20 @@ pub(super) async fn read(
         .await
 }
 
+/// Writes a whole value as of the version read (`If-Match`): the server merges the
+/// difference between that version and this value into the present.
+#[utoipa::path(put, path = "/v1/docs/{id}", tag = "documents",
+    params(DocPath, WriteHeaders),
+    request_body(content = Value, content_type = "application/json",
+        description = "The document's new value, a JSON object."),
+    responses(
+        (status = 200, description = "Written: the merged present.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document."),
+        (status = 409, description = "A lock document's lease is held by another token."),
+        (status = 412, description = "The `If-Match` version is unknown, or (optimistic) not the current one."),
+        (status = 428, description = "The strategy needs `If-Match` or `Concord-Lock`."),
+    ))]
 pub(super) async fn put(
     State(state): Shared,
     Path(id): Path<String>,
@@ -381,6 +506,22 @@ pub(super) async fn put(
         .await
 }
 
+/// Applies a JSON Patch (RFC 6902, plus `increment` and `splice`) or a JSON Merge Patch
+/// (RFC 7396) as of the version read (`If-Match`), merged into the present.
+#[utoipa::path(patch, path = "/v1/docs/{id}", tag = "documents",
+    params(DocPath, WriteHeaders),
+    request_body(content(
+        (Vec<concord_core::patch::PatchOp> = "application/json-patch+json"),
+        (Value = "application/merge-patch+json"),
+    ), description = "A JSON Patch (an array of operations) or a merge patch."),
+    responses(
+        (status = 200, description = "Written: the merged present.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document."),
+        (status = 409, description = "A `test` failed, a path is missing, or a lease is held by another token."),
+        (status = 412, description = "The `If-Match` version is unknown, or (optimistic) not the current one."),
+        (status = 428, description = "The strategy needs `If-Match` or `Concord-Lock`."),
+    ))]
 pub(super) async fn patch(
     State(state): Shared,
     Path(id): Path<String>,
@@ -417,6 +558,13 @@ enum Settle {
 }
 
 /// `POST /v1/docs/{id}/lost/{lost}/restore`: writes the lost value back where it was.
+#[utoipa::path(post, path = "/v1/docs/{id}/lost/{lost}/restore", tag = "documents",
+    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), WriteHeaders),
+    responses(
+        (status = 200, description = "Written: the merged present.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document or open lost edit."),
+    ))]
 pub(super) async fn restore_lost(
     state: Shared,
     Path((id, lost)): Path<(String, String)>,
@@ -427,6 +575,13 @@ pub(super) async fn restore_lost(
 }
 
 /// `DELETE /v1/docs/{id}/lost/{lost}`: closes the record, leaving the value deleted.
+#[utoipa::path(delete, path = "/v1/docs/{id}/lost/{lost}", tag = "documents",
+    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), WriteHeaders),
+    responses(
+        (status = 200, description = "Written: the merged present.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document or open lost edit."),
+    ))]
 pub(super) async fn dismiss_lost(
     state: Shared,
     Path((id, lost)): Path<(String, String)>,
@@ -460,6 +615,13 @@ async fn settle_lost(
         .await
 }
 
+/// Deletes a document and its history.
+#[utoipa::path(delete, path = "/v1/docs/{id}", tag = "documents",
+    params(DocPath),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such document."),
+    ))]
 pub(super) async fn delete(
     State(state): Shared,
     Path(id): Path<String>,
@@ -469,29 +631,60 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A document's history.
+#[derive(Serialize, ToSchema)]
+pub(super) struct History {
+    /// The document.
+    id: Uuid,
+    /// Its current version.
+    version: String,
+    /// Every change, oldest first.
+    changes: Vec<concord_core::doc::HistoryEntry>,
+}
+
+/// Every change of a document: who, when, what it depends on.
+#[utoipa::path(get, path = "/v1/docs/{id}/history", tag = "documents",
+    params(DocPath),
+    responses(
+        (status = 200, description = "The history.", body = History),
+        (status = 404, description = "No such document."),
+    ))]
 pub(super) async fn history(
     State(state): Shared,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<History>, ApiError> {
     let id = doc_id(&id)?;
     state
         .registry
         .read(id, |loaded| {
-            Ok(Json(json!({
-                "id": id,
-                "version": loaded.doc.version().to_string(),
-                "changes": loaded.doc.history(),
-            })))
+            Ok(Json(History {
+                id,
+                version: loaded.doc.version().to_string(),
+                changes: loaded.doc.history(),
+            }))
         })
         .await
 }
 
-#[derive(Deserialize)]
+/// Which changes to send.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ChangesQuery {
+    /// Only the changes made after this version (default: all of them).
+    #[param(pattern = "^[0-9a-fA-F]{64}(\\.[0-9a-fA-F]{64})*$")]
     since: Option<String>,
 }
 
+/// The document's raw Automerge changes, concatenated (all of them, or those since a
+/// version): load them with any Automerge implementation.
+#[utoipa::path(get, path = "/v1/docs/{id}/changes", tag = "documents",
+    params(DocPath, ChangesQuery),
+    responses(
+        (status = 200, description = "The changes.", body = [u8], content_type = "application/octet-stream",
+            headers(("ETag" = String, description = "The current version, quoted"))),
+        (status = 404, description = "No such document or version."),
+    ))]
 pub(super) async fn get_changes(
     State(state): Shared,
     Path(id): Path<String>,
@@ -520,6 +713,17 @@ pub(super) async fn get_changes(
         .await
 }
 
+/// Applies raw Automerge changes (concatenated, as `GET …/changes` gives them).
+#[utoipa::path(post, path = "/v1/docs/{id}/changes", tag = "documents",
+    params(DocPath, PlainWriteHeaders),
+    request_body(content = [u8], content_type = "application/octet-stream",
+        description = "Automerge changes, concatenated."),
+    responses(
+        (status = 200, description = "Written: the merged present.", body = WriteAnswer,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 404, description = "No such document."),
+        (status = 422, description = "The bytes are not Automerge changes, or they lack their dependencies."),
+    ))]
 pub(super) async fn post_changes(
     State(state): Shared,
     Path(id): Path<String>,

@@ -7,63 +7,50 @@ mod sync;
 
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{middleware, Json, Router};
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use axum::{middleware, Extension, Json, Router};
 use concord_core::Version;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::policy::IfMatch;
 use crate::problem::{ensure_problem_json, ApiError};
 use crate::AppState;
 
-/// The router over shared state: every route of the API.
+/// The router over shared state: every route of the API, each registered through
+/// `routes!` from its handler's OpenAPI annotation (see [`crate::openapi`]).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.body_limit;
     let request_timeout = state.config.limits.request_timeout;
     let guarded = Arc::clone(&state);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/docs", get(docs::list).post(docs::create))
-        .route(
-            "/v1/docs/{id}",
-            get(docs::read)
-                .put(docs::put)
-                .patch(docs::patch)
-                .delete(docs::delete),
-        )
-        .route("/v1/docs/{id}/history", get(docs::history))
-        .route(
-            "/v1/docs/{id}/lost/{lost}",
-            axum::routing::delete(docs::dismiss_lost),
-        )
-        .route(
-            "/v1/docs/{id}/lost/{lost}/restore",
-            axum::routing::post(docs::restore_lost),
-        )
-        .route(
-            "/v1/docs/{id}/changes",
-            get(docs::get_changes).post(docs::post_changes),
-        )
-        .route(
-            "/v1/docs/{id}/lock",
-            axum::routing::post(branches::acquire).delete(branches::release),
-        )
-        .route("/v1/docs/{id}/fork", axum::routing::post(branches::fork))
-        .route("/v1/docs/{id}/merge", axum::routing::post(branches::merge))
+    let hub = Arc::new(crate::repo::Hub::new(Arc::clone(&state)));
+    let (schemas, paths, repo) = routes!(sync::repo);
+    let (router, openapi) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs::list, docs::create))
+        .routes(routes!(docs::read, docs::put, docs::patch, docs::delete))
+        .routes(routes!(docs::history))
+        .routes(routes!(docs::dismiss_lost))
+        .routes(routes!(docs::restore_lost))
+        .routes(routes!(docs::get_changes, docs::post_changes))
+        .routes(routes!(branches::acquire, branches::release))
+        .routes(routes!(branches::fork))
+        .routes(routes!(branches::merge))
         .merge(crate::web::routes())
-        .route("/v1/docs/{id}/sync", get(sync::sync))
-        .route(
-            "/v1/repo",
-            get(sync::repo).with_state(Arc::new(crate::repo::Hub::new(Arc::clone(&state)))),
-        )
-        .route("/v1/docs/{id}/ws", get(live::ws))
-        .route("/v1/docs/{id}/events", get(live::doc_events))
-        .route("/v1/events", get(live::feed))
+        .routes(routes!(sync::sync))
+        .routes((schemas, paths, repo.with_state(hub)))
+        .routes(routes!(live::ws))
+        .routes(routes!(live::doc_events))
+        .routes(routes!(live::feed))
         // Routes mounted from outside this crate (the comparison's): under every layer below.
         .merge(
             state
@@ -74,6 +61,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+        .split_for_parts();
+    let description = OpenApiJson(Bytes::from(
+        serde_json::to_vec(&crate::openapi::finish(openapi)).expect("the description serializes"),
+    ));
+    router
+        .layer(Extension(description))
         .layer(DefaultBodyLimit::disable())
         // Inside the body limit (a merge's body is read to check its fork), after routing
         // (it needs the matched route): tokens, scopes, the token's agent (crate::auth).
@@ -89,16 +82,54 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Liveness, and (issue 6) how much stored data failed to load since start, if any:
-/// counts only, as this endpoint is public; the log and each document's reads name the
-/// records.
-async fn healthz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Json<Value> {
-    let mut health = json!({"status": "ok"});
+/// Liveness, and how much stored data failed to load since start.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok` while the server answers.
+    status: &'static str,
+    /// Present when stored data failed to load: counts only (this endpoint is public); the
+    /// log and each document's reads name the records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageDamage>,
+}
+
+/// How much stored data failed to load since start.
+#[derive(Serialize, ToSchema)]
+struct StorageDamage {
+    /// Documents with records that did not load.
+    damaged_documents: usize,
+    /// Records that did not load.
+    skipped_records: usize,
+}
+
+/// Liveness, and how much stored data failed to load since start, if any.
+#[utoipa::path(get, path = "/healthz", tag = "service", security(()),
+    responses((status = 200, description = "The server answers.", body = Health)))]
+async fn healthz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Json<Health> {
     let (documents, records) = state.registry.damage_summary();
-    if documents > 0 {
-        health["storage"] = json!({"damaged_documents": documents, "skipped_records": records});
-    }
-    Json(health)
+    Json(Health {
+        status: "ok",
+        storage: (documents > 0).then_some(StorageDamage {
+            damaged_documents: documents,
+            skipped_records: records,
+        }),
+    })
+}
+
+/// The OpenAPI description, serialized once when the router is built.
+#[derive(Clone)]
+struct OpenApiJson(Bytes);
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "service", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = Object)))]
+async fn openapi_json(Extension(description): Extension<OpenApiJson>) -> Response<Body> {
+    let mut response = Response::new(Body::from(description.0));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -125,18 +156,20 @@ pub(crate) fn agent(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get("concord-agent") else {
         return Ok("anonymous".into());
     };
-    value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && a.len() <= 128)
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-agent",
-                "Concord-Agent must be 1 to 128 visible ASCII characters",
-            )
-        })
+    value.to_str().ok().and_then(valid_agent).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-agent",
+            "Concord-Agent must be 1 to 128 visible ASCII characters",
+        )
+    })
+}
+
+/// An agent's name, trimmed, if it is 1 to 128 visible ASCII characters (spaces inside
+/// allowed, no control characters).
+pub(crate) fn valid_agent(raw: &str) -> Option<String> {
+    let name = raw.trim();
+    let visible = name.bytes().all(|b| (b' '..=b'~').contains(&b));
+    (!name.is_empty() && name.len() <= 128 && visible).then(|| name.to_owned())
 }
 
 /// Parses a version given in a query parameter (`?at=`, `?since=`) or `Last-Event-ID`: a

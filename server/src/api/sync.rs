@@ -56,6 +56,14 @@ fn sync_agent(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>, Ap
 }
 
 /// `GET /v1/docs/{id}/sync`.
+#[utoipa::path(get, path = "/v1/docs/{id}/sync", tag = "live",
+    description = "A WebSocket of binary Automerge sync messages for one document.",
+    params(crate::openapi::DocPath),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+        (status = 404, description = "No such document."),
+    ))]
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -92,6 +100,13 @@ pub(super) async fn sync(
 }
 
 /// `GET /v1/repo`.
+#[utoipa::path(get, path = "/v1/repo", tag = "live",
+    description = "A WebSocket speaking the automerge-repo network protocol (CBOR): Concord \
+                   documents are automerge URLs, and documents a repo creates become Concord documents.",
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+    ))]
 pub(super) async fn repo(
     State(hub): State<Arc<Hub>>,
     caller: Caller,

@@ -20,7 +20,7 @@ pub(super) fn rule(method: &Method, route: Option<&str>) -> Rule {
     let reads = matches!(*method, Method::GET | Method::HEAD);
     match route {
         None => Rule::AnyToken,
-        Some("/healthz" | "/" | "/favicon.ico" | "/web/{name}") => Rule::Public,
+        Some("/healthz" | "/openapi.json" | "/" | "/favicon.ico" | "/web/{name}") => Rule::Public,
         Some("/v1/docs/{id}") if *method == Method::DELETE => Rule::Admin,
         Some("/v1/docs/{id}" | "/v1/docs/{id}/changes") if reads => Rule::Read,
         Some("/v1/docs/{id}/changes") => Rule::RawChanges,

@@ -26,8 +26,8 @@ mod sse;
 mod tests;
 mod ws;
 
-pub(super) use sse::{doc_events, feed};
-pub(super) use ws::ws;
+pub(super) use sse::{__path_doc_events, __path_feed, doc_events, feed};
+pub(super) use ws::{__path_ws, ws};
 
 type Shared = State<Arc<AppState>>;
 

@@ -26,9 +26,14 @@ use crate::api::{doc_id, parse_version};
 use crate::problem::ApiError;
 use crate::registry::FeedEvent;
 
-#[derive(Deserialize)]
+/// Where a stream starts.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(in crate::api) struct EventsQuery {
+    /// Resume after this version: the changes since it instead of a snapshot
+    /// (`Last-Event-ID` says the same, and wins).
+    #[param(pattern = "^[0-9a-fA-F]{64}(\\.[0-9a-fA-F]{64})*$")]
     since: Option<String>,
 }
 
@@ -67,6 +72,14 @@ fn doc_sse_event(doc: Uuid, item: Item) -> (SseEvent, bool) {
 
 /// `GET /v1/docs/{id}/events`: a snapshot then every change; `Last-Event-ID` (or `?since=`)
 /// resumes after a version.
+#[utoipa::path(get, path = "/v1/docs/{id}/events", tag = "live",
+    params(crate::openapi::DocPath, EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "The last version seen: resume after it")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `snapshot`, then `change` per write (each with the version as its id); `deleted` or `error` ends the stream.",
+            content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such document or version."),
+    ))]
 pub(in crate::api) async fn doc_events(
     State(state): Shared,
     Path(id): Path<String>,
@@ -109,6 +122,11 @@ pub(in crate::api) async fn doc_events(
 }
 
 /// `GET /v1/events`: `created`, `changed` and `deleted` for every document.
+#[utoipa::path(get, path = "/v1/events", tag = "live",
+    responses(
+        (status = 200, description = "Server-Sent Events: `created`, `changed` and `deleted`, for every document.",
+            content_type = "text/event-stream", body = String),
+    ))]
 pub(in crate::api) async fn feed(State(state): Shared) -> Response {
     let receiver = state.registry.feed();
     let closing = state.registry.closing();

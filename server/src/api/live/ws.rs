@@ -57,16 +57,19 @@ use super::message::{
     parse_json_message, valid_id, writes, WriteBody,
 };
 use super::{change_message, closed, error_message, DocFeed, Item, Shared};
-use crate::api::{agent, doc_id, now_ms, parse_version};
+use crate::api::{agent, doc_id, now_ms, parse_version, valid_agent};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
 use crate::problem::ApiError;
 use crate::registry::{Edit, WriteCommand};
 use crate::{AppState, LiveConfig};
 
-#[derive(Deserialize)]
+/// Who connects, for a browser that cannot send headers.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(in crate::api) struct WsQuery {
+    /// The agent, when `Concord-Agent` is not sent.
     agent: Option<String>,
 }
 
@@ -74,15 +77,12 @@ pub(in crate::api) struct WsQuery {
 fn ws_agent(headers: &HeaderMap, query: Option<&str>) -> Result<String, ApiError> {
     match query {
         Some(name) if !headers.contains_key("concord-agent") => {
-            let name = name.trim();
-            if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| (32..127).contains(&b))
-            {
-                return Err(ApiError::bad_request(
+            valid_agent(name).ok_or_else(|| {
+                ApiError::bad_request(
                     "invalid-agent",
                     "agent must be 1 to 128 visible ASCII characters",
-                ));
-            }
-            Ok(name.to_owned())
+                )
+            })
         }
         _ => agent(headers),
     }
@@ -91,6 +91,15 @@ fn ws_agent(headers: &HeaderMap, query: Option<&str>) -> Result<String, ApiError
 /// `GET /v1/docs/{id}/ws`: a malformed id or agent is refused before the upgrade (400);
 /// everything after it is answered in the protocol. The agent is the token's, if the caller
 /// has one (see [`ws_agent`] otherwise).
+#[utoipa::path(get, path = "/v1/docs/{id}/ws", tag = "live",
+    description = "A WebSocket of JSON messages: `subscribe` (optionally `since` a version) gets a \
+                   snapshot and every change; `put` and `patch` with a `base` version write as HTTP \
+                   does, each acknowledged by its `id`.",
+    params(crate::openapi::DocPath, WsQuery),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+    ))]
 pub(in crate::api) async fn ws(
     State(state): Shared,
     caller: Caller,
