@@ -24,19 +24,31 @@ use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
 
-/// The body of `POST /v1/docs`; every field optional.
+/// The body of `POST /v1/docs` (and the arguments of the MCP `create_document` tool);
+/// every field optional.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    id: Option<Uuid>,
-    value: Option<Value>,
-    strategy: Option<String>,
+pub(super) struct CreateBody {
+    pub(super) id: Option<Uuid>,
+    pub(super) value: Option<Value>,
+    pub(super) strategy: Option<String>,
     #[serde(default)]
-    text: Vec<String>,
+    pub(super) text: Vec<String>,
     #[serde(default)]
-    counters: Vec<String>,
+    pub(super) counters: Vec<String>,
     #[serde(default)]
-    ids: Vec<String>,
+    pub(super) ids: Vec<String>,
+}
+
+/// The JSON of a written document, as every write answers it.
+pub(super) fn written_body(written: &Written) -> Value {
+    json!({
+        "id": written.id,
+        "version": written.version.to_string(),
+        "strategy": written.strategy,
+        "value": written.value,
+        "new_changes": written.new_changes,
+    })
 }
 
 /// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
@@ -49,17 +61,12 @@ fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u
     if status == StatusCode::CREATED.as_u16() {
         headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
     }
-    let body = json!({
-        "id": written.id,
-        "version": written.version.to_string(),
-        "strategy": written.strategy,
-        "value": written.value,
-        "new_changes": written.new_changes,
-    });
+    let body = written_body(written);
     (headers, serde_json::to_vec(&body).expect("JSON serializes"))
 }
 
-const DOC_RESPONSE: Responder = doc_response;
+/// What an idempotent write records, for HTTP to replay (and the MCP tools to read back).
+pub(super) const DOC_RESPONSE: Responder = doc_response;
 
 /// Runs a write with `Idempotency-Key` handling around it.
 #[allow(clippy::too_many_arguments)]
@@ -95,7 +102,7 @@ where
 }
 
 /// The `Concord-Lock` token of a request, if any.
-fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get(LOCK_HEADER)
         .map(|v| {
@@ -213,32 +220,7 @@ pub(super) async fn create(
             )
         })?
     };
-    let strategy = match request.strategy.as_deref() {
-        None => Strategy::Crdt,
-        Some(s) => s.parse::<Strategy>().map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-strategy",
-                e.to_string(),
-            )
-        })?,
-    };
-    let schema = Schema {
-        text: request.text,
-        counters: request.counters,
-        ids: request.ids,
-    };
-    schema.validate()?;
-    let value = request.value.unwrap_or_else(|| json!({}));
-    let client_chose_id = request.id.is_some();
-    let doc = DocMeta {
-        id: request.id.unwrap_or_else(Uuid::new_v4),
-        strategy,
-        schema,
-        created_at_ms: now,
-    };
-    let registry = &state.registry;
-    let schema_copy = doc.schema.clone();
+    let new = NewDocument::from_request(request, now)?;
     idempotent(
         &state,
         &headers,
@@ -247,20 +229,83 @@ pub(super) async fn create(
         &body,
         StatusCode::CREATED,
         now,
-        |idem| {
-            registry.create(
-                doc,
-                || Ok::<_, ApiError>(Document::create(&value, schema_copy, &meta)?),
-                &meta,
-                client_chose_id,
-                idem,
-            )
-        },
+        |idem| new.create(&state, &meta, idem),
     )
     .await
 }
 
+/// A document to create, checked: its metadata and first value.
+pub(super) struct NewDocument {
+    doc: DocMeta,
+    value: Value,
+    /// Whether the id was the client's (then it may already be taken by a stored one).
+    client_chose_id: bool,
+}
+
+impl NewDocument {
+    /// Checks a create request: strategy and schema patterns.
+    pub(super) fn from_request(request: CreateBody, now: i64) -> Result<NewDocument, ApiError> {
+        let strategy = match request.strategy.as_deref() {
+            None => Strategy::Crdt,
+            Some(s) => s.parse::<Strategy>().map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-strategy",
+                    e.to_string(),
+                )
+            })?,
+        };
+        let schema = Schema {
+            text: request.text,
+            counters: request.counters,
+            ids: request.ids,
+        };
+        schema.validate()?;
+        Ok(NewDocument {
+            value: request.value.unwrap_or_else(|| json!({})),
+            client_chose_id: request.id.is_some(),
+            doc: DocMeta {
+                id: request.id.unwrap_or_else(Uuid::new_v4),
+                strategy,
+                schema,
+                created_at_ms: now,
+            },
+        })
+    }
+
+    /// Creates it, as `meta.agent`; returns once durable.
+    pub(super) async fn create(
+        self,
+        state: &AppState,
+        meta: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let NewDocument {
+            doc,
+            value,
+            client_chose_id,
+        } = self;
+        let schema = doc.schema.clone();
+        state
+            .registry
+            .create(
+                doc,
+                || Ok::<_, ApiError>(Document::create(&value, schema, meta)?),
+                meta,
+                client_chose_id,
+                idempotency,
+            )
+            .await
+    }
+}
+
 pub(super) async fn list(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    list_docs(&state).await.map(Json)
+}
+
+/// Every document: `{"docs": [{id, strategy, version, changes, created_at, updated_at,
+/// last_agent}]}`.
+pub(super) async fn list_docs(state: &AppState) -> Result<Value, ApiError> {
     let docs = state.registry.store().list().await?;
     let docs: Vec<Value> = docs
         .into_iter()
@@ -276,7 +321,7 @@ pub(super) async fn list(State(state): Shared) -> Result<Json<Value>, ApiError> 
             })
         })
         .collect();
-    Ok(Json(json!({ "docs": docs })))
+    Ok(json!({ "docs": docs }))
 }
 
 #[derive(Deserialize)]
@@ -306,6 +351,21 @@ pub(super) async fn read(
             ))
         }
     };
+    let (body, version) = read_doc(&state, id, at, pointer, conflicts).await?;
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::ETAG, etag(&version));
+    Ok(response)
+}
+
+/// A document's value now or `at` a version, whole or the subtree at `pointer`, with its
+/// conflicts and lost edits if asked: the body of `GET /v1/docs/{id}` and its version.
+pub(super) async fn read_doc(
+    state: &AppState,
+    id: Uuid,
+    at: Option<concord_core::Version>,
+    pointer: Option<Pointer>,
+    conflicts: bool,
+) -> Result<(Value, concord_core::Version), ApiError> {
     state
         .registry
         .read(id, |loaded| {
@@ -360,9 +420,7 @@ pub(super) async fn read(
                     body["lost"] = serde_json::to_value(doc.lost()).map_err(ApiError::internal)?;
                 }
             }
-            let mut response = Json(body).into_response();
-            response.headers_mut().insert(header::ETAG, etag(&version));
-            Ok(response)
+            Ok((body, version))
         })
         .await
 }
@@ -473,15 +531,19 @@ pub(super) async fn history(
     State(state): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = doc_id(&id)?;
+    history_of(&state, doc_id(&id)?).await.map(Json)
+}
+
+/// A document's change graph: `{"id", "version", "changes"}`.
+pub(super) async fn history_of(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     state
         .registry
         .read(id, |loaded| {
-            Ok(Json(json!({
+            Ok(json!({
                 "id": id,
                 "version": loaded.doc.version().to_string(),
                 "changes": loaded.doc.history(),
-            })))
+            }))
         })
         .await
 }

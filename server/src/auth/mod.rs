@@ -186,6 +186,11 @@ fn missing_token() -> Response {
 }
 
 fn forbidden(principal: &Principal, what: &str) -> Response {
+    forbidden_problem(principal, what).into_response()
+}
+
+/// `403`: the token is known, its scopes do not allow `what`.
+fn forbidden_problem(principal: &Principal, what: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "forbidden",
@@ -195,7 +200,6 @@ fn forbidden(principal: &Principal, what: &str) -> Response {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"concord\", error=\"insufficient_scope\""),
     )
-    .into_response()
 }
 
 fn named(doc: Option<Uuid>) -> String {
