@@ -3,6 +3,7 @@
 mod branches;
 mod docs;
 mod live;
+mod mcp;
 mod sync;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/docs/{id}/ws", get(live::ws))
         .route("/v1/docs/{id}/events", get(live::doc_events))
         .route("/v1/events", get(live::feed))
+        .merge(mcp::routes(Arc::clone(&state)))
         // Routes mounted from outside this crate (the comparison's): under every layer below.
         .merge(
             state
