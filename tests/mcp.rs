@@ -101,6 +101,10 @@ async fn the_older_protocol_revisions_are_negotiated() {
     }
     let (_, body) = rpc(&server, None, "", initialize("2023-01-01")).await;
     assert_eq!(body["result"]["protocolVersion"], "2025-11-25", "{body}");
+    // A JSON-RPC error keeps its JSON-RPC body (not rewritten as problem+json).
+    let (status, body) = rpc(&server, None, "2025-11-25", initialize("2023-01-01")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
 }
 
 /// A tool call answered in one POST, without a session: its result is the document as
