@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if command -v npm >/dev/null 2>&1; then
-  for suite in tests/js tests/browser bench/peer; do
+  for suite in tests/js tests/mcp tests/browser bench/peer; do
     if [ -f "$suite/package-lock.json" ]; then
       echo "==> npm ci in $suite"
       npm ci --prefix "$suite" --no-audit --no-fund --loglevel=error

@@ -36,6 +36,7 @@ use crate::problem::Problem;
                                         sync and the automerge-repo protocol."),
         (name = "service", description = "Health, this description, metrics."),
         (name = "viewer", description = "The browser viewer's page and files."),
+        (name = "mcp", description = "The documents as tools for LLM agents (Model Context Protocol)."),
         (name = "compare", description = "The comparison of write strategies the viewer runs."),
     ),
 )]

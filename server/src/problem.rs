@@ -83,6 +83,15 @@ impl ApiError {
         self
     }
 
+    /// The current version, when the problem names it (its `ETag`: a stale base, say).
+    pub fn current_version(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == header::ETAG)
+            .and_then(|(_, v)| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned())
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
         problem_body(self.status, self.kind, &self.detail)
@@ -195,12 +204,48 @@ impl From<crate::registry::Error> for ApiError {
     }
 }
 
+/// Where a transport that is not plain HTTP (the WebSocket, MCP tools) puts what HTTP puts
+/// in `If-Match` and `Concord-Lock`: the names of its fields, for refusals that name them.
+pub struct Fields {
+    /// The field holding the version the writer read.
+    pub base: &'static str,
+    /// The field holding the lease token.
+    pub lock: &'static str,
+    /// How a lease is taken.
+    pub lease: &'static str,
+}
+
+/// A write's error as a transport with [`Fields`] answers it: the HTTP problem, but the
+/// refusals that name HTTP headers name the transport's fields instead.
+pub fn in_fields(e: crate::registry::Error, fields: &Fields) -> ApiError {
+    use crate::policy::Refusal;
+    let detail = match &e {
+        crate::registry::Error::Refused(Refusal::IfMatchRequired { .. }) => format!(
+            "this write needs \"{}\": the version you read, or \"*\" to write against the current version",
+            fields.base
+        ),
+        crate::registry::Error::Refused(Refusal::LockRequired) => format!(
+            "a lock document needs the token of a lease: {}, then send \"{}\": <token> with each write",
+            fields.lease, fields.lock
+        ),
+        _ => return e.into(),
+    };
+    ApiError { detail, ..e.into() }
+}
+
+/// Marks a response whose error body belongs to its own protocol (JSON-RPC, on `/mcp`):
+/// [`ensure_problem_json`] leaves it as it is, since its client reads that body.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorBody;
+
 /// Middleware: turns any error response that is not yet problem+json (a 404 for an unknown
 /// route, a 405, a 413 from the body limit, an extractor rejection) into one, keeping its
 /// status and using its text as the detail.
 pub async fn ensure_problem_json(response: axum::response::Response) -> axum::response::Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<OwnErrorBody>().is_some()
+    {
         return response;
     }
     let is_problem = response

@@ -12,10 +12,12 @@
 //! - [`ws`]: raw WebSocket connections and frames, and the JSON protocol's next message.
 //! - [`sync`]: the binary sync client ([`sync::Replica`]) and a hand-driven automerge-repo
 //!   peer ([`sync::RepoPeer`]).
+//! - [`node`]: the Node suites (`tests/js`, `tests/mcp`): can they run here, and running one.
 //! - [`cluster`]: a PostgreSQL schema per test and nodes over it (`tests/cluster.rs`).
 //! - [`meta`] and [`PATIENCE`], used by every suite that writes or waits.
 
 pub mod cluster;
+pub mod node;
 pub mod proxy;
 pub mod server;
 pub mod sse;

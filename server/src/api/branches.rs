@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::Json;
 use concord_core::storage::DocMeta;
-use concord_core::Strategy;
+use concord_core::{Document, Strategy, WriteMeta};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use super::{doc_id, json_body, now_ms};
 use crate::openapi::{DocPath, PlainWriteHeaders};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
-use crate::registry::{self, Edit};
+use crate::registry::{self, Edit, IdempotencyDraft, Responder, Written};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -27,18 +27,19 @@ type Shared = State<Arc<AppState>>;
 const MAX_TTL_MS: u64 = 10 * 60 * 1000;
 const MAX_WAIT_MS: u64 = 60 * 1000;
 
-/// The body of `POST /v1/docs/{id}/lock`; every field optional.
+/// A lease request: the body of `POST /v1/docs/{id}/lock`, the MCP `lock_document` tool's;
+/// every field optional.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LockBody {
     /// How long the lease lasts (default 10 s).
     #[serde(default = "default_ttl")]
     #[schema(minimum = 1, maximum = 600_000, default = 10_000)]
-    ttl_ms: u64,
+    pub(super) ttl_ms: u64,
     /// How long to wait for a held lock before giving up (default 0: answer at once).
     #[serde(default)]
     #[schema(maximum = 60_000, default = 0)]
-    wait_ms: u64,
+    pub(super) wait_ms: u64,
 }
 
 /// A lease taken: write with its token in `Concord-Lock` until it expires.
@@ -52,7 +53,7 @@ pub(super) struct Lease {
     ttl_ms: u64,
 }
 
-fn default_ttl() -> u64 {
+pub(super) fn default_ttl() -> u64 {
     10_000
 }
 
@@ -99,6 +100,17 @@ pub(super) async fn acquire(
         })?
         .unwrap_or(defaults)
     };
+    acquire_lease(&state, id, &agent, request).await.map(Json)
+}
+
+/// Takes the lease of lock document `id` for `agent`, waiting as `request` says:
+/// `{"token", "expires_at", "ttl_ms"}`, or 423 `locked` when it is still held.
+pub(super) async fn acquire_lease(
+    state: &AppState,
+    id: Uuid,
+    agent: &str,
+    request: LockBody,
+) -> Result<Lease, ApiError> {
     if request.ttl_ms == 0 || request.ttl_ms > MAX_TTL_MS || request.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -114,15 +126,15 @@ pub(super) async fn acquire(
         let now = now_ms();
         let outcome = state
             .registry
-            .acquire_lease(id, &agent, request.ttl_ms, now)
+            .acquire_lease(id, agent, request.ttl_ms, now)
             .await?;
         match outcome {
             Ok(lease) => {
-                return Ok(Json(Lease {
+                return Ok(Lease {
                     token: lease.token.to_string(),
                     expires_at: lease.expires_at_ms,
                     ttl_ms: request.ttl_ms,
-                }))
+                })
             }
             Err(held) if now >= deadline => {
                 let retry = ((held.expires_at_ms - now).max(0) / 1000 + 1).to_string();
@@ -197,6 +209,28 @@ pub(super) async fn fork(
     let parent = doc_id(&id)?;
     let now = now_ms();
     let meta = write_meta(&headers, now)?;
+    let path = format!("/v1/docs/{parent}/fork");
+    idempotent(
+        &state,
+        &headers,
+        &method,
+        &path,
+        b"",
+        StatusCode::CREATED,
+        now,
+        |idem| fork_doc(&state, parent, &meta, idem),
+    )
+    .await
+}
+
+/// Forks `parent` (a branches document): a new crdt document with its history, created as
+/// `meta.agent`; returns once durable.
+pub(super) async fn fork_doc(
+    state: &AppState,
+    parent: Uuid,
+    meta: &WriteMeta,
+    idempotency: Option<(IdempotencyDraft, Responder)>,
+) -> Result<Written, ApiError> {
     let (schema, copy) = state
         .registry
         .read(parent, |loaded| {
@@ -208,33 +242,22 @@ pub(super) async fn fork(
         id: Uuid::new_v4(),
         strategy: Strategy::Crdt,
         schema,
-        created_at_ms: now,
+        created_at_ms: meta.time_ms,
     };
-    let path = format!("/v1/docs/{parent}/fork");
-    let registry = &state.registry;
     let mut copy = Some(copy);
-    idempotent(
-        &state,
-        &headers,
-        &method,
-        &path,
-        b"",
-        StatusCode::CREATED,
-        now,
-        |idem| {
-            registry.create(
-                doc,
-                move || {
-                    copy.take()
-                        .ok_or_else(|| ApiError::internal("fork made twice"))
-                },
-                &meta,
-                false,
-                idem,
-            )
-        },
-    )
-    .await
+    state
+        .registry
+        .create(
+            doc,
+            move || {
+                copy.take()
+                    .ok_or_else(|| ApiError::internal("fork made twice"))
+            },
+            meta,
+            false,
+            idempotency,
+        )
+        .await
 }
 
 /// The body of `POST /v1/docs/{id}/merge`.
@@ -274,25 +297,7 @@ pub(super) async fn merge(
                 )
             },
         )?;
-    if request.fork == target {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
-            "a document cannot be merged into itself",
-        ));
-    }
-    let (fork, _) = state
-        .registry
-        .read(request.fork, |loaded| Ok(loaded.doc.fork()))
-        .await
-        .map_err(|e| match e {
-            registry::Error::NotFound(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-fork",
-                format!("no fork {}", request.fork),
-            ),
-            e => e.into(),
-        })?;
+    let fork = read_fork(&state, target, request.fork).await?;
     let path = format!("/v1/docs/{target}/merge");
     let edit = Edit::MergeFork {
         fork: &fork,
@@ -300,4 +305,33 @@ pub(super) async fn merge(
     };
     head.execute(&state, (&method, &headers), &path, &body, edit)
         .await
+}
+
+/// A copy of the fork `fork` to merge into `target`: 422 if it is `target` itself or does
+/// not exist.
+pub(super) async fn read_fork(
+    state: &AppState,
+    target: Uuid,
+    fork: Uuid,
+) -> Result<Document, ApiError> {
+    if fork == target {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "a document cannot be merged into itself",
+        ));
+    }
+    let (copy, _) = state
+        .registry
+        .read(fork, |loaded| Ok(loaded.doc.fork()))
+        .await
+        .map_err(|e| match e {
+            registry::Error::NotFound(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-fork",
+                format!("no fork {fork}"),
+            ),
+            e => e.into(),
+        })?;
+    Ok(copy)
 }

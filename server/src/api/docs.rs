@@ -26,29 +26,35 @@ use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
 
-/// The body of `POST /v1/docs`; every field optional (an empty body is all defaults).
+/// The body of `POST /v1/docs` (and the arguments of the MCP `create_document` tool);
+/// every field optional (an empty body is all defaults).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     /// The document's id; a new one if not given (409 if taken).
-    id: Option<Uuid>,
+    pub(super) id: Option<Uuid>,
     /// Its first value, a JSON object (default `{}`).
-    value: Option<Value>,
+    pub(super) value: Option<Value>,
     /// Its write strategy (default `crdt`).
     #[schema(value_type = Option<Strategy>)]
-    strategy: Option<String>,
+    pub(super) strategy: Option<String>,
     /// JSON Pointers of strings kept as collaborative text (merged character by character).
     #[serde(default)]
     #[schema(value_type = Vec<crate::openapi::PointerPattern>)]
-    text: Vec<String>,
+    pub(super) text: Vec<String>,
     /// JSON Pointers of numbers kept as counters (concurrent increments add up).
     #[serde(default)]
     #[schema(value_type = Vec<crate::openapi::PointerPattern>)]
-    counters: Vec<String>,
+    pub(super) counters: Vec<String>,
     /// Which key identifies the elements of a list, per list: `"/items/*/id"`, say.
     #[serde(default)]
     #[schema(value_type = Vec<crate::openapi::IdsPattern>)]
-    ids: Vec<String>,
+    pub(super) ids: Vec<String>,
+}
+
+/// The JSON of a written document, as every write answers it.
+pub(super) fn written_body(written: &Written) -> Value {
+    serde_json::to_value(WriteAnswer::from(written)).expect("JSON serializes")
 }
 
 /// The answer to every write, with `ETag` (and `Location` on create).
@@ -67,6 +73,18 @@ pub(super) struct WriteAnswer<'a> {
     new_changes: usize,
 }
 
+impl<'a> From<&'a Written> for WriteAnswer<'a> {
+    fn from(written: &'a Written) -> Self {
+        WriteAnswer {
+            id: written.id,
+            version: written.version.to_string(),
+            strategy: written.strategy,
+            value: &written.value,
+            new_changes: written.new_changes,
+        }
+    }
+}
+
 /// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
 /// `Location` on create).
 fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u8>) {
@@ -77,17 +95,12 @@ fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u
     if status == StatusCode::CREATED.as_u16() {
         headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
     }
-    let body = WriteAnswer {
-        id: written.id,
-        version: written.version.to_string(),
-        strategy: written.strategy,
-        value: &written.value,
-        new_changes: written.new_changes,
-    };
+    let body = WriteAnswer::from(written);
     (headers, serde_json::to_vec(&body).expect("JSON serializes"))
 }
 
-const DOC_RESPONSE: Responder = doc_response;
+/// What an idempotent write records, for HTTP to replay (and the MCP tools to read back).
+pub(super) const DOC_RESPONSE: Responder = doc_response;
 
 /// Runs a write with `Idempotency-Key` handling around it.
 #[allow(clippy::too_many_arguments)]
@@ -123,7 +136,7 @@ where
 }
 
 /// The `Concord-Lock` token of a request, if any.
-fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn lock_token(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get(LOCK_HEADER)
         .map(|v| {
@@ -260,32 +273,7 @@ pub(super) async fn create(
         })?
         .unwrap_or_default()
     };
-    let strategy = match request.strategy.as_deref() {
-        None => Strategy::Crdt,
-        Some(s) => s.parse::<Strategy>().map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-strategy",
-                e.to_string(),
-            )
-        })?,
-    };
-    let schema = Schema {
-        text: request.text,
-        counters: request.counters,
-        ids: request.ids,
-    };
-    schema.validate()?;
-    let value = request.value.unwrap_or_else(|| json!({}));
-    let client_chose_id = request.id.is_some();
-    let doc = DocMeta {
-        id: request.id.unwrap_or_else(Uuid::new_v4),
-        strategy,
-        schema,
-        created_at_ms: now,
-    };
-    let registry = &state.registry;
-    let schema_copy = doc.schema.clone();
+    let new = NewDocument::from_request(request, now)?;
     idempotent(
         &state,
         &headers,
@@ -294,17 +282,74 @@ pub(super) async fn create(
         &body,
         StatusCode::CREATED,
         now,
-        |idem| {
-            registry.create(
-                doc,
-                || Ok::<_, ApiError>(Document::create(&value, schema_copy, &meta)?),
-                &meta,
-                client_chose_id,
-                idem,
-            )
-        },
+        |idem| new.create(&state, &meta, idem),
     )
     .await
+}
+
+/// A document to create, checked: its metadata and first value.
+pub(super) struct NewDocument {
+    doc: DocMeta,
+    value: Value,
+    /// Whether the id was the client's (then it may already be taken by a stored one).
+    client_chose_id: bool,
+}
+
+impl NewDocument {
+    /// Checks a create request: strategy and schema patterns.
+    pub(super) fn from_request(request: CreateBody, now: i64) -> Result<NewDocument, ApiError> {
+        let strategy = match request.strategy.as_deref() {
+            None => Strategy::Crdt,
+            Some(s) => s.parse::<Strategy>().map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-strategy",
+                    e.to_string(),
+                )
+            })?,
+        };
+        let schema = Schema {
+            text: request.text,
+            counters: request.counters,
+            ids: request.ids,
+        };
+        schema.validate()?;
+        Ok(NewDocument {
+            value: request.value.unwrap_or_else(|| json!({})),
+            client_chose_id: request.id.is_some(),
+            doc: DocMeta {
+                id: request.id.unwrap_or_else(Uuid::new_v4),
+                strategy,
+                schema,
+                created_at_ms: now,
+            },
+        })
+    }
+
+    /// Creates it, as `meta.agent`; returns once durable.
+    pub(super) async fn create(
+        self,
+        state: &AppState,
+        meta: &WriteMeta,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, ApiError> {
+        let NewDocument {
+            doc,
+            value,
+            client_chose_id,
+        } = self;
+        let schema = doc.schema.clone();
+        state
+            .registry
+            .create(
+                doc,
+                || Ok::<_, ApiError>(Document::create(&value, schema, meta)?),
+                meta,
+                client_chose_id,
+                idempotency,
+            )
+            .await
+    }
 }
 
 /// Every document.
@@ -337,6 +382,11 @@ pub(super) struct DocEntry {
 #[utoipa::path(get, path = "/v1/docs", tag = "documents",
     responses((status = 200, description = "Every document.", body = DocList)))]
 pub(super) async fn list(State(state): Shared) -> Result<Json<DocList>, ApiError> {
+    list_docs(&state).await.map(Json)
+}
+
+/// Every document, as its last durable write left it.
+pub(super) async fn list_docs(state: &AppState) -> Result<DocList, ApiError> {
     let docs = state.registry.store().list().await?;
     let docs = docs
         .into_iter()
@@ -350,7 +400,7 @@ pub(super) async fn list(State(state): Shared) -> Result<Json<DocList>, ApiError
             last_agent: d.state.last_agent,
         })
         .collect();
-    Ok(Json(DocList { docs }))
+    Ok(DocList { docs })
 }
 
 /// What a read asks for besides the document.
@@ -377,7 +427,7 @@ pub(super) struct ReadAnswer {
     /// The document.
     id: Uuid,
     /// The version read: send it as `If-Match` with a write made from this value.
-    version: String,
+    pub(super) version: String,
     /// Its write strategy.
     strategy: Strategy,
     /// The value (at `path`, if one was asked for).
@@ -393,11 +443,11 @@ pub(super) struct ReadAnswer {
     skipped: Option<Value>,
     /// With `conflicts=true`: the places with several concurrent values.
     #[serde(skip_serializing_if = "Option::is_none")]
-    conflicts: Option<Vec<concord_core::value::Conflict>>,
+    pub(super) conflicts: Option<Vec<concord_core::value::Conflict>>,
     /// With `conflicts=true`, reading the present: edits hidden by a concurrent delete or
     /// move, until restored or dismissed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    lost: Option<Vec<concord_core::LostEdit>>,
+    pub(super) lost: Option<Vec<concord_core::LostEdit>>,
 }
 
 /// Reads a document: its value and version (`ETag`).
@@ -426,6 +476,21 @@ pub(super) async fn read(
             ))
         }
     };
+    let (body, version) = read_doc(&state, id, at, pointer, conflicts).await?;
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::ETAG, etag(&version));
+    Ok(response)
+}
+
+/// A document's value now or `at` a version, whole or the subtree at `pointer`, with its
+/// conflicts and lost edits if asked: the body of `GET /v1/docs/{id}` and its version.
+pub(super) async fn read_doc(
+    state: &AppState,
+    id: Uuid,
+    at: Option<concord_core::Version>,
+    pointer: Option<Pointer>,
+    conflicts: bool,
+) -> Result<(ReadAnswer, concord_core::Version), ApiError> {
     state
         .registry
         .read(id, |loaded| {
@@ -471,9 +536,7 @@ pub(super) async fn read(
                 // until restored or dismissed (concord_core::lost). Only the present has them.
                 lost: (conflicts && at.is_none()).then(|| doc.lost().to_vec()),
             };
-            let mut response = Json(body).into_response();
-            response.headers_mut().insert(header::ETAG, etag(&version));
-            Ok(response)
+            Ok((body, version))
         })
         .await
 }
@@ -653,15 +716,19 @@ pub(super) async fn history(
     State(state): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<History>, ApiError> {
-    let id = doc_id(&id)?;
+    history_of(&state, doc_id(&id)?).await.map(Json)
+}
+
+/// A document's change graph.
+pub(super) async fn history_of(state: &AppState, id: Uuid) -> Result<History, ApiError> {
     state
         .registry
         .read(id, |loaded| {
-            Ok(Json(History {
+            Ok(History {
                 id,
                 version: loaded.doc.version().to_string(),
                 changes: loaded.doc.history(),
-            }))
+            })
         })
         .await
 }

@@ -3,6 +3,7 @@
 mod branches;
 mod docs;
 mod live;
+mod mcp;
 mod sync;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(live::ws))
         .routes(routes!(live::doc_events))
         .routes(routes!(live::feed))
+        .merge(mcp::routes(Arc::clone(&state)))
         // Routes mounted from outside this crate (the comparison's): under every layer below.
         .merge(
             state

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use uuid::Uuid;
 
 use super::attribution::{foreign_changes_in_sync, not_yours};
-use super::Principal;
+use super::{forbidden_problem, Principal};
 use crate::problem::ApiError;
 use crate::registry::Registry;
 
@@ -64,6 +64,28 @@ impl Caller {
     /// May it write this document?
     pub fn can_write(&self, doc: Uuid) -> bool {
         self.token.as_deref().is_none_or(|p| p.can_write(doc))
+    }
+
+    /// May it fork this document? A fork is a new document: it needs write on the
+    /// original and `write:*` (see the table in [`crate::auth`]).
+    pub fn can_fork(&self, doc: Uuid) -> bool {
+        self.token
+            .as_deref()
+            .is_none_or(|p| p.writes(Some(doc)) && p.writes_every_document())
+    }
+
+    /// The `403` problem saying that this caller may not do `what` ("write document …"),
+    /// worded as [`guard`](super::guard) words it. With authentication off nobody is
+    /// refused, so nothing calls it then; it names "anyone" if something does.
+    pub fn forbidden(&self, what: &str) -> ApiError {
+        match self.token.as_deref() {
+            Some(principal) => forbidden_problem(principal, what),
+            None => ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("nobody may {what}"),
+            ),
+        }
     }
 
     /// Why it may not write `doc` (for an `error` message or a close frame); `None` if it may.

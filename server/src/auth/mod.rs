@@ -25,6 +25,7 @@
 //! | `POST …/fork` | write the document and `write:*` (the fork is a new document the caller must be able to write), or admin |
 //! | `GET …/ws`, `GET …/sync` | read; each message that writes needs write |
 //! | `GET /v1/repo` | any token; each document it syncs needs read, each change write; creating a document admin |
+//! | `POST /mcp` (MCP tools) | any token; each tool needs what its HTTP route needs (`crate::api` `mcp`) |
 //! | `GET`/`POST /v1/docs` (list, create), `DELETE /v1/docs/{id}`, `GET /v1/events` (the feed of every document), `/v1/compare*`, any other route | admin |
 //!
 //! Unknown routes need a valid token (then answer 404); a route this table does not name
@@ -186,6 +187,11 @@ fn missing_token() -> Response {
 }
 
 fn forbidden(principal: &Principal, what: &str) -> Response {
+    forbidden_problem(principal, what).into_response()
+}
+
+/// `403`: the token is known, its scopes do not allow `what`.
+fn forbidden_problem(principal: &Principal, what: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "forbidden",
@@ -195,7 +201,6 @@ fn forbidden(principal: &Principal, what: &str) -> Response {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"concord\", error=\"insufficient_scope\""),
     )
-    .into_response()
 }
 
 fn named(doc: Option<Uuid>) -> String {

@@ -37,6 +37,9 @@ pub(super) fn rule(method: &Method, route: Option<&str>) -> Rule {
         Some("/v1/docs/{id}/ws" | "/v1/docs/{id}/sync") => Rule::Read,
         // Any token to connect; the handler checks each document it syncs.
         Some("/v1/repo") => Rule::AnyToken,
+        // Any token; each tool call checks what it reads and writes against the caller
+        // (crate::api::mcp).
+        Some("/mcp") => Rule::AnyToken,
         Some(_) => Rule::Admin,
     }
 }
@@ -83,6 +86,8 @@ mod tests {
             (Method::POST, Some("/v1/compare"), Rule::Admin),
             (Method::GET, Some("/metrics"), Rule::Admin),
             (Method::GET, Some("/v1/repo"), Rule::AnyToken),
+            (Method::POST, Some("/mcp"), Rule::AnyToken),
+            (Method::GET, Some("/mcp"), Rule::AnyToken),
             (Method::GET, Some("/v1/docs/{id}/ws"), Rule::Read),
             (Method::GET, Some("/v1/docs/{id}/sync"), Rule::Read),
         ];

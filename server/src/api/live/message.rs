@@ -6,8 +6,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::policy::Refusal;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Fields};
 use crate::registry::{self, Written};
 
 /// The body of a write message.
@@ -54,19 +53,14 @@ pub(super) fn fingerprint(base: Option<&str>, body: &WriteBody) -> String {
 /// A write's error as the WebSocket answers it: the HTTP problem, but refusals that name
 /// HTTP headers name the message's fields instead.
 pub(super) fn for_ws(e: registry::Error) -> ApiError {
-    let detail = match &e {
-        registry::Error::Refused(Refusal::IfMatchRequired { .. }) => {
-            "this write needs \"base\": the version you read, or \"*\" to write against the current version"
-        }
-        registry::Error::Refused(Refusal::LockRequired) => {
-            "a lock document needs the token of a lease: POST /v1/docs/{id}/lock, then send \"lock\": <token> with each write"
-        }
-        _ => return e.into(),
-    };
-    ApiError {
-        detail: detail.into(),
-        ..e.into()
-    }
+    crate::problem::in_fields(
+        e,
+        &Fields {
+            base: "base",
+            lock: "lock",
+            lease: "POST /v1/docs/{id}/lock",
+        },
+    )
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {

@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
 use concord_core::Version;
 use concord_protocol::live::{Change, Problem, ServerMessage};
 use serde_json::Value;
@@ -177,12 +176,7 @@ fn change_message(event: &ChangeEvent) -> ServerMessage {
 
 /// An error as a WebSocket `error` message.
 fn error_message(e: &ApiError, id: Option<Value>) -> ServerMessage {
-    let version = e
-        .headers
-        .iter()
-        .find(|(name, _)| name == header::ETAG)
-        .and_then(|(_, v)| v.to_str().ok())
-        .map(|v| v.trim_matches('"').to_owned());
+    let version = e.current_version();
     ServerMessage::Error(Problem {
         id,
         type_uri: format!("urn:concord:problem:{}", e.kind),
