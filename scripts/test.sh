@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Concord's test command: every suite, from one place.
 #
-# Installs the Node packages of the JS interop and browser suites (from their lock files)
-# when npm is available, then runs the whole Rust workspace's tests, which start the real
-# server and drive those suites. Without Node or Chromium those two suites say they were
-# skipped; with CI=true set, a missing prerequisite is a failure instead.
+# Installs the Node packages of the JS interop, MCP and browser suites (from their lock
+# files) when npm is available, then runs the whole Rust workspace's tests, which start
+# the real server and drive those suites, then the Python client's suite and the API
+# conformance run against the real binary. A suite whose tools are missing (Node,
+# Chromium, python3) says it was skipped; with CI=true set, that is a failure instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,16 @@ if command -v npm >/dev/null 2>&1; then
     fi
   done
 else
-  echo "==> npm not found: the JS interop and browser suites will be skipped"
+  echo "==> npm not found: the JS interop, MCP and browser suites will be skipped"
 fi
 
 echo "==> cargo test --workspace"
 cargo test --workspace --locked "$@"
+
+# The suites outside Cargo start the real binary: the Python client's (python/) and the
+# API conformance run (schemathesis against /openapi.json). Each makes its own virtual
+# environment under target/; without python3 they say they were skipped (CI: a failure).
+echo "==> cargo build -p concord"
+cargo build -p concord --locked
+./scripts/python-tests.sh
+./scripts/api-conformance.sh

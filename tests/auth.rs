@@ -166,6 +166,8 @@ fn cases() -> Vec<Case> {
     let write = Scope(READER, WRITER);
     vec![
         case(Method::GET, "/healthz", Public, Some(200)),
+        case(Method::GET, "/openapi.json", Public, Some(200)),
+        case(Method::GET, "/metrics", admin, Some(200)),
         case(Method::GET, "/", Public, Some(200)),
         case(Method::GET, "/web/app.js", Public, Some(200)),
         case(Method::GET, "/nope", AnyToken, Some(404)),

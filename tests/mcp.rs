@@ -125,6 +125,18 @@ async fn a_tool_call_is_one_request_and_writes_as_http_does() {
     let (now, version) = server.get(&id).await;
     assert_eq!(now, json!({"n": 2}));
     assert_eq!(result["structuredContent"]["version"], version);
+    // Counted in /metrics (the recorder is the process's: other tests here count too).
+    let metrics = server
+        .send(server.request(reqwest::Method::GET, "/metrics"))
+        .await;
+    let page = String::from_utf8(metrics.bytes).unwrap();
+    let calls = page
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"concord_mcp_tool_calls_total{tool="write_document",outcome="ok"} "#)
+        })
+        .map(|v| v.parse::<f64>().unwrap());
+    assert!(calls.is_some_and(|n| n >= 1.0), "{page}");
 }
 
 /// With authentication on, `/mcp` needs a token like every API route (401 before any

@@ -12,6 +12,7 @@
 //! - [`policy`]: write strategies as policies on the base version of a write.
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 description at `/openapi.json`, from the handlers' own
 //!   annotations and types.
 //! - [`store`]: the durable stores, both writing through one group-commit queue:
@@ -33,6 +34,7 @@ pub mod clock;
 pub mod cluster;
 pub mod idempotency;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod policy;
 pub mod problem;

@@ -161,6 +161,8 @@ const REFUSAL_TIME: Duration = Duration::from_secs(5);
 struct Counted {
     place: Option<OwnedSemaphorePermit>,
     stream: TcpStream,
+    /// Counts it in `concord_connections` while it lives.
+    _held: crate::metrics::Held,
 }
 
 impl AsyncRead for Counted {
@@ -260,6 +262,7 @@ pub(crate) async fn serve(
         let io = TokioIo::new(Counted {
             place: Some(place),
             stream,
+            _held: crate::metrics::Held::new(crate::metrics::CONNECTIONS),
         });
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut stop = stop.clone();

@@ -33,10 +33,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let request_timeout = state.config.limits.request_timeout;
     let guarded = Arc::clone(&state);
     let hub = Arc::new(crate::repo::Hub::new(Arc::clone(&state)));
+    // Installed before anything is recorded.
+    crate::metrics::handle();
     let (schemas, paths, repo) = routes!(sync::repo);
     let (router, openapi) = OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(openapi_json))
+        .routes(routes!(crate::metrics::scrape))
         .routes(routes!(docs::list, docs::create))
         .routes(routes!(docs::read, docs::put, docs::patch, docs::delete))
         .routes(routes!(docs::history))
@@ -81,6 +84,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         // Outside the body limit, so that its 413 becomes problem+json too.
         .layer(middleware::map_response(ensure_problem_json))
+        // Counts and times every request with its final status, by matched route.
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -114,18 +114,36 @@ impl Registry {
             edit,
             idempotency,
         } = command;
-        self.write(doc, meta, idempotency, |loaded| {
-            let base = policy::admit(
-                loaded.meta.strategy,
-                edit.kind(),
-                if_match,
-                loaded.lease.as_ref(),
-                lock,
-                meta.time_ms,
-                &loaded.doc.version(),
-            )?;
-            edit.apply(doc, &mut loaded.doc, base.as_ref(), meta)
-        })
-        .await
+        let written = self
+            .write(doc, meta, idempotency, |loaded| {
+                let current = loaded.doc.version();
+                let strategy = loaded.meta.strategy;
+                let base = policy::admit(
+                    strategy,
+                    edit.kind(),
+                    if_match,
+                    loaded.lease.as_ref(),
+                    lock,
+                    meta.time_ms,
+                    &current,
+                )
+                .inspect_err(|refusal| {
+                    metrics::counter!(crate::metrics::REFUSALS, "kind" => refusal.kind())
+                        .increment(1);
+                })?;
+                let lost_before = loaded.doc.lost().len();
+                let outcome = edit.apply(doc, &mut loaded.doc, base.as_ref(), meta)?;
+                if base.as_ref().is_some_and(|b| *b != current) {
+                    metrics::counter!(crate::metrics::WRITES_MERGED, "strategy" => strategy.as_str())
+                        .increment(1);
+                }
+                let lost = loaded.doc.lost().len().saturating_sub(lost_before);
+                metrics::counter!(crate::metrics::LOST_EDITS).increment(lost as u64);
+                Ok::<_, Error>(outcome)
+            })
+            .await?;
+        metrics::counter!(crate::metrics::WRITES, "strategy" => written.strategy.as_str())
+            .increment(1);
+        Ok(written)
     }
 }

@@ -436,7 +436,13 @@ async fn transact<W: Writer>(writer: &mut W, group: &mut [Job]) -> Result<u64, G
         }
     }
     if stored > 0 {
+        let started = std::time::Instant::now();
         writer.commit().await?;
+        let store = writer.name();
+        metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS, "store" => store)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::STORE_GROUP, "store" => store).record(stored as f64);
+        metrics::counter!(crate::metrics::STORE_COMMITS, "store" => store).increment(1);
     } else {
         writer.execute(ROLLBACK).await?;
     }

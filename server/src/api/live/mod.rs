@@ -68,6 +68,8 @@ pub(crate) struct DocFeed {
     repair: Option<Repair>,
     /// Set once `Ended` was handed out.
     ended: Option<ApiError>,
+    /// Counts it in `concord_live_subscribers` while it lives.
+    _held: crate::metrics::Held,
 }
 
 impl DocFeed {
@@ -86,6 +88,7 @@ impl DocFeed {
             queue: VecDeque::new(),
             repair: None,
             ended: None,
+            _held: crate::metrics::Held::new(crate::metrics::LIVE_SUBSCRIBERS),
         };
         feed.queue_catchup(catchup);
         Ok(feed)

@@ -76,14 +76,12 @@ pub(super) fn routes(state: Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
 
 /// `POST /mcp` in the OpenAPI description: JSON-RPC messages of the Model Context Protocol.
 fn operation() -> Operation {
-    let json_rpc = || {
-        ContentBuilder::new()
-            .schema(Some(Object::new()))
-            .build()
-    };
+    let json_rpc = || ContentBuilder::new().schema(Some(Object::new())).build();
     OperationBuilder::new()
         .tag("mcp")
-        .summary(Some("The Model Context Protocol (Streamable HTTP, stateless)"))
+        .summary(Some(
+            "The Model Context Protocol (Streamable HTTP, stateless)",
+        ))
         .description(Some(
             "JSON-RPC 2.0 messages of the Model Context Protocol: `initialize`, `tools/list`, \
              `tools/call`. Each POST is answered on its own, as one JSON response (no session, \

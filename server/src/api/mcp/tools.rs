@@ -800,8 +800,17 @@ impl ServerHandler for Tools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let tool = request.name.to_string();
         let call = ToolCallContext::new(self, request, context);
-        match self.tool_router.call(call).await? {
+        // An unknown tool is an error above (`?`), so only tools that exist become labels.
+        let response = self.tool_router.call(call).await?;
+        let outcome = match &response {
+            CallToolResponse::Complete(result) if result.is_error == Some(true) => "error",
+            _ => "ok",
+        };
+        metrics::counter!(crate::metrics::MCP_TOOL_CALLS, "tool" => tool, "outcome" => outcome)
+            .increment(1);
+        match response {
             CallToolResponse::Complete(result)
                 if result.is_error == Some(true) && result.structured_content.is_none() =>
             {
