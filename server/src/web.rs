@@ -208,7 +208,7 @@ mod tests {
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        routes::<()>()
+        axum::Router::from(routes::<()>())
             .oneshot(request.body(Body::empty()).unwrap())
             .await
             .unwrap()
