@@ -87,6 +87,7 @@ fn catalogue() -> Vec<Case> {
         case("put: deep nesting", M::PUT, "/v1/docs/{id}", JSON, format!("{{\"a\": {deep}}}"), 400),
         case("put: unknown document", M::PUT, "/v1/docs/00000000-0000-4000-8000-000000000000", JSON, "{}", 404),
         case("put: bad agent header", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "*"), ("concord-agent", "")], "{}", 400),
+        case("put: agent header with a tab", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "*"), ("concord-agent", "ann\tbob")], "{}", 400),
         case("put: counter gets a float", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1.5, "l": [], "t": "", "o": {"k": "v"}}"#, 422),
         // PATCH.
         case("patch: test fails", M::PATCH, "/v1/docs/{id}", PATCH, r#"[{"op": "add", "path": "/x", "value": 1}, {"op": "test", "path": "/o/k", "value": "other"}]"#, 409),
@@ -364,6 +365,7 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("ws: not a WebSocket request", M::GET, &doc("/ws"), NONE, "", 400),
         wide("ws: malformed id", M::GET, "/v1/docs/x/ws", UPGRADE, "", 400),
         wide("ws: bad agent in the query", M::GET, &doc("/ws?agent="), UPGRADE, "", 400),
+        wide("ws: agent in the query with a tab", M::GET, &doc("/ws?agent=ann%09bob"), UPGRADE, "", 400),
         wide("ws: unknown query parameter", M::GET, &doc("/ws?colour=red"), UPGRADE, "", 400),
         wide("sync: not a WebSocket request", M::GET, &doc("/sync"), NONE, "", 426),
         wide("sync: malformed id", M::GET, "/v1/docs/x/sync", UPGRADE, "", 400),

@@ -851,3 +851,30 @@ async fn idempotency_key_sees_every_if_match_line() {
     let other = put(format!("\"{}\"", first.etag())).await;
     other.assert_problem(422);
 }
+
+/// A JSON `null` as the body of a create or a lease request is what an empty body is: the
+/// defaults (a client library that serializes "no options" as `null` is not refused).
+#[tokio::test]
+async fn a_null_body_means_the_defaults() {
+    let s = TestServer::start().await;
+    let created = s
+        .send(
+            s.request(Method::POST, "/v1/docs")
+                .header("content-type", "application/json")
+                .body("null"),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.json()["value"], json!({}));
+    assert_eq!(created.json()["strategy"], "crdt");
+    let (lock, _) = s.create(json!({"strategy": "lock"})).await;
+    let lease = s
+        .send(
+            s.request(Method::POST, &format!("/v1/docs/{lock}/lock"))
+                .header("content-type", "application/json")
+                .body("null"),
+        )
+        .await;
+    assert_eq!(lease.status, StatusCode::OK, "{:?}", lease.json());
+    assert_eq!(lease.json()["ttl_ms"], 10_000);
+}
