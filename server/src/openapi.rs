@@ -42,22 +42,11 @@ use crate::problem::Problem;
 )]
 pub struct ApiDoc;
 
-/// The headers of a write that names its base version and lease.
+/// The headers of every write: who writes, and the key that makes a retry safe.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)] // A description of headers the handlers read from the request.
 pub(crate) struct WriteHeaders {
-    /// The version the edit was made against, as a strong entity tag (`"<version>"`, the
-    /// `ETag` of the read): the server merges the edit into the present as of that version.
-    /// Required by the `optimistic` strategy; a list or `*` is accepted (RFC 9110).
-    #[param(
-        rename = "If-Match",
-        pattern = "^(\\*|\"[0-9a-fA-F]{64}(\\.[0-9a-fA-F]{64})*\")$"
-    )]
-    if_match: Option<String>,
-    /// The lease token (`POST /v1/docs/{id}/lock`) of a lock document's holder.
-    #[param(rename = "Concord-Lock", pattern = "^[0-9]{1,18}$")]
-    concord_lock: Option<String>,
     /// A client's key for the request: a retry with the same key and body gets the first
     /// answer again instead of being applied twice.
     #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
@@ -72,23 +61,23 @@ pub(crate) struct WriteHeaders {
     concord_agent: Option<String>,
 }
 
-/// The headers of a write that takes neither a base version nor a lease.
+/// The headers of a write that names the version it was made from and its lease, besides
+/// [`WriteHeaders`].
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)] // A description of headers the handlers read from the request.
-pub(crate) struct PlainWriteHeaders {
-    /// A client's key for the request: a retry with the same key and body gets the first
-    /// answer again instead of being applied twice.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
-    idempotency_key: Option<String>,
-    /// Who writes, recorded in history (with auth on, the token decides instead).
+pub(crate) struct BaseHeaders {
+    /// The version the edit was made against, as a strong entity tag (`"<version>"`, the
+    /// `ETag` of the read): the server merges the edit into the present as of that version.
+    /// Required by the `optimistic` strategy; a list or `*` is accepted (RFC 9110).
     #[param(
-        rename = "Concord-Agent",
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[!-~]([ -~]*[!-~])?$"
+        rename = "If-Match",
+        pattern = "^(\\*|\"[0-9a-fA-F]{64}(\\.[0-9a-fA-F]{64})*\")$"
     )]
-    concord_agent: Option<String>,
+    if_match: Option<String>,
+    /// The lease token (`POST /v1/docs/{id}/lock`) of a lock document's holder.
+    #[param(rename = "Concord-Lock", pattern = "^[0-9]{1,18}$")]
+    concord_lock: Option<String>,
 }
 
 /// The document named in a path.

@@ -31,7 +31,16 @@ pub struct ApiError {
     "detail": "no document 7f1c1c9e-3b8e-4c43-9a55-0d6f3f3c2a10"
 }))]
 pub struct Problem<'a> {
-    /// `urn:concord:problem:<kind>`: which problem, stable for programs to match on.
+    /// `urn:concord:problem:<kind>`: which problem, stable for programs to match on. Among
+    /// them: 400 `invalid-json`, `invalid-id`, `invalid-version`, `invalid-pointer`,
+    /// `invalid-patch`, `invalid-changes`, `invalid-agent`; 401 `unauthorized`; 403
+    /// `forbidden`; 404 `not-found`, `unknown-version`, `path-not-found`; 408
+    /// `body-timeout`; 409 `already-exists`, `path-not-found`, `test-failed`, `fenced`,
+    /// `strategy-refuses`, `idempotency-key-in-flight`; 412 `stale-version`,
+    /// `unknown-version`, `weak-etag`; 413 `body-too-large`, `document-too-large`; 415
+    /// `unsupported-media-type`; 422 `invalid-body`, `invalid-value`, `wrong-type`,
+    /// `idempotency-key-reused`; 423 `locked`; 428 `if-match-required`, `lock-required`;
+    /// 503 `too-many-connections`, `storage-unavailable`, `writer-contended`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The status's reason phrase.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::docs::{idempotent, write_meta, WriteAnswer, WriteHead};
 use super::{doc_id, json_body, now_ms};
-use crate::openapi::{DocPath, PlainWriteHeaders};
+use crate::openapi::{DocPath, WriteHeaders};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
 use crate::registry::{self, Edit, IdempotencyDraft, Responder, Written};
@@ -193,7 +193,7 @@ pub(super) async fn release(
 
 /// `POST /v1/docs/{id}/fork`: an isolated copy (a crdt document) with the same history.
 #[utoipa::path(post, path = "/v1/docs/{id}/fork", tag = "branches",
-    params(DocPath, PlainWriteHeaders),
+    params(DocPath, WriteHeaders),
     responses(
         (status = 201, description = "The fork.", body = WriteAnswer,
             headers(("ETag" = String, description = "The fork's version, quoted"),
@@ -270,7 +270,7 @@ pub(super) struct MergeBody {
 
 /// `POST /v1/docs/{id}/merge` `{"fork": id}`: merges a fork's changes back.
 #[utoipa::path(post, path = "/v1/docs/{id}/merge", tag = "branches",
-    params(DocPath, PlainWriteHeaders),
+    params(DocPath, WriteHeaders),
     request_body(content = MergeBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Merged.", body = WriteAnswer,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
 use crate::idempotency::{respond, Begin};
-use crate::openapi::{DocPath, PlainWriteHeaders, WriteHeaders};
+use crate::openapi::{BaseHeaders, DocPath, WriteHeaders};
 use crate::policy::{etag, IfMatch, LOCK_HEADER};
 use crate::problem::ApiError;
 use crate::registry::{Edit, IdempotencyDraft, Responder, WriteCommand, Written};
@@ -237,7 +237,7 @@ pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, Api
 
 /// Creates a document.
 #[utoipa::path(post, path = "/v1/docs", tag = "documents",
-    params(PlainWriteHeaders),
+    params(WriteHeaders),
     request_body(content = Option<CreateBody>, content_type = "application/json",
         description = "Every field is optional; an empty body creates `{}` as a crdt document."),
     responses(
@@ -544,7 +544,7 @@ pub(super) async fn read_doc(
 /// Writes a whole value as of the version read (`If-Match`): the server merges the
 /// difference between that version and this value into the present.
 #[utoipa::path(put, path = "/v1/docs/{id}", tag = "documents",
-    params(DocPath, WriteHeaders),
+    params(DocPath, BaseHeaders, WriteHeaders),
     request_body(content = Value, content_type = "application/json",
         description = "The document's new value, a JSON object."),
     responses(
@@ -572,7 +572,7 @@ pub(super) async fn put(
 /// Applies a JSON Patch (RFC 6902, plus `increment` and `splice`) or a JSON Merge Patch
 /// (RFC 7396) as of the version read (`If-Match`), merged into the present.
 #[utoipa::path(patch, path = "/v1/docs/{id}", tag = "documents",
-    params(DocPath, WriteHeaders),
+    params(DocPath, BaseHeaders, WriteHeaders),
     request_body(content(
         (Vec<concord_core::patch::PatchOp> = "application/json-patch+json"),
         (Value = "application/merge-patch+json"),
@@ -622,7 +622,7 @@ enum Settle {
 
 /// `POST /v1/docs/{id}/lost/{lost}/restore`: writes the lost value back where it was.
 #[utoipa::path(post, path = "/v1/docs/{id}/lost/{lost}/restore", tag = "documents",
-    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), WriteHeaders),
+    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), BaseHeaders, WriteHeaders),
     responses(
         (status = 200, description = "Written: the merged present.", body = WriteAnswer,
             headers(("ETag" = String, description = "The new version, quoted"))),
@@ -639,7 +639,7 @@ pub(super) async fn restore_lost(
 
 /// `DELETE /v1/docs/{id}/lost/{lost}`: closes the record, leaving the value deleted.
 #[utoipa::path(delete, path = "/v1/docs/{id}/lost/{lost}", tag = "documents",
-    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), WriteHeaders),
+    params(DocPath, ("lost" = String, Path, description = "The lost edit's `id`"), BaseHeaders, WriteHeaders),
     responses(
         (status = 200, description = "Written: the merged present.", body = WriteAnswer,
             headers(("ETag" = String, description = "The new version, quoted"))),
@@ -782,7 +782,7 @@ pub(super) async fn get_changes(
 
 /// Applies raw Automerge changes (concatenated, as `GET …/changes` gives them).
 #[utoipa::path(post, path = "/v1/docs/{id}/changes", tag = "documents",
-    params(DocPath, PlainWriteHeaders),
+    params(DocPath, WriteHeaders),
     request_body(content = [u8], content_type = "application/octet-stream",
         description = "Automerge changes, concatenated."),
     responses(
