@@ -85,6 +85,24 @@ struct ServeArgs {
     /// behind a proxy that authenticates).
     #[arg(long, conflicts_with = "auth")]
     insecure_no_auth: bool,
+    /// Host names, besides IP addresses and localhost, that requests may name in `Host`
+    /// (comma-separated; `*`: any). Others are refused (403), against DNS rebinding.
+    #[arg(
+        long,
+        env = "CONCORD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example`), besides this server's own, whose pages may write
+    /// and open WebSockets (comma-separated; `*`: any). Others are refused (403).
+    #[arg(
+        long,
+        env = "CONCORD_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    allowed_origins: Vec<String>,
     /// Largest document, as compact JSON, in bytes: a write that would make one larger is
     /// refused (413) and changes nothing.
     #[arg(long, default_value_t = Limits::default().max_document_bytes)]
@@ -198,6 +216,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
         },
         auth,
         insecure_no_auth: args.insecure_no_auth,
+        allowed: concord_server::origins::Allowed::new(&args.allowed_hosts, &args.allowed_origins),
         limits: Limits {
             max_document_bytes: args.max_document_bytes,
             max_connections: args.max_connections,

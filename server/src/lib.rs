@@ -13,6 +13,8 @@
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`origins`]: which `Host` and `Origin` values may reach the API (DNS rebinding,
+//!   cross-site requests).
 //! - [`openapi`]: the OpenAPI 3.1 description at `/openapi.json`, from the handlers' own
 //!   annotations and types.
 //! - [`store`]: the durable stores, both writing through one group-commit queue:
@@ -36,6 +38,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod origins;
 pub mod policy;
 pub mod problem;
 pub mod registry;
@@ -82,6 +85,8 @@ pub struct Config {
     /// Serve without authentication on an address that is not loopback, which is refused
     /// otherwise: only for a server behind something else that authenticates.
     pub insecure_no_auth: bool,
+    /// Host names and origins accepted besides the server's own (see [`origins`]).
+    pub allowed: origins::Allowed,
     /// Document size, connections and timeouts (see [`limits`]).
     pub limits: limits::Limits,
     /// Where documents are stored: `None` for the embedded SQLite store in `data`, or a
@@ -151,6 +156,7 @@ impl Default for Config {
             live: LiveConfig::default(),
             auth: None,
             insecure_no_auth: false,
+            allowed: origins::Allowed::default(),
             limits: limits::Limits::default(),
             storage: None,
             extra_routes: utoipa_axum::router::OpenApiRouter::new(),

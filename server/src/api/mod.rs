@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.body_limit;
     let request_timeout = state.config.limits.request_timeout;
     let guarded = Arc::clone(&state);
+    let allowed = Arc::new(state.config.allowed.clone());
     let hub = Arc::new(crate::repo::Hub::new(Arc::clone(&state)));
     // Installed before anything is recorded.
     crate::metrics::handle();
@@ -81,6 +82,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(
             request_timeout,
             crate::limits::deadline,
+        ))
+        // Before anything reads the request: a page on another name or origin is refused
+        // (crate::origins).
+        .layer(middleware::from_fn_with_state(
+            allowed,
+            crate::origins::guard,
         ))
         // Outside the body limit, so that its 413 becomes problem+json too.
         .layer(middleware::map_response(ensure_problem_json))
