@@ -295,9 +295,9 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buffer).into_owned()
 }
 
-const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: concord\r\n\r\n";
+const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 const HEALTH_THEN_CLOSE: &[u8] =
-    b"GET /healthz HTTP/1.1\r\nHost: concord\r\nConnection: close\r\n\r\n";
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
 
 #[tokio::test]
 async fn excess_connections_are_answered_503_and_closed() {
@@ -324,7 +324,7 @@ async fn excess_connections_are_answered_503_and_closed() {
     let mut d = connect(&s).await;
     let body = r#"{"value": {"n": 1}}"#;
     let create = format!(
-        "POST /v1/docs HTTP/1.1\r\nHost: concord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/docs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     d.write_all(create.as_bytes()).await.unwrap();
@@ -356,7 +356,7 @@ async fn a_client_that_does_not_finish_its_headers_is_dropped() {
     let s = TestServer::start_with(|c| c.limits.header_timeout = Duration::from_millis(100)).await;
     // Half a request head, then nothing.
     let mut slow = connect(&s).await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: concord\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     assert_eq!(
@@ -380,7 +380,7 @@ async fn a_body_that_does_not_arrive_in_time_is_408() {
     let before = s.raw(&id).await;
     let mut slow = connect(&s).await;
     let head = format!(
-        "PUT /v1/docs/{id} HTTP/1.1\r\nHost: concord\r\nIf-Match: *\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"n\": "
+        "PUT /v1/docs/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-Match: *\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"n\": "
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     let answer = read_to_close(&mut slow).await;

@@ -17,6 +17,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:http';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const base = (process.argv[2] || process.env.CONCORD_URL || '').replace(/\/$/, '');
@@ -30,6 +31,8 @@ mkdirSync(artifacts, { recursive: true });
 if (readmeImages) mkdirSync(readmeImages, { recursive: true });
 
 const TIMEOUT = 15_000;
+// A name Chromium is told resolves to 127.0.0.1, as a DNS rebinding attack makes it.
+const REBIND_HOST = 'rebind.attacker.test';
 const problems = []; // console errors and page exceptions
 const checks = [];
 
@@ -50,6 +53,16 @@ async function http(method, path, { agent, body, type = 'application/json', ifMa
   return text ? JSON.parse(text) : null;
 }
 
+// Another site on loopback: a second origin whose page attacks the server.
+async function attackerSite() {
+  const server = createServer((request, response) => {
+    response.writeHead(200, { 'Content-Type': 'text/html' });
+    response.end('<!doctype html><title>another site</title><p>nothing to see</p>');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, origin: `http://127.0.0.1:${server.address().port}` };
+}
+
 const patch = (id, agent, ops, ifMatch) =>
   http('PATCH', `/v1/docs/${id}`, { agent, body: ops, type: 'application/json-patch+json', ifMatch });
 
@@ -68,6 +81,7 @@ const context = await chromium.launchPersistentContext(profile, {
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
+    `--host-resolver-rules=MAP ${REBIND_HOST} 127.0.0.1`,
   ],
   viewport: { width: 1440, height: 900 },
   deviceScaleFactor: 1,
@@ -415,6 +429,74 @@ try {
     await page.locator('#chart-sweep circle.point').first().waitFor();
     await page.evaluate(() => window.scrollTo(0, 0));
     await shot('compare', { fullPage: true, readme: 'compare.png' });
+  });
+
+  await step('a page on another origin can neither write nor open a WebSocket', async () => {
+    const target = await http('POST', '/v1/docs', { agent: 'owner', body: { value: { owner: 'me' } } });
+    const before = (await http('GET', '/v1/docs')).docs.length;
+    const site = await attackerSite();
+    // A page of its own, without the listeners above: its refused requests are meant to fail.
+    const attacker = await context.newPage();
+    try {
+      await attacker.goto(site.origin + '/');
+      const ws = await attacker.evaluate(async ({ base, id }) => {
+        const tries = [
+          // Bodies a page may send another origin without asking (no JSON content type).
+          fetch(base + '/v1/docs', { method: 'POST', mode: 'no-cors', body: new Blob(['{}']) }),
+          fetch(base + '/v1/docs', { method: 'POST', mode: 'no-cors' }),
+          fetch(base + `/v1/docs/${id}/changes`, {
+            method: 'POST',
+            mode: 'no-cors',
+            body: new Uint8Array([0x85, 0x6f, 0x4a, 0x83]).buffer,
+          }),
+          fetch(base + '/v1/compare', { method: 'POST', mode: 'no-cors', body: '{}' }),
+          fetch(base + `/v1/docs/${id}`, { method: 'DELETE', mode: 'no-cors' }),
+        ];
+        await Promise.allSettled(tries);
+        return new Promise((resolve) => {
+          const socket = new WebSocket(base.replace(/^http/, 'ws') + `/v1/docs/${id}/ws`);
+          socket.onopen = () => {
+            socket.send(JSON.stringify({ type: 'put', id: 'x', base: '*', value: { owner: 'attacker' } }));
+            resolve('opened');
+          };
+          socket.onerror = () => resolve('refused');
+        });
+      }, { base, id: target.id });
+      if (ws !== 'refused') throw new Error(`a WebSocket from ${site.origin} was ${ws}`);
+    } finally {
+      await attacker.close();
+      site.server.close();
+    }
+    const after = await http('GET', '/v1/docs');
+    if (after.docs.length !== before) throw new Error(`${after.docs.length - before} documents appeared`);
+    const value = (await http('GET', `/v1/docs/${target.id}`)).value;
+    if (value.owner !== 'me') throw new Error(`the document became ${JSON.stringify(value)}`);
+  });
+
+  await step('a page reached through DNS rebinding gets nothing', async () => {
+    // Chromium resolves rebind.attacker.test to 127.0.0.1 (--host-resolver-rules): the page's
+    // origin is the attacker's name on the server's own port, so its requests are same-origin.
+    const before = (await http('GET', '/v1/docs')).docs.length;
+    const rebound = `http://${REBIND_HOST}:${new URL(base).port}`;
+    const attacker = await context.newPage();
+    try {
+      const page = await attacker.goto(rebound + '/');
+      if (page.status() !== 403) throw new Error(`the viewer answered ${page.status()} at ${rebound}`);
+      const statuses = await attacker.evaluate(async () => {
+        const list = await fetch('/v1/docs');
+        const create = await fetch('/v1/docs', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: '{}',
+        });
+        return [list.status, create.status];
+      });
+      if (statuses.join() !== '403,403') throw new Error(`answers ${statuses.join()}, not 403,403`);
+    } finally {
+      await attacker.close();
+    }
+    const after = (await http('GET', '/v1/docs')).docs.length;
+    if (after !== before) throw new Error(`${after - before} documents appeared`);
   });
 } catch (e) {
   failed = `${current}: ${e.message.split('\n')[0]}`;
