@@ -207,7 +207,7 @@ def holding_connection(url: str, timeout: float = 10.0) -> socket.socket:
     stays open until closed."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
