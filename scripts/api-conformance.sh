@@ -4,7 +4,11 @@
 # (/openapi.json): generated requests for every operation, and every check — no 5xx, every
 # status, content type, header and body as described. Settings: tests/schemathesis/.
 #
-# Two passes: every check but `positive_data_acceptance` over all phases, then that check
+# `ensure_resource_availability` is left out: schemathesis sends the same Idempotency-Key
+# with the same body again, the server answers the first create again (as it must), and a
+# document created, deleted and then "created" by that replay is not there.
+#
+# Two passes: every other check but `positive_data_acceptance` over all phases, then that check
 # alone over the generated phases (examples, fuzzing, stateful), leaving out two things it
 # cannot judge: the coverage phase, which writes If-Match values of its own that are not
 # entity tags (`If-Match: 0`), and `POST /v1/docs/{id}/changes`, whose body is any octets
@@ -72,7 +76,7 @@ run() {
     --workers 1 --request-timeout 20 --seed 1 --exclude-path-regex "$streams" "$@")
 }
 echo "==> schemathesis: every check but positive_data_acceptance, every phase"
-run --checks all --exclude-checks positive_data_acceptance
+run --checks all --exclude-checks positive_data_acceptance,ensure_resource_availability
 echo "==> schemathesis: positive_data_acceptance (examples, fuzzing, stateful)"
 run --checks positive_data_acceptance --phases examples,fuzzing,stateful \
   --exclude-name 'POST /v1/docs/{id}/changes'

@@ -84,6 +84,10 @@ pub enum PatchOp {
         path: String,
         /// How much (may be negative).
         #[serde(deserialize_with = "whole")]
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = -9_007_199_254_740_991_i64, maximum = 9_007_199_254_740_991_i64)
+        )]
         value: i64,
     },
     /// Deletes `del` characters at `pos` of the text at `path` and inserts `insert` there.
@@ -93,9 +97,11 @@ pub enum PatchOp {
         path: String,
         /// Position, in Unicode code points.
         #[serde(deserialize_with = "whole")]
+        #[cfg_attr(feature = "openapi", schema(maximum = 9_007_199_254_740_991_u64))]
         pos: usize,
         /// How many characters to delete.
         #[serde(default, deserialize_with = "whole")]
+        #[cfg_attr(feature = "openapi", schema(maximum = 9_007_199_254_740_991_u64))]
         del: usize,
         /// What to insert.
         #[serde(default)]
@@ -103,7 +109,12 @@ pub enum PatchOp {
     },
 }
 
-/// A whole number, written either way JSON allows (`3` or `3.0`), in range for `T`.
+/// The largest whole number every JSON reader holds exactly (2^53 - 1, JavaScript's
+/// `Number.MAX_SAFE_INTEGER`): the bound of counts and positions in a patch.
+const MAX_SAFE: i128 = 9_007_199_254_740_991;
+
+/// A whole number, written either way JSON allows (`3` or `3.0`), at most [`MAX_SAFE`] in
+/// size and in range for `T`.
 fn whole<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -114,13 +125,11 @@ where
     let whole = match (number.as_i64(), number.as_u64(), number.as_f64()) {
         (Some(i), _, _) => Some(i128::from(i)),
         (_, Some(u), _) => Some(i128::from(u)),
-        // Exactly representable and whole: 2^53 and below, no fraction.
-        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
-            Some(f as i128)
-        }
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= MAX_SAFE as f64 => Some(f as i128),
         _ => None,
     };
     whole
+        .filter(|w| w.abs() <= MAX_SAFE)
         .and_then(|w| T::try_from(w).ok())
         .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }

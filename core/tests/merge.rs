@@ -645,7 +645,7 @@ fn forks_edit_apart_and_merge_back() {
 
 /// JSON does not tell `3` from `3.0`: a whole number written with a fraction part is the
 /// same number in `increment` and `splice`; a fraction, a negative position or one past
-/// the range is refused.
+/// 2^53 - 1 (what every JSON reader holds exactly) is refused.
 #[test]
 fn patch_numbers_are_whole_however_written() {
     let ops = parse_patch(&json!([
@@ -665,6 +665,8 @@ fn patch_numbers_are_whole_however_written() {
         json!([{"op": "increment", "path": "/n", "value": 1.5}]),
         json!([{"op": "splice", "path": "/t", "pos": -1, "insert": "x"}]),
         json!([{"op": "increment", "path": "/n", "value": 1e300}]),
+        json!([{"op": "increment", "path": "/n", "value": 9_007_199_254_740_992_i64}]),
+        json!([{"op": "splice", "path": "/t", "pos": 1.036_694_456_201_581e20, "insert": "x"}]),
     ] {
         let err = parse_patch(&bad).unwrap_err().to_string();
         assert!(err.contains("whole number"), "{bad}: {err}");
