@@ -383,3 +383,36 @@ async fn a_damaged_snapshot_fails_its_document_only() {
     let stderr = stop(server).await;
     assert!(stderr.contains("snapshot"), "the log says why:\n{stderr}");
 }
+
+#[tokio::test]
+async fn a_document_that_does_not_load_can_still_be_deleted() {
+    let data = tempfile::tempdir().unwrap();
+    let (id, other) = prepare(data.path(), 3).await;
+    let conn = Connection::open(data.path().join(DB_FILE)).unwrap();
+    conn.execute(
+        "INSERT INTO snapshots (doc, bytes) VALUES (?1, ?2)",
+        params![id, b"\x85\x6f\x4a\x83not a snapshot".to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let server = Binary::start(data.path(), &[]);
+    let http = Http::new(&server);
+    assert_eq!(http.get(&format!("/v1/docs/{id}")).await.0, 500);
+    let url = format!("{}/v1/docs/{id}", http.base);
+    let deleted = http.client.delete(&url).send().await.unwrap();
+    assert_eq!(deleted.status(), 204, "{}", deleted.text().await.unwrap());
+    let (status, problem) = http.get(&format!("/v1/docs/{id}")).await;
+    assert_eq!(status, 404, "{problem}");
+    let again = http.client.delete(&url).send().await.unwrap();
+    assert_eq!(again.status(), 404, "a second delete finds nothing");
+    assert_eq!(http.health().await, Value::Null, "no damage left to report");
+    assert_eq!(http.log(&other).await.0, ["kept"]);
+    stop(server).await;
+
+    let server = Binary::start(data.path(), &[]);
+    let http = Http::new(&server);
+    assert_eq!(http.get(&format!("/v1/docs/{id}")).await.0, 404, "gone for good");
+    assert_eq!(http.log(&other).await.0, ["kept"]);
+    stop(server).await;
+}

@@ -404,19 +404,27 @@ impl Registry {
         f(guard.loaded())
     }
 
-    /// Deletes a document from memory and storage.
+    /// Deletes a document from memory and storage. A document whose stored state does not
+    /// load can still be deleted: it was never in memory, so only the store holds it.
     pub async fn delete(&self, id: Uuid) -> Result<(), Error> {
-        let mut guard = self.lock(id).await?;
-        self.store.delete(id).await?;
-        self.note_damage(id, &[]); // storage damage (issue 6): gone with the document
-        *guard.state = SlotState::Retired;
-        self.retire(id, &guard.slot);
+        let guard = match self.lock(id).await {
+            Ok(guard) => Some(guard),
+            Err(Error::Unloadable(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if !self.store.delete(id).await? && guard.is_none() {
+            return Err(Error::NotFound(id));
+        }
+        self.note_damage(id, &[]); // gone with the document
+        if let Some(mut guard) = guard {
+            *guard.state = SlotState::Retired;
+            self.retire(id, &guard.slot);
+            // Subscribers see their stream end once the guard is dropped, below.
+        }
         self.announce(FeedEvent::Deleted {
             id,
             time_ms: crate::clock::now_ms(),
         });
-        // Subscribers see their stream end.
-        drop(guard);
         Ok(())
     }
 
