@@ -412,7 +412,11 @@ async fn a_document_that_does_not_load_can_still_be_deleted() {
 
     let server = Binary::start(data.path(), &[]);
     let http = Http::new(&server);
-    assert_eq!(http.get(&format!("/v1/docs/{id}")).await.0, 404, "gone for good");
+    assert_eq!(
+        http.get(&format!("/v1/docs/{id}")).await.0,
+        404,
+        "gone for good"
+    );
     assert_eq!(http.log(&other).await.0, ["kept"]);
     stop(server).await;
 }

@@ -39,10 +39,11 @@
 //! assert_eq!(replica.read(None).unwrap(), json!({"n": 1}));
 //! ```
 
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::Automerge;
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::doc::{parse_changes, read_uleb, Document, WriteOutcome};
 use crate::error::Result;
@@ -62,7 +63,27 @@ pub enum SyncError {
     /// drop this copy of the document and reload it from storage.
     #[error("the sync message's changes could not be applied: {0}")]
     Refused(String),
+    /// Applying the message would leave more than [`MAX_WAITING_BYTES`] of changes waiting
+    /// for dependencies the document does not have. Nothing is applied.
+    #[error(
+        "the sync message's changes wait for {waiting} bytes of changes this document does \
+         not have (at most {MAX_WAITING_BYTES} may wait): send the changes they build on first"
+    )]
+    TooMuchWaiting {
+        /// The bytes that would wait, this message's included.
+        waiting: usize,
+    },
 }
+
+/// How many bytes of a peer's changes may wait in a document for their dependencies.
+///
+/// A sync message may carry a change without one it depends on: the sender's Bloom filter
+/// test of the receiver's summary can answer "has it" wrongly, and the receiver then asks
+/// for the missing change by hash in its next message. Automerge keeps such changes aside,
+/// unapplied and unstored, until their dependencies arrive. That is the protocol working,
+/// but a peer could also send changes whose dependencies never come: this bound keeps what
+/// waits small, and a message that would pass it is refused whole.
+pub const MAX_WAITING_BYTES: usize = 8 << 20;
 
 /// What one peer is known to have, for one document and one connection.
 #[derive(Debug, Clone, Default)]
@@ -180,6 +201,7 @@ impl Document {
             compiled,
             change_count: 0,
             lost: crate::lost::LostLog::default(),
+            waiting_bytes: 0,
         })
     }
 
@@ -199,8 +221,17 @@ impl Document {
         state: &mut SyncState,
         message: SyncMessage,
     ) -> Result<WriteOutcome, SyncError> {
+        let mut incoming = Vec::new();
         for (i, chunk) in message.0.changes.iter().enumerate() {
-            parse_changes(chunk).map_err(|e| SyncError::Malformed(format!("change {i}: {e}")))?;
+            incoming.extend(
+                parse_changes(chunk)
+                    .map_err(|e| SyncError::Malformed(format!("change {i}: {e}")))?,
+            );
+        }
+        let orphans = self.orphan_bytes(&incoming);
+        let waiting = self.waiting_bytes.saturating_add(orphans);
+        if orphans > 0 && waiting > MAX_WAITING_BYTES {
+            return Err(SyncError::TooMuchWaiting { waiting });
         }
         let before = self.doc.get_heads();
         let received = catch_unwind(AssertUnwindSafe(|| {
@@ -217,10 +248,72 @@ impl Document {
             self.doc.get_changes(&before)
         };
         self.took_in(&changes);
+        self.waiting_bytes = if self.doc.get_missing_deps(&[]).is_empty() {
+            0
+        } else {
+            waiting
+        };
         Ok(WriteOutcome {
             version: self.version(),
             changes,
         })
+    }
+
+    /// The bytes of the changes among `incoming` that cannot be applied yet: one of the
+    /// changes they build on, directly or not, is neither here nor among `incoming`.
+    fn orphan_bytes(&self, incoming: &[Change]) -> usize {
+        let by_hash: HashMap<ChangeHash, &Change> =
+            incoming.iter().map(|c| (c.hash(), c)).collect();
+        let here = |hash: &ChangeHash| self.doc.get_change_meta_by_hash(hash).is_some();
+        // Whether each incoming change can be applied, found depth-first with a stack of
+        // its own (a long chain of changes must not overflow the thread's). Each entry is a
+        // change and the index of the next dependency of it to look at.
+        let mut complete: HashMap<ChangeHash, bool> = HashMap::new();
+        let mut open = HashSet::new();
+        for change in incoming {
+            let mut stack = vec![(change.hash(), 0)];
+            while let Some((hash, next)) = stack.last_mut() {
+                let hash = *hash;
+                if complete.contains_key(&hash) || here(&hash) {
+                    stack.pop();
+                    continue;
+                }
+                open.insert(hash);
+                let deps = by_hash[&hash].deps();
+                let verdict = loop {
+                    let Some(dep) = deps.get(*next) else {
+                        break Some(true);
+                    };
+                    if here(dep) || complete.get(dep) == Some(&true) {
+                        *next += 1;
+                        continue;
+                    }
+                    if complete.get(dep) == Some(&false)
+                        || !by_hash.contains_key(dep)
+                        || open.contains(dep)
+                    {
+                        break Some(false);
+                    }
+                    break None; // look at `dep` first, then come back to it
+                };
+                match verdict {
+                    Some(verdict) => {
+                        complete.insert(hash, verdict);
+                        open.remove(&hash);
+                        stack.pop();
+                    }
+                    None => {
+                        let dep = deps[*next];
+                        stack.push((dep, 0));
+                    }
+                }
+            }
+        }
+        incoming
+            .iter()
+            .filter(|c| complete.get(&c.hash()) == Some(&false))
+            .map(|c| c.raw_bytes().len())
+            .sum()
     }
 }
 

@@ -113,3 +113,119 @@ fn unsorted_hashes_are_put_in_order() {
         [ChangeHash([1; 32]), ChangeHash([9; 32])]
     );
 }
+
+/// A peer's copy of `server` with `n` more changes of its own, one after the other, each
+/// putting `size` bytes of text that does not compress (Automerge deflates large changes).
+fn peer_changes(server: &Document, n: usize, size: usize) -> Vec<automerge::Change> {
+    use automerge::transaction::Transactable;
+    let mut peer = server.automerge().fork();
+    let before = peer.get_heads();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..n {
+        let text: String = (0..size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect();
+        let mut tx = peer.transaction();
+        tx.put(automerge::ROOT, format!("big{i}"), text).unwrap();
+        tx.commit();
+    }
+    peer.get_changes(&before)
+}
+
+fn carrying(changes: &[automerge::Change]) -> SyncMessage {
+    let bytes = Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: changes
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect::<Vec<_>>()
+            .into(),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode();
+    SyncMessage::decode(&bytes).unwrap()
+}
+
+fn server_doc() -> Document {
+    let meta = WriteMeta {
+        agent: "s".into(),
+        time_ms: 0,
+        message: None,
+    };
+    Document::create(&json!({"k": 1}), Schema::default(), &meta)
+        .unwrap()
+        .0
+}
+
+/// The protocol at work: a sender whose Bloom filter test answered "has it" wrongly sends a
+/// change without the one it builds on; the change waits, and applies once that one comes.
+#[test]
+fn a_change_sent_before_the_one_it_builds_on_waits_for_it() {
+    let mut server = server_doc();
+    let changes = peer_changes(&server, 2, 10);
+    let before = server.version();
+    let mut state = SyncState::new();
+    let outcome = server
+        .receive_sync_message(&mut state, carrying(&changes[1..]))
+        .unwrap();
+    assert!(outcome.changes.is_empty(), "nothing applies yet");
+    assert_eq!(server.version(), before);
+    assert_eq!(server.missing_deps(), [changes[0].hash()]);
+    let outcome = server
+        .receive_sync_message(&mut state, carrying(&changes[..1]))
+        .unwrap();
+    assert_eq!(
+        outcome.changes.len(),
+        2,
+        "both apply, and are there to store"
+    );
+    assert!(server.missing_deps().is_empty());
+}
+
+/// Bug: changes whose dependencies never come waited in memory without bound.
+#[test]
+fn changes_waiting_for_their_dependencies_are_bounded() {
+    let mut server = server_doc();
+    // Twelve changes of 1 MiB after a first one that is never sent: more than 8 MiB wait.
+    let changes = peer_changes(&server, 13, 1 << 20);
+    let orphans: usize = changes[1..].iter().map(|c| c.raw_bytes().len()).sum();
+    assert!(orphans > concord_core::sync::MAX_WAITING_BYTES, "{orphans}");
+    let before = server.version();
+    let mut state = SyncState::new();
+    let refused = server
+        .receive_sync_message(&mut state, carrying(&changes[1..]))
+        .unwrap_err();
+    assert!(
+        matches!(refused, SyncError::TooMuchWaiting { .. }),
+        "{refused}"
+    );
+    assert_eq!(server.version(), before);
+    assert!(server.missing_deps().is_empty(), "nothing was kept aside");
+    // Sent a few at a time, they are refused once the bound is reached.
+    let mut refusals = 0;
+    for chunk in changes[1..].chunks(2) {
+        match server.receive_sync_message(&mut state, carrying(chunk)) {
+            Ok(outcome) => assert!(outcome.changes.is_empty()),
+            Err(SyncError::TooMuchWaiting { waiting }) => {
+                assert!(waiting > concord_core::sync::MAX_WAITING_BYTES);
+                refusals += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refusals > 0);
+    // With the change they build on, everything applies.
+    let outcome = server
+        .receive_sync_message(&mut state, carrying(&changes))
+        .unwrap();
+    assert_eq!(outcome.changes.len(), 13);
+    assert!(server.missing_deps().is_empty());
+}

@@ -65,6 +65,9 @@ pub struct Document {
     pub(crate) change_count: usize,
     /// The open lost-edit records, kept here for the same reason.
     pub(crate) lost: LostLog,
+    /// Bytes of changes a sync peer sent that wait in Automerge's queue for dependencies
+    /// not here yet (see [`crate::sync::MAX_WAITING_BYTES`]).
+    pub(crate) waiting_bytes: usize,
 }
 
 impl std::fmt::Debug for Document {
@@ -93,6 +96,7 @@ impl Document {
             compiled,
             change_count: 0,
             lost: LostLog::default(),
+            waiting_bytes: 0,
         };
         let mut outcome = doc.write(None, meta, &[], |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
@@ -144,6 +148,7 @@ impl Document {
                 compiled,
                 change_count,
                 lost,
+                waiting_bytes: 0,
             },
             report,
         ))
@@ -503,6 +508,7 @@ impl Document {
             compiled: self.compiled.clone(),
             change_count: self.change_count,
             lost: self.lost.clone(),
+            waiting_bytes: self.waiting_bytes,
         };
         let outcome = WriteOutcome {
             version: copy.version(),
