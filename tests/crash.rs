@@ -438,6 +438,11 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         retry(&server, &ledger, std::mem::take(&mut pending), &context).await;
         verify(&server, &ledger, &context).await;
         assert_clean(&server.stderr(), &context);
+        if cycles > CYCLES && cycle % 10 == 0 {
+            // A soak runs for many minutes: say how far it is (seen with --nocapture).
+            let acks = ledger.lock().unwrap().acks;
+            eprintln!("crash: cycle {cycle} of {cycles}: {acks} acknowledged writes, all present");
+        }
         if cycle == cycles {
             // The last restart only checks; then a clean stop.
             let (status, stderr) = server
