@@ -458,6 +458,73 @@ async fn the_token_decides_the_agent() {
     assert_eq!(raw(&s, DOC).await, before);
 }
 
+/// With authentication on, a lease is bound to its token's agent: another token that knows
+/// the holder's lease token (admin's included, and whatever `Concord-Agent` it sends) can
+/// neither write with it nor release it, and no refusal shows the holder's token.
+#[tokio::test]
+async fn a_lease_is_bound_to_the_agent_that_took_it() {
+    let s = start().await;
+    let created = s
+        .send(
+            send(&s, ADMIN, Method::POST, "/v1/docs")
+                .json(&json!({"value": {"items": []}, "strategy": "lock"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let lock_path = format!("/v1/docs/{id}/lock");
+    let taken = s
+        .send(send(&s, EVERYWHERE, Method::POST, &lock_path).json(&json!({"ttl_ms": 60000})))
+        .await;
+    assert_eq!(taken.status, StatusCode::OK);
+    let token = taken.json()["token"].as_str().unwrap().to_owned();
+    let write = |bearer: &str, lock: &str| {
+        send(&s, bearer, Method::PATCH, &format!("/v1/docs/{id}"))
+            .header("content-type", "application/json-patch+json")
+            .header("concord-lock", lock.to_owned())
+            // Naming the holder changes nothing: the token decides the agent.
+            .header("concord-agent", "walt")
+            .body(json!([{"op": "add", "path": "/items/-", "value": bearer}]).to_string())
+    };
+    let release = |bearer: &str, lock: &str| {
+        send(&s, bearer, Method::DELETE, &lock_path)
+            .header("concord-lock", lock.to_owned())
+            .header("concord-agent", "walt")
+    };
+    let shows_token = |reply: &Reply| String::from_utf8_lossy(&reply.bytes).contains(&token);
+    for refused in [
+        s.send(write(ADMIN, &token)).await,
+        s.send(release(ADMIN, &token)).await,
+        s.send(write(ADMIN, "0")).await,
+        s.send(release(ADMIN, "0")).await,
+    ] {
+        assert_eq!(
+            refused.assert_problem(409)["type"],
+            "urn:concord:problem:fenced"
+        );
+        assert!(!shows_token(&refused), "{:?}", refused.json());
+    }
+    let held = s
+        .send(send(&s, ADMIN, Method::POST, &lock_path).json(&json!({"ttl_ms": 1000})))
+        .await;
+    held.assert_problem(423);
+    assert!(!shows_token(&held), "{:?}", held.json());
+    assert_eq!(read_as(&s, ADMIN, &id).await.0, json!({"items": []}));
+    // The holder writes and releases.
+    assert_eq!(
+        s.send(write(EVERYWHERE, &token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.send(release(EVERYWHERE, &token)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        read_as(&s, ADMIN, &id).await.0,
+        json!({"items": [EVERYWHERE]})
+    );
+}
+
 async fn read_as(s: &TestServer, token: &str, id: &str) -> (Value, String) {
     let reply = s
         .send(send(s, token, Method::GET, &format!("/v1/docs/{id}")))

@@ -207,8 +207,10 @@ async fn the_store_decides_for_every_node() {
         .await
         .unwrap();
     assert_eq!(ok, Ok(()), "the holder writes through any node");
-    assert!(a.release_lease(locked, first.token).await.unwrap());
-    assert!(!a.release_lease(locked, first.token).await.unwrap());
+    // Only the agent that took it releases it.
+    assert!(!a.release_lease(locked, first.token, "y").await.unwrap());
+    assert!(a.release_lease(locked, first.token, "x").await.unwrap());
+    assert!(!a.release_lease(locked, first.token, "x").await.unwrap());
     let released = b
         .write_checked(batch(locked, None, &[8], "l3"), expect_lease(first.token))
         .await
@@ -945,8 +947,20 @@ async fn lock_fencing_holds_across_nodes() {
     let first = one.lock(doc.id, 60_000, 0).await.unwrap();
     let held = two.lock(doc.id, 60_000, 0).await.unwrap_err();
     assert_eq!(held.status(), Some(423), "{held}");
-    // The holder may write through either node.
-    put(&two, &first.token, "agent-1 via node 2").await.unwrap();
+    // The holder may write through either node; nobody else may, even with its token.
+    let one_via_two = nodes[1].client("agent-1");
+    put(&one_via_two, &first.token, "agent-1 via node 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal_kind(put(&two, &first.token, "not agent-2's").await),
+        "fenced"
+    );
+    let refused = two.unlock(doc.id, &first.token).await.unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    // No token at all in the refusal (a store's tokens are small numbers, so none).
+    let detail = &refused.problem().expect("a problem").detail;
+    assert!(!detail.chars().any(|c| c.is_ascii_digit()), "{detail}");
 
     // Agent 2 waits on node 2; agent 1 releases on node 1: the waiter gets the lease long
     // before its wait (or the 60 s lease) would run out.
@@ -972,7 +986,8 @@ async fn lock_fencing_holds_across_nodes() {
         refusal_kind(put(&two, &first.token, "stale").await),
         "fenced"
     );
-    put(&one, &second.token, "agent-2 via node 1")
+    let two_via_one = nodes[0].client("agent-2");
+    put(&two_via_one, &second.token, "agent-2 via node 1")
         .await
         .unwrap();
     two.unlock(doc.id, &second.token).await.unwrap();

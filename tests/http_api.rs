@@ -473,9 +473,12 @@ async fn lock_strategy_fences_a_paused_holder() {
         )
     };
     let write = |token: &str, item: &str| {
+        // The holder of each token is the agent named in its item ("A's late write").
+        let agent = item[..1].to_owned();
         s.send(
             s.request(Method::PATCH, &format!("/v1/docs/{id}"))
                 .header("content-type", "application/json-patch+json")
+                .header("concord-agent", agent)
                 .header("concord-lock", token.to_owned())
                 .body(json!([{"op": "add", "path": "/items/-", "value": item}]).to_string()),
         )
@@ -510,6 +513,7 @@ async fn lock_strategy_fences_a_paused_holder() {
     let released = s
         .send(
             s.request(Method::DELETE, &format!("/v1/docs/{id}/lock"))
+                .header("concord-agent", "B")
                 .header("concord-lock", b_token.clone()),
         )
         .await;
@@ -520,6 +524,94 @@ async fn lock_strategy_fences_a_paused_holder() {
     );
     write(&b_token, "B again").await.assert_problem(409);
     assert_eq!(s.get(&id).await.0, json!({"items": ["B's write"]}));
+}
+
+/// A lease is bound to the agent that took it (here, without authentication, its
+/// `Concord-Agent`): another agent holding nothing, that knows the holder's token, can
+/// neither write with it nor release it, and no refusal (nor the answer to its own lock
+/// request) shows the holder's token.
+#[tokio::test]
+async fn a_lease_token_is_no_key_for_another_agent() {
+    let s = TestServer::start().await;
+    let (id, _) = s
+        .create(json!({"value": {"items": []}, "strategy": "lock"}))
+        .await;
+    let lock_path = format!("/v1/docs/{id}/lock");
+    let as_agent = |request: reqwest::RequestBuilder, agent: Option<&str>| match agent {
+        Some(agent) => request.header("concord-agent", agent.to_owned()),
+        None => request,
+    };
+    let write = |agent: Option<&str>, token: &str, item: &str| {
+        let request = s
+            .request(Method::PATCH, &format!("/v1/docs/{id}"))
+            .header("content-type", "application/json-patch+json")
+            .header("concord-lock", token.to_owned())
+            .body(json!([{"op": "add", "path": "/items/-", "value": item}]).to_string());
+        s.send(as_agent(request, agent))
+    };
+    let release = |agent: Option<&str>, token: &str| {
+        let request = s
+            .request(Method::DELETE, &lock_path)
+            .header("concord-lock", token.to_owned());
+        s.send(as_agent(request, agent))
+    };
+    let taken = s
+        .send(
+            s.request(Method::POST, &lock_path)
+                .header("concord-agent", "agent-a")
+                .json(&json!({"ttl_ms": 60000})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::OK, "{:?}", taken.json());
+    let token = taken.json()["token"].as_str().unwrap().to_owned();
+    let shows_token = |reply: &concord_tests::Reply| {
+        String::from_utf8_lossy(&reply.bytes).contains(&token)
+            || reply
+                .headers
+                .values()
+                .any(|v| v.to_str().unwrap_or_default().contains(&token))
+    };
+    // agent-b, and an agent that names nobody, hold nothing.
+    for other in [Some("agent-b"), None] {
+        let refused = write(other, &token, "not theirs").await;
+        assert_eq!(
+            refused.assert_problem(409)["type"],
+            "urn:concord:problem:fenced"
+        );
+        assert!(!shows_token(&refused), "{other:?}: {:?}", refused.json());
+        let refused = release(other, &token).await;
+        assert_eq!(
+            refused.assert_problem(409)["type"],
+            "urn:concord:problem:fenced"
+        );
+        assert!(!shows_token(&refused), "{other:?}: {:?}", refused.json());
+        // A made-up token does not learn the holder's either.
+        for guess in ["0", "1"] {
+            let refused = write(other, guess, "a guess").await;
+            refused.assert_problem(409);
+            assert!(!shows_token(&refused), "{other:?}: {:?}", refused.json());
+        }
+        let held = s
+            .send(as_agent(
+                s.request(Method::POST, &lock_path)
+                    .json(&json!({"ttl_ms": 1000})),
+                other,
+            ))
+            .await;
+        held.assert_problem(423);
+        assert!(!shows_token(&held), "{other:?}: {:?}", held.json());
+    }
+    assert_eq!(s.get(&id).await.0, json!({"items": []}));
+    // The holder still writes with it, and releases it.
+    assert_eq!(
+        write(Some("agent-a"), &token, "A's").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        release(Some("agent-a"), &token).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(s.get(&id).await.0, json!({"items": ["A's"]}));
 }
 
 #[tokio::test]

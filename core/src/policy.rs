@@ -50,8 +50,19 @@ pub struct Lease {
     pub token: u64,
     /// When the lease ends, ms since the epoch.
     pub expires_at_ms: i64,
-    /// The agent holding it.
+    /// The agent holding it: the only one that may write with its token or release it.
     pub agent: String,
+}
+
+/// Who presents a lock document's lease: the agent writing (the token's with
+/// authentication on, its `Concord-Agent` without) and the token it sent, if any. A token
+/// is bound to the agent that took the lease, so knowing it is not enough to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder<'a> {
+    /// The agent writing or releasing.
+    pub agent: &'a str,
+    /// The token sent (`Concord-Lock`, a WebSocket `lock`, an MCP `lock_token`).
+    pub token: Option<u64>,
 }
 
 /// Why a document's strategy refuses a write. Each has a stable [`Refusal::kind`], the
@@ -82,26 +93,24 @@ pub enum Refusal {
     /// A lock document's write without a lease token.
     #[error("a lock document needs the token of a lease: POST /v1/docs/{{id}}/lock, then send Concord-Lock: <token>")]
     LockRequired,
-    /// The token is not the newest one issued (`newest`, if known).
-    #[error("{}", fenced_detail(*.token, *.newest))]
+    /// The token is not the newest one issued; `newer` if a newer one was. No refusal
+    /// names a token, neither the one sent nor the holder's: a token is a lease's secret.
+    #[error("{}", if *.newer {
+        "this lease token is fenced off: a newer lease was issued since; take the lock again"
+    } else {
+        "this token is not the token of the current lease; take the lock"
+    })]
     Fenced {
-        /// The writer's token.
-        token: u64,
-        /// The newest token, if known.
-        newest: Option<u64>,
+        /// Whether a newer lease than the token's was issued.
+        newer: bool,
     },
-    /// A release of a lease by a token that does not hold it.
-    #[error("token {token} does not hold the lock")]
-    NotHolder {
-        /// The token.
-        token: u64,
-    },
+    /// A write or release with the current lease's token by an agent that did not take
+    /// the lease: only its holder may use it.
+    #[error("this token is not the token of a lease you hold: only the agent that took a lease may write with it or release it; take the lock yourself")]
+    NotHolder,
     /// The newest token's lease ran out (or was released).
-    #[error("the lease of token {token} expired; take the lock again")]
-    LeaseExpired {
-        /// The token.
-        token: u64,
-    },
+    #[error("your lease expired; take the lock again")]
+    LeaseExpired,
     /// A queue document's writer lock was lost to another node while the write was applied.
     #[error("another node wrote this queue document while this write was applied (its writer lock was lost); nothing was applied: retry")]
     WriterContended,
@@ -124,8 +133,8 @@ impl Refusal {
             Refusal::WeakOnly { .. } => "weak-etag",
             Refusal::Strategy(_) => "strategy-refuses",
             Refusal::LockRequired => "lock-required",
-            Refusal::Fenced { .. } | Refusal::NotHolder { .. } => "fenced",
-            Refusal::LeaseExpired { .. } => "lease-expired",
+            Refusal::Fenced { .. } | Refusal::NotHolder => "fenced",
+            Refusal::LeaseExpired => "lease-expired",
             Refusal::WriterContended => "writer-contended",
             Refusal::NotAFork { .. } => "not-a-fork",
         }
@@ -140,24 +149,15 @@ impl Refusal {
     }
 }
 
-fn fenced_detail(token: u64, newest: Option<u64>) -> String {
-    match newest {
-        Some(newest) if newest > token => {
-            format!("token {token} is fenced off: a newer lease (token {newest}) was issued since")
-        }
-        _ => format!("token {token} is not the token of the current lease"),
-    }
-}
-
 /// Applies a document's strategy to a write: the base version to apply it at (`None`: the
-/// present), or why it is refused. `lease` is the document's newest lease, `lock` the token
-/// the writer sent, `now_ms` the server's clock.
+/// present), or why it is refused. `lease` is the document's newest lease, `holder` the
+/// writer and the token it sent, `now_ms` the server's clock.
 pub fn admit(
     strategy: Strategy,
     kind: WriteKind,
     if_match: Option<&IfMatch>,
     lease: Option<&Lease>,
-    lock: Option<u64>,
+    holder: Holder<'_>,
     now_ms: i64,
     current: &Version,
 ) -> Result<Option<Version>, Refusal> {
@@ -170,7 +170,7 @@ pub fn admit(
         };
     }
     if strategy == Strategy::Lock {
-        check_lease(lease, lock, now_ms)?;
+        check_lease(lease, holder, now_ms)?;
     }
     base_for(strategy, kind, if_match, current)
 }
@@ -250,19 +250,32 @@ pub fn base_for(
     }
 }
 
-/// Checks a lock-strategy write's token: it must be the newest token issued and its lease
-/// must not have expired (fencing: a writer that paused past its lease cannot write).
-pub fn check_lease(lease: Option<&Lease>, token: Option<u64>, now_ms: i64) -> Result<(), Refusal> {
-    let Some(token) = token else {
+/// Checks a lock-strategy write's token: it must be the newest token issued, its lease
+/// must not have expired (fencing: a writer that paused past its lease cannot write), and
+/// the writer must be the agent that took it (a token is no key for anyone else).
+pub fn check_lease(lease: Option<&Lease>, holder: Holder<'_>, now_ms: i64) -> Result<(), Refusal> {
+    let Some(token) = holder.token else {
         return Err(Refusal::LockRequired);
     };
     match lease {
+        Some(lease) if lease.token == token && lease.agent != holder.agent => {
+            Err(Refusal::NotHolder)
+        }
         Some(lease) if lease.token == token && lease.expires_at_ms > now_ms => Ok(()),
-        Some(lease) if lease.token == token => Err(Refusal::LeaseExpired { token }),
+        Some(lease) if lease.token == token => Err(Refusal::LeaseExpired),
         lease => Err(Refusal::Fenced {
-            token,
-            newest: lease.map(|l| l.token),
+            newer: lease.is_some_and(|l| l.token > token),
         }),
+    }
+}
+
+/// Checks a release of a lease: `holder` must name the current lease with its token and be
+/// the agent that took it. The refusal is the same whether the token is another's or no
+/// one's, so that a release reveals nothing about other agents' tokens.
+pub fn check_release(lease: Option<&Lease>, holder: Holder<'_>) -> Result<(), Refusal> {
+    match (lease, holder.token) {
+        (Some(lease), Some(token)) if lease.token == token && lease.agent == holder.agent => Ok(()),
+        _ => Err(Refusal::NotHolder),
     }
 }
 
@@ -345,7 +358,11 @@ mod tests {
     fn merges_go_only_into_branches_and_crdt_documents() {
         let current = v(1);
         for strategy in Strategy::ALL {
-            let got = admit(strategy, WriteKind::Merge, None, None, None, 0, &current)
+            let nobody = Holder {
+                agent: "a",
+                token: None,
+            };
+            let got = admit(strategy, WriteKind::Merge, None, None, nobody, 0, &current)
                 .map_err(|e| e.kind());
             let expected = match strategy {
                 Strategy::Branches | Strategy::Crdt => Ok(None),
@@ -363,7 +380,10 @@ mod tests {
             WriteKind::Put,
             Some(&IfMatch::Any),
             None,
-            None,
+            Holder {
+                agent: "a",
+                token: None,
+            },
             0,
             &current,
         );
@@ -391,19 +411,66 @@ mod tests {
             expires_at_ms: 1000,
             agent: "a".into(),
         };
+        let holder = |agent, token| Holder { agent, token };
         let cases = [
-            (Some(&lease), Some(10), 999, Ok(())),
-            (Some(&lease), Some(10), 1000, Err("lease-expired")),
-            (Some(&lease), Some(9), 500, Err("fenced")),
-            (Some(&lease), Some(11), 500, Err("fenced")),
-            (None, Some(10), 500, Err("fenced")),
-            (Some(&lease), None, 500, Err("lock-required")),
+            (Some(&lease), holder("a", Some(10)), 999, Ok(())),
+            (
+                Some(&lease),
+                holder("a", Some(10)),
+                1000,
+                Err("lease-expired"),
+            ),
+            (Some(&lease), holder("a", Some(9)), 500, Err("fenced")),
+            (Some(&lease), holder("a", Some(11)), 500, Err("fenced")),
+            (None, holder("a", Some(10)), 500, Err("fenced")),
+            (Some(&lease), holder("a", None), 500, Err("lock-required")),
+            // The holder's token in another agent's hands is no key, expired or not.
+            (Some(&lease), holder("b", Some(10)), 999, Err("fenced")),
+            (Some(&lease), holder("b", Some(10)), 1000, Err("fenced")),
         ];
-        for (lease, token, now, expected) in cases {
-            let got = check_lease(lease, token, now).map_err(|e| e.kind());
-            assert_eq!(got, expected, "{lease:?} {token:?} {now}");
+        for (lease, holder, now, expected) in cases {
+            let got = check_lease(lease, holder, now).map_err(|e| e.kind());
+            assert_eq!(got, expected, "{lease:?} {holder:?} {now}");
         }
-        let newer = check_lease(Some(&lease), Some(9), 500).unwrap_err();
-        assert!(newer.to_string().contains("token 10"), "{newer}");
+        assert_eq!(
+            check_lease(Some(&lease), holder("b", Some(10)), 500),
+            Err(Refusal::NotHolder)
+        );
+        let newer = check_lease(Some(&lease), holder("a", Some(9)), 500).unwrap_err();
+        assert_eq!(newer, Refusal::Fenced { newer: true });
+    }
+
+    #[test]
+    fn only_the_holder_releases() {
+        let lease = Lease {
+            token: 10,
+            expires_at_ms: 1000,
+            agent: "a".into(),
+        };
+        let holder = |agent, token| Holder { agent, token };
+        assert_eq!(check_release(Some(&lease), holder("a", Some(10))), Ok(()));
+        for (lease, holder) in [
+            (Some(&lease), holder("b", Some(10))),
+            (Some(&lease), holder("a", Some(9))),
+            (Some(&lease), holder("a", None)),
+            (None, holder("a", Some(10))),
+        ] {
+            assert_eq!(check_release(lease, holder), Err(Refusal::NotHolder));
+        }
+    }
+
+    /// No lease refusal names a token: not the one sent (which may be another agent's), and
+    /// not the newest one (which belongs to its holder).
+    #[test]
+    fn lease_refusals_name_no_token() {
+        for refusal in [
+            Refusal::Fenced { newer: true },
+            Refusal::Fenced { newer: false },
+            Refusal::NotHolder,
+            Refusal::LeaseExpired,
+        ] {
+            let text = refusal.to_string();
+            assert!(!text.chars().any(|c| c.is_ascii_digit()), "{text}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 pub use concord_core::policy::{
-    admit, base_for, check_lease, may_fork, takes_changes, IfMatch, Lease, Refusal, WriteKind,
+    admit, base_for, check_lease, check_release, may_fork, takes_changes, Holder, IfMatch, Lease,
+    Refusal, WriteKind,
 };
 use concord_core::Version;
 
@@ -138,8 +139,8 @@ pub fn status(refusal: &Refusal) -> StatusCode {
         Refusal::Stale { .. } | Refusal::WeakOnly { .. } => StatusCode::PRECONDITION_FAILED,
         Refusal::Strategy(_)
         | Refusal::Fenced { .. }
-        | Refusal::NotHolder { .. }
-        | Refusal::LeaseExpired { .. }
+        | Refusal::NotHolder
+        | Refusal::LeaseExpired
         | Refusal::NotAFork { .. } => StatusCode::CONFLICT,
         Refusal::WriterContended => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -188,16 +189,9 @@ mod tests {
                 true,
             ),
             (Refusal::Strategy("no".into()), 409, false),
-            (
-                Refusal::Fenced {
-                    token: 1,
-                    newest: Some(2),
-                },
-                409,
-                false,
-            ),
-            (Refusal::NotHolder { token: 1 }, 409, false),
-            (Refusal::LeaseExpired { token: 1 }, 409, false),
+            (Refusal::Fenced { newer: true }, 409, false),
+            (Refusal::NotHolder, 409, false),
+            (Refusal::LeaseExpired, 409, false),
             (
                 Refusal::NotAFork {
                     fork: id,

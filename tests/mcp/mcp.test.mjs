@@ -133,7 +133,18 @@ test("a lock document takes writes only with the newest lease", async () => {
   assert.match(needs.detail, /lock_token/)
   assert.match(needs.detail, /lock_document/)
   const lease = await ok(c, "lock_document", { id: created.id, ttl_ms: 60000 })
-  await fails(other, "lock_document", { id: created.id }, 423, "locked")
+  const held = await fails(other, "lock_document", { id: created.id }, 423, "locked")
+  assert.ok(!JSON.stringify(held).includes(lease.token), held.detail)
+  // The token is bound to its holder: another agent that knows it can neither write with it
+  // nor release it, and is not told the holder's token.
+  for (const [tool, args] of [
+    ["write_document", { id: created.id, base_version: "*", value: { n: 9 }, lock_token: lease.token }],
+    ["release_lock", { id: created.id, lock_token: lease.token }],
+    ["write_document", { id: created.id, base_version: "*", value: { n: 9 }, lock_token: "0" }],
+  ]) {
+    const refused = await fails(other, tool, args, 409, "fenced")
+    assert.ok(!JSON.stringify(refused).includes(lease.token), refused.detail)
+  }
   const wrote = await ok(c, "write_document", { id: created.id, base_version: "*", value: { n: 1 }, lock_token: lease.token })
   assert.deepEqual(wrote.value, { n: 1 })
   await ok(c, "patch_document", { id: created.id, patch: [{ op: "replace", path: "/n", value: 2 }], lock_token: Number(lease.token) })

@@ -340,9 +340,10 @@ pub trait Store: Send + Sync + 'static {
         let _ = (id, agent, ttl_ms);
         Err(no_leases())
     }
-    /// Releases the lease with `token`; `false` if it is not the current lease.
-    async fn release_lease(&self, id: Uuid, token: u64) -> Result<bool, StoreError> {
-        let _ = (id, token);
+    /// Releases the lease with `token` taken by `agent`; `false` if it is not the current
+    /// lease, or another agent took it.
+    async fn release_lease(&self, id: Uuid, token: u64, agent: &str) -> Result<bool, StoreError> {
+        let _ = (id, token, agent);
         Err(no_leases())
     }
 }

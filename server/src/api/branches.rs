@@ -162,14 +162,17 @@ pub(super) async fn acquire_lease(
     }
 }
 
-/// `DELETE /v1/docs/{id}/lock` with `Concord-Lock`: releases the lease.
+/// `DELETE /v1/docs/{id}/lock` with `Concord-Lock`: releases the lease, if the caller is
+/// the agent that took it.
 #[utoipa::path(delete, path = "/v1/docs/{id}/lock", tag = "branches",
     params(DocPath, ("Concord-Lock" = String, Header, description = "The lease's token",
-        pattern = "^[0-9]{1,18}$")),
+        pattern = "^[0-9]{1,18}$"),
+        ("Concord-Agent" = Option<String>, Header, description = "Who releases it: the agent that took the lease (with authentication on, the token decides)",
+        min_length = 1, max_length = 128, pattern = "^[!-~]([ -~]*[!-~])?$")),
     responses(
         (status = 204, description = "Released."),
         (status = 404, description = "No such document."),
-        (status = 409, description = "The token is not the current lease's."),
+        (status = 409, description = "The token is not the current lease's, or another agent took it (`fenced`)."),
     ))]
 pub(super) async fn release(
     State(state): Shared,
@@ -187,7 +190,8 @@ pub(super) async fn release(
                 "send the lease's token in Concord-Lock",
             )
         })?;
-    state.registry.release_lease(id, token).await?;
+    let agent = write_meta(&headers, 0)?.agent;
+    state.registry.release_lease(id, token, &agent).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

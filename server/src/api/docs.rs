@@ -551,7 +551,7 @@ pub(super) async fn read_doc(
         (status = 200, description = "Written: the merged present.", body = WriteAnswer,
             headers(("ETag" = String, description = "The new version, quoted"))),
         (status = 404, description = "No such document."),
-        (status = 409, description = "A lock document's lease is held by another token."),
+        (status = 409, description = "A lock document's token is not the current lease's (fenced), its lease expired, or another agent took that lease."),
         (status = 412, description = "The `If-Match` version is unknown, or (optimistic) not the current one."),
         (status = 428, description = "The strategy needs `If-Match` or `Concord-Lock`."),
     ))]
@@ -581,7 +581,7 @@ pub(super) async fn put(
         (status = 200, description = "Written: the merged present.", body = WriteAnswer,
             headers(("ETag" = String, description = "The new version, quoted"))),
         (status = 404, description = "No such document."),
-        (status = 409, description = "A `test` failed, a path is missing, or a lease is held by another token."),
+        (status = 409, description = "A `test` failed, a path is missing, or a lock document's token is not a current lease of the writer's."),
         (status = 412, description = "The `If-Match` version is unknown, or (optimistic) not the current one."),
         (status = 428, description = "The strategy needs `If-Match` or `Concord-Lock`."),
     ))]

@@ -123,7 +123,10 @@ impl Registry {
                     edit.kind(),
                     if_match,
                     loaded.lease.as_ref(),
-                    lock,
+                    policy::Holder {
+                        agent: &meta.agent,
+                        token: lock,
+                    },
                     meta.time_ms,
                     &current,
                 )

@@ -41,9 +41,15 @@ pub(super) trait Coordinator: Send + Sync {
         now: i64,
     ) -> Result<Result<Lease, Lease>, Error>;
 
-    /// Releases the lease of `token`; false if that token does not hold it.
-    async fn release_lease(&self, registry: &Registry, id: Uuid, token: u64)
-        -> Result<bool, Error>;
+    /// Releases the lease of `token` taken by `agent`; false if that token does not hold
+    /// it, or `agent` did not take it.
+    async fn release_lease(
+        &self,
+        registry: &Registry,
+        id: Uuid,
+        token: u64,
+        agent: &str,
+    ) -> Result<bool, Error>;
 }
 
 /// The coordinator for `store`.
@@ -111,14 +117,19 @@ impl Coordinator for Local {
         registry: &Registry,
         id: Uuid,
         token: u64,
+        agent: &str,
     ) -> Result<bool, Error> {
+        let holder = concord_core::policy::Holder {
+            agent,
+            token: Some(token),
+        };
         registry
-            .update(id, |loaded| match &loaded.lease {
-                Some(lease) if lease.token == token => {
+            .update(id, |loaded| {
+                let held = concord_core::policy::check_release(loaded.lease.as_ref(), holder);
+                if held.is_ok() {
                     loaded.lease = None;
-                    Ok(true)
                 }
-                _ => Ok(false),
+                Ok(held.is_ok())
             })
             .await
     }
@@ -205,8 +216,9 @@ impl Coordinator for Shared {
         registry: &Registry,
         id: Uuid,
         token: u64,
+        agent: &str,
     ) -> Result<bool, Error> {
         registry.read::<_, Error>(id, |_| Ok(())).await?;
-        Ok(registry.store.release_lease(id, token).await?)
+        Ok(registry.store.release_lease(id, token, agent).await?)
     }
 }

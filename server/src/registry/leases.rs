@@ -39,11 +39,16 @@ impl Registry {
             .await
     }
 
-    /// Releases the lease of `token` and wakes lock requests waiting for it (on every
-    /// node, through the store's notice when it is shared).
-    pub async fn release_lease(&self, id: Uuid, token: u64) -> Result<(), Error> {
-        if !self.coordinator.release_lease(self, id, token).await? {
-            return Err(Refusal::NotHolder { token }.into());
+    /// Releases the lease of `token` if `agent` took it, and wakes lock requests waiting
+    /// for it (on every node, through the store's notice when it is shared). Another
+    /// agent's token, or no lease's, is refused alike ([`Refusal::NotHolder`]).
+    pub async fn release_lease(&self, id: Uuid, token: u64, agent: &str) -> Result<(), Error> {
+        if !self
+            .coordinator
+            .release_lease(self, id, token, agent)
+            .await?
+        {
+            return Err(Refusal::NotHolder.into());
         }
         self.notify_released(id);
         Ok(())

@@ -361,7 +361,16 @@ async fn leases_fence_older_tokens_on_one_node() {
         .expect("granted");
     let held = registry.acquire_lease(id, "b", 60_000, now).await.unwrap();
     assert_eq!(held, Err(first.clone()), "held by a");
-    registry.release_lease(id, first.token).await.unwrap();
+    // Only its holder releases it: b, who knows a's token, cannot.
+    let theirs = registry
+        .release_lease(id, first.token, "b")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(theirs, Error::Refused(Refusal::NotHolder)),
+        "{theirs:?}"
+    );
+    registry.release_lease(id, first.token, "a").await.unwrap();
     let second = registry
         .acquire_lease(id, "b", 60_000, now)
         .await
@@ -369,9 +378,12 @@ async fn leases_fence_older_tokens_on_one_node() {
         .expect("granted after the release");
     assert!(second.token > first.token);
     // The old token can neither release nor write.
-    let release = registry.release_lease(id, first.token).await.unwrap_err();
+    let release = registry
+        .release_lease(id, first.token, "a")
+        .await
+        .unwrap_err();
     assert!(
-        matches!(release, Error::Refused(Refusal::NotHolder { .. })),
+        matches!(release, Error::Refused(Refusal::NotHolder)),
         "{release:?}"
     );
     let write = meta("a");
@@ -386,10 +398,22 @@ async fn leases_fence_older_tokens_on_one_node() {
         matches!(fenced, Error::Refused(Refusal::Fenced { .. })),
         "{fenced:?}"
     );
+    // a knows b's token, but it is b's.
+    let not_theirs = registry
+        .execute(WriteCommand {
+            lock: Some(second.token),
+            ..put(id, &write, None, &json!({"n": 1}))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(not_theirs, Error::Refused(Refusal::NotHolder)),
+        "{not_theirs:?}"
+    );
     registry
         .execute(WriteCommand {
             lock: Some(second.token),
-            ..put(id, &write, None, &json!({"n": 2}))
+            ..put(id, &meta("b"), None, &json!({"n": 2}))
         })
         .await
         .expect("the holder writes");

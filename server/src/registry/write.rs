@@ -66,10 +66,9 @@ pub(super) fn refused(
             current: current.clone(),
         },
         (StoreRefusal::Fenced { newest }, _) => Refusal::Fenced {
-            token,
-            newest: *newest,
+            newer: newest.is_some_and(|newest| newest > token),
         },
-        (StoreRefusal::LeaseExpired, _) => Refusal::LeaseExpired { token },
+        (StoreRefusal::LeaseExpired, _) => Refusal::LeaseExpired,
     }
 }
 

@@ -779,7 +779,10 @@ impl Tools {
                 let id = doc_id(&args.id)?;
                 who.may_write(id)?;
                 let token = args.lock_token.parse()?;
-                self.state.registry.release_lease(id, token).await?;
+                self.state
+                    .registry
+                    .release_lease(id, token, &who.agent)
+                    .await?;
                 Ok(json!({"id": id, "released": true}))
             }
             .await,

@@ -96,16 +96,22 @@ impl Inner {
         }
     }
 
-    pub(super) async fn release_lease(&self, id: Uuid, token: u64) -> Result<bool, StoreError> {
+    pub(super) async fn release_lease(
+        &self,
+        id: Uuid,
+        token: u64,
+        agent: &str,
+    ) -> Result<bool, StoreError> {
         let conn = self.read_conn().await?;
         let token = to_i64(token, "lease token")?;
         let payload = format!("r {} {id}", self.node);
         let rows = conn
             .query(
                 "WITH r AS (UPDATE leases SET released = true
-                            WHERE doc = $1 AND token = $2 AND NOT released RETURNING doc)
+                            WHERE doc = $1 AND token = $2 AND agent = $5 AND NOT released
+                            RETURNING doc)
                  SELECT pg_notify($3, $4) FROM r",
-                &[&id, &token, &self.channel, &payload],
+                &[&id, &token, &self.channel, &payload, &agent],
             )
             .await
             .map_err(|e| pg("release lease", e))?;

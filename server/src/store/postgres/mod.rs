@@ -377,8 +377,8 @@ impl Store for PostgresStore {
         self.inner.acquire_lease(id, agent, ttl_ms).await
     }
 
-    async fn release_lease(&self, id: Uuid, token: u64) -> Result<bool, StoreError> {
-        self.inner.release_lease(id, token).await
+    async fn release_lease(&self, id: Uuid, token: u64, agent: &str) -> Result<bool, StoreError> {
+        self.inner.release_lease(id, token, agent).await
     }
 }
 
