@@ -126,6 +126,16 @@ fn catalogue() -> Vec<Case> {
         case("delete: unknown document", M::DELETE, "/v1/docs/00000000-0000-4000-8000-000000000000", NONE, "", 404),
         case("unknown route", M::GET, "/v2/everything", NONE, "", 404),
         case("wrong method", M::POST, "/v1/docs/{id}/history", NONE, "", 405),
+        // A key given twice in one object.
+        case("create: a key twice", M::POST, "/v1/docs", JSON, r#"{"value": {"a": 1}, "value": {"b": 2}}"#, 400),
+        case("put: a key twice, deep", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1, "l": [], "t": "", "o": {"k": "v", "k": "w"}}"#, 400),
+        case("patch: an op member twice", M::PATCH, "/v1/docs/{id}", PATCH, r#"[{"op": "add", "path": "/x", "value": 1, "path": "/o/y"}]"#, 400),
+        case("merge patch: a key twice", M::PATCH, "/v1/docs/{id}", MERGE, r#"{"o": {"k": "w"}, "o": null}"#, 400),
+        // An integer literal outside the 64-bit range (a float literal is a float).
+        case("create: an integer out of range", M::POST, "/v1/docs", JSON, r#"{"value": {"big": 120000000000000000000000000000}}"#, 422),
+        case("put: an integer past u64", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1, "l": [18446744073709551616], "t": "", "o": {"k": "v"}}"#, 422),
+        case("patch: an integer below i64", M::PATCH, "/v1/docs/{id}", PATCH, r#"[{"op": "add", "path": "/x", "value": -9223372036854775809}]"#, 422),
+        case("merge patch: an integer out of range", M::PATCH, "/v1/docs/{id}", MERGE, r#"{"x": 99999999999999999999}"#, 422),
         case("idempotency key too long", M::PATCH, "/v1/docs/{id}", &[("content-type", "application/json-patch+json"), ("idempotency-key", "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk")], "[]", 400),
     ]
 }
@@ -326,6 +336,7 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("lock: unknown field", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl": 10}"#, 422),
         wide("lock: malformed JSON", M::POST, &lock("/lock"), JSON_ONLY, "{", 400),
         wide("lock: wrong content type", M::POST, &lock("/lock"), &[("content-type", "text/plain")], "ttl=5", 415),
+        wide("lock: a key twice", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": 5, "ttl_ms": 0}"#, 400),
         wide("unlock: no token", M::DELETE, &lock("/lock"), NONE, "", 400),
         wide("unlock: token not a number", M::DELETE, &lock("/lock"), &[("concord-lock", "abc")], "", 400),
         wide("unlock: nobody's token", M::DELETE, &lock("/lock"), &[("concord-lock", "12345")], "", 409),
@@ -345,6 +356,7 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("merge: not a fork", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}"}"#, 409),
         wide("merge: into a lock document", M::POST, &lock("/merge"), JSON_ONLY, r#"{"fork": "{id}"}"#, 409),
         wide("merge: wrong content type", M::POST, &doc("/merge"), &[("content-type", "text/plain")], r#"{"fork": "{other}"}"#, 415),
+        wide("merge: the fork named twice", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "fork": "{id}"}"#, 400),
         wide("merge: unknown field", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "force": true}"#, 422),
         // History and raw changes.
         wide("history: unknown document", M::GET, &format!("/v1/docs/{UNKNOWN}/history"), NONE, "", 404),
@@ -380,6 +392,7 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("compare: unknown strategy", M::POST, "/v1/compare", JSON_ONLY, r#"{"strategies": ["magic"]}"#, 422),
         wide("compare: think_ms backwards", M::POST, "/v1/compare", JSON_ONLY, r#"{"think_ms": [9, 1]}"#, 422),
         wide("compare: wrong content type", M::POST, "/v1/compare", &[("content-type", "text/plain")], "{}", 415),
+        wide("compare: a key twice", M::POST, "/v1/compare", JSON_ONLY, r#"{"agents": 0, "agents": 0}"#, 400),
         wide("sweep: no agents", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"agents": []}"#, 422),
         wide("sweep: unknown field", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"points": 3}"#, 422),
         wide("scenario: wrong method", M::POST, "/v1/compare/scenario", NONE, "", 405),
@@ -491,4 +504,144 @@ async fn every_endpoint_refuses_bad_input_cleanly() {
         )
         .await;
     assert_eq!(reply.json()["value"]["n"], 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// What the strict refusals say: their kind, and enough to correct the request.
+
+/// One refusal: (method, path, headers, body, status, kind, what the detail names, the
+/// `Accept-*` header and its value).
+type Refusal<'a> = (
+    Method,
+    String,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    u16,
+    &'a str,
+    &'a [&'a str],
+    Option<(&'a str, &'a str)>,
+);
+
+async fn check_refusals(s: &TestServer, cases: Vec<Refusal<'_>>) {
+    for (method, path, headers, body, status, kind, names, advertised) in cases {
+        let mut request = s.request(method.clone(), &path).body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let reply = s.send(request).await;
+        let problem = reply.assert_problem(status);
+        let what = format!("{method} {path} {body}");
+        assert_eq!(
+            problem["type"],
+            format!("urn:concord:problem:{kind}"),
+            "{what}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        for name in names {
+            assert!(detail.contains(name), "{what}: {detail}");
+        }
+        if let Some((header, value)) = advertised {
+            assert_eq!(reply.header(header).as_deref(), Some(value), "{what}");
+        }
+    }
+}
+
+/// A key given twice is `400` `invalid-json` naming the key, an integer out of range `422`
+/// `invalid-value` naming it, in every JSON body (`/mcp`'s JSON-RPC too); numbers written
+/// as floats stay floats.
+#[rustfmt::skip]
+#[tokio::test]
+async fn strict_json_names_the_key_and_the_number() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let (lock, _) = s.create(json!({"value": {}, "strategy": "lock"})).await;
+    let doc = format!("/v1/docs/{id}");
+    check_refusals(&s, vec![
+        (Method::POST, "/v1/docs".into(), JSON, r#"{"value": {"a": 1, "b": {"c": 1, "c": 2}}}"#, 400, "invalid-json",
+            &["\"c\"", "twice"], None),
+        (Method::POST, format!("/v1/docs/{lock}/lock"), JSON, r#"{"wait_ms": 0, "wait_ms": 1}"#, 400, "invalid-json",
+            &["\"wait_ms\""], None),
+        (Method::PUT, doc.clone(), JSON, r#"{"n": 120000000000000000000000000000}"#, 422, "invalid-value",
+            &["120000000000000000000000000000", "64-bit", "float"], None),
+    ]).await;
+    // The MCP endpoint's JSON-RPC bodies too: a parse error (-32700), as JSON-RPC says.
+    for (body, names) in [
+        (r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "method": "ping"}"#, "\"method\""),
+        (r#"{"jsonrpc": "2.0", "id": 18446744073709551616, "method": "ping"}"#, "18446744073709551616"),
+    ] {
+        let reply = s
+            .send(s.request(Method::POST, "/mcp").header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream").body(body))
+            .await;
+        assert_eq!(reply.status, 400, "{body}: {}", String::from_utf8_lossy(&reply.bytes));
+        let answer = reply.json();
+        assert_eq!(answer["error"]["code"], -32700, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(names), "{answer}");
+    }
+    assert_eq!(s.get(&id).await, (json!({"n": 1}), version));
+    // Numbers written as floats stay floats, however large; integers in range stay exact.
+    let written = s.send(s.request(Method::PUT, &doc).header("if-match", "*")
+        .header("content-type", "application/json")
+        .body(r#"{"f": 1.2e29, "g": 1E20, "max": 18446744073709551615, "min": -9223372036854775808}"#)).await;
+    assert_eq!(written.status, 200, "{:?}", written.json());
+    assert_eq!(s.get(&id).await.0, json!({"f": 1.2e29, "g": 1e20, "max": u64::MAX, "min": i64::MIN}));
+}
+
+/// The WebSocket JSON protocol reads its messages as strictly as HTTP reads bodies: a key
+/// twice is `invalid-json`, an integer out of range `invalid-value`; nothing is applied
+/// and the connection goes on.
+#[tokio::test]
+async fn websocket_messages_are_read_strictly() {
+    use concord_tests::ws::{connect, next};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let before = s.raw(&id).await;
+    let mut socket = connect(&s, &format!("/v1/docs/{id}/ws")).await;
+    let cases = [
+        (
+            format!(r#"{{"type": "put", "id": 1, "base": "{version}", "value": {{"n": 2}}, "value": {{"n": 3}}}}"#),
+            400,
+            "invalid-json",
+            "\"value\"",
+        ),
+        (
+            format!(r#"{{"type": "put", "id": 2, "base": "{version}", "base": "*", "value": {{"n": 2}}}}"#),
+            400,
+            "invalid-json",
+            "\"base\"",
+        ),
+        (
+            r#"{"type": "patch", "id": 3, "ops": [{"op": "add", "path": "/big", "value": 120000000000000000000000000000}]}"#.to_owned(),
+            422,
+            "invalid-value",
+            "120000000000000000000000000000",
+        ),
+    ];
+    for (text, status, kind, names) in cases {
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let Some(Message::Text(answer)) = next(&mut socket).await else {
+            panic!("{text}: no answer")
+        };
+        let answer: serde_json::Value = serde_json::from_str(answer.as_str()).unwrap();
+        assert_eq!(answer["type"], "error", "{text}: {answer}");
+        assert_eq!(answer["status"], status, "{text}: {answer}");
+        let uri = format!("urn:concord:problem:{kind}");
+        assert_eq!(answer["type_uri"], uri, "{text}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(names),
+            "{text}: {answer}"
+        );
+        assert_eq!(s.raw(&id).await, before, "{text}");
+    }
+    // Still listening, and a float is a float.
+    let text =
+        r#"{"type": "patch", "id": 4, "ops": [{"op": "add", "path": "/f", "value": 1.2e29}]}"#;
+    socket.send(Message::text(text)).await.unwrap();
+    let Some(Message::Text(answer)) = next(&mut socket).await else {
+        panic!("no ack")
+    };
+    assert!(answer.as_str().contains("\"ack\""), "{}", answer.as_str());
+    assert_eq!(s.get(&id).await.0, json!({"n": 1, "f": 1.2e29}));
 }

@@ -242,12 +242,9 @@ pub fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<
     parse_json(body)
 }
 
-/// Parses JSON bytes with a precise error.
+/// Parses a JSON body strictly (`concord_protocol::json`): `400` `invalid-json` for what is
+/// not JSON or names a key twice, `422` `invalid-value` for an integer out of range.
 pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request("invalid-json", format!("the body is not UTF-8: {e}"))
-    })?;
-    serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request("invalid-json", format!("the body is not valid JSON: {e}"))
-    })
+    concord_protocol::json::from_slice(body)
+        .map_err(|e| ApiError::json(e, "the body", "invalid-json"))
 }

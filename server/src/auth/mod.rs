@@ -74,7 +74,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -231,7 +230,8 @@ async fn read_body(request: Request) -> Result<(Request, Bytes), Response> {
 
 /// The fork a merge body names, if it names a valid one.
 fn merge_fork(body: &[u8]) -> Option<Uuid> {
-    let value = serde_json::from_slice::<Value>(body).ok()?;
+    // Read as the handler reads it: a body naming `fork` twice names no fork.
+    let value = concord_protocol::json::from_slice(body).ok()?;
     Uuid::parse_str(value.get("fork")?.as_str()?).ok()
 }
 
