@@ -39,6 +39,7 @@ const PATCH: &[(&str, &str)] = &[("content-type", "application/json-patch+json")
 const MERGE: &[(&str, &str)] = &[("content-type", "application/merge-patch+json")];
 const RAW: &[(&str, &str)] = &[("content-type", "application/octet-stream")];
 const NONE: &[(&str, &str)] = &[];
+const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
 
 fn catalogue() -> Vec<Case> {
     use Method as M;
@@ -126,6 +127,20 @@ fn catalogue() -> Vec<Case> {
         case("delete: unknown document", M::DELETE, "/v1/docs/00000000-0000-4000-8000-000000000000", NONE, "", 404),
         case("unknown route", M::GET, "/v2/everything", NONE, "", 404),
         case("wrong method", M::POST, "/v1/docs/{id}/history", NONE, "", 405),
+        // No body type is guessed, and none is taken that the operation does not name.
+        case("create: a body without a content type", M::POST, "/v1/docs", NONE, r#"{"value": {"a": 1}}"#, 415),
+        case("create: an empty form", M::POST, "/v1/docs", FORM, "", 415),
+        case("create: a form", M::POST, "/v1/docs", FORM, "value=1", 415),
+        case("create: an empty text/plain body", M::POST, "/v1/docs", &[("content-type", "text/plain")], "", 415),
+        case("create: two content types", M::POST, "/v1/docs", &[("content-type", "application/json"), ("content-type", "application/json")], "{}", 415),
+        case("put: no content type", M::PUT, "/v1/docs/{id}", &[("if-match", "*")], r#"{"n": 1, "l": [], "t": "", "o": {}}"#, 415),
+        case("put: multipart", M::PUT, "/v1/docs/{id}", &[("content-type", "multipart/form-data; boundary=x"), ("if-match", "*")], "--x--", 415),
+        case("changes: no content type", M::POST, "/v1/docs/{id}/changes", NONE, b"\x00\x01garbage".to_vec(), 415),
+        case("merge patch: text/plain", M::PATCH, "/v1/docs/{id}", &[("content-type", "text/plain")], r#"{"x": 1}"#, 415),
+        // If-Match is entity-tag syntax (RFC 9110): quoted, terminated, every line of it.
+        case("put: unquoted If-Match", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "1111111111111111111111111111111111111111111111111111111111111111")], "{}", 400),
+        case("put: unterminated If-Match", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "\"1111111111111111111111111111111111111111111111111111111111111111")], "{}", 400),
+        case("put: a second, unquoted If-Match line", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "\"1111111111111111111111111111111111111111111111111111111111111111\""), ("if-match", "2222222222222222222222222222222222222222222222222222222222222222")], "{}", 400),
         // A key given twice in one object.
         case("create: a key twice", M::POST, "/v1/docs", JSON, r#"{"value": {"a": 1}, "value": {"b": 2}}"#, 400),
         case("put: a key twice, deep", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1, "l": [], "t": "", "o": {"k": "v", "k": "w"}}"#, 400),
@@ -336,6 +351,8 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("lock: unknown field", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl": 10}"#, 422),
         wide("lock: malformed JSON", M::POST, &lock("/lock"), JSON_ONLY, "{", 400),
         wide("lock: wrong content type", M::POST, &lock("/lock"), &[("content-type", "text/plain")], "ttl=5", 415),
+        wide("lock: a body without a content type", M::POST, &lock("/lock"), NONE, r#"{"ttl_ms": 5}"#, 415),
+        wide("lock: an empty form", M::POST, &lock("/lock"), FORM, "", 415),
         wide("lock: a key twice", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": 5, "ttl_ms": 0}"#, 400),
         wide("unlock: no token", M::DELETE, &lock("/lock"), NONE, "", 400),
         wide("unlock: token not a number", M::DELETE, &lock("/lock"), &[("concord-lock", "abc")], "", 400),
@@ -356,6 +373,7 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("merge: not a fork", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}"}"#, 409),
         wide("merge: into a lock document", M::POST, &lock("/merge"), JSON_ONLY, r#"{"fork": "{id}"}"#, 409),
         wide("merge: wrong content type", M::POST, &doc("/merge"), &[("content-type", "text/plain")], r#"{"fork": "{other}"}"#, 415),
+        wide("merge: no content type", M::POST, &doc("/merge"), NONE, r#"{"fork": "{other}"}"#, 415),
         wide("merge: the fork named twice", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "fork": "{id}"}"#, 400),
         wide("merge: unknown field", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "force": true}"#, 422),
         // History and raw changes.
@@ -392,6 +410,8 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("compare: unknown strategy", M::POST, "/v1/compare", JSON_ONLY, r#"{"strategies": ["magic"]}"#, 422),
         wide("compare: think_ms backwards", M::POST, "/v1/compare", JSON_ONLY, r#"{"think_ms": [9, 1]}"#, 422),
         wide("compare: wrong content type", M::POST, "/v1/compare", &[("content-type", "text/plain")], "{}", 415),
+        wide("compare: a body without a content type", M::POST, "/v1/compare", NONE, r#"{"agents": 0}"#, 415),
+        wide("compare: an empty form", M::POST, "/v1/compare", FORM, "", 415),
         wide("compare: a key twice", M::POST, "/v1/compare", JSON_ONLY, r#"{"agents": 0, "agents": 0}"#, 400),
         wide("sweep: no agents", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"agents": []}"#, 422),
         wide("sweep: unknown field", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"points": 3}"#, 422),
@@ -543,6 +563,48 @@ async fn check_refusals(s: &TestServer, cases: Vec<Refusal<'_>>) {
         if let Some((header, value)) = advertised {
             assert_eq!(reply.header(header).as_deref(), Some(value), "{what}");
         }
+    }
+}
+
+/// A body of a type the operation does not take, or without a type, is `415` naming the
+/// types it takes; an optional body left out is the defaults, with no type or the right one.
+#[rustfmt::skip]
+#[tokio::test]
+async fn typed_bodies_say_what_they_take() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let (lock, _) = s.create(json!({"value": {}, "strategy": "lock"})).await;
+    let doc = format!("/v1/docs/{id}");
+    check_refusals(&s, vec![
+        (Method::POST, "/v1/docs".into(), NONE, r#"{"value": {}}"#, 415, "unsupported-media-type",
+            &["application/json", "no Content-Type"], Some(("accept-post", "application/json"))),
+        (Method::PATCH, doc.clone(), &[("content-type", "application/json")], "[]", 415, "unsupported-media-type",
+            &["application/json-patch+json", "application/merge-patch+json", "\"application/json\""],
+            Some(("accept-patch", "application/json-patch+json, application/merge-patch+json"))),
+        (Method::PUT, doc.clone(), &[("if-match", "*"), ("content-type", "application/x-www-form-urlencoded")], "a=1", 415,
+            "unsupported-media-type", &["application/json", "x-www-form-urlencoded"], None),
+        (Method::POST, format!("{doc}/changes"), FORM, "", 415, "unsupported-media-type", &["application/octet-stream"], None),
+    ]).await;
+    assert_eq!(s.get(&id).await, (json!({"n": 1}), version));
+
+    // Where a body is optional, leaving it out is the defaults: no body and no type, or an
+    // empty body of the type the operation takes, or `null`.
+    for (headers, body) in [(NONE, ""), (&[("content-type", "application/json")][..], ""),
+                            (&[("content-type", "application/json; charset=utf-8")][..], "null")] {
+        let mut create = s.request(Method::POST, "/v1/docs").body(body);
+        let mut lease = s.request(Method::POST, &format!("/v1/docs/{lock}/lock")).body(body);
+        for (name, value) in headers {
+            create = create.header(*name, *value);
+            lease = lease.header(*name, *value);
+        }
+        let created = s.send(create).await;
+        assert_eq!(created.status, 201, "{headers:?} {body:?}: {:?}", created.json());
+        assert_eq!(created.json()["value"], json!({}));
+        let leased = s.send(lease).await;
+        assert_eq!(leased.status, 200, "{headers:?} {body:?}: {:?}", leased.json());
+        let release = s.request(Method::DELETE, &format!("/v1/docs/{lock}/lock"))
+            .header("concord-lock", leased.json()["token"].as_str().unwrap());
+        assert_eq!(s.send(release).await.status, 204);
     }
 }
 

@@ -4,6 +4,7 @@ mod branches;
 mod docs;
 mod live;
 mod mcp;
+mod media;
 mod sync;
 
 use std::sync::Arc;
@@ -68,12 +69,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .with_state(state)
         .split_for_parts();
+    let openapi = crate::openapi::finish(openapi);
+    let bodies = Arc::new(media::Bodies::of(&openapi));
     let description = OpenApiJson(Bytes::from(
-        serde_json::to_vec(&crate::openapi::finish(openapi)).expect("the description serializes"),
+        serde_json::to_vec(&openapi).expect("the description serializes"),
     ));
     router
         .layer(Extension(description))
         .layer(DefaultBodyLimit::disable())
+        // After authentication (a request without a token is 401 whatever its body), before
+        // any handler reads the body: the media types each operation takes (api::media).
+        .layer(middleware::from_fn_with_state(bodies, media::guard))
         // Inside the body limit (a merge's body is read to check its fork), after routing
         // (it needs the matched route): tokens, scopes, the token's agent (crate::auth).
         .layer(middleware::from_fn_with_state(guarded, crate::auth::guard))
@@ -209,36 +215,19 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError>
     crate::policy::parse_if_match(lines).map(Some)
 }
 
-/// The media type of the request body, lowercased, without parameters.
-pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+/// Checks that the body's media type (`Content-Type`) is one of `accepted`: `415`
+/// `unsupported-media-type` for any other, and for none (no type is guessed). The router
+/// checks this before a handler runs, from the description (`api::media`); handlers check
+/// again where they read the body.
+pub fn check_media(headers: &HeaderMap, accepted: &[&str]) -> Result<String, ApiError> {
+    media::check(headers, accepted)
 }
 
 /// Parses a JSON body whose media type must be one of `accepted` (a body without a
-/// Content-Type is taken as `application/json`); the errors are the API's own (400, 415),
-/// for routes mounted through [`crate::Config::extra_routes`] too.
+/// Content-Type is refused); the errors are the API's own (400, 415, 422), for routes
+/// mounted through [`crate::Config::extra_routes`] too.
 pub fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<Value, ApiError> {
-    let media = match content_type(headers) {
-        Some(media) => media,
-        None if accepted.contains(&"application/json") => "application/json".into(),
-        None => "no Content-Type".into(),
-    };
-    if !accepted.contains(&media.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            format!("expected {}, got {media}", accepted.join(" or ")),
-        ));
-    }
+    check_media(headers, accepted)?;
     parse_json(body)
 }
 
