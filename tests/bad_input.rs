@@ -1,6 +1,9 @@
 //! A catalogue of bad requests over every endpoint: each is answered with a 4xx
 //! problem+json, the server keeps serving, and the document is unchanged byte for byte.
 
+#[path = "binary.rs"]
+mod binary;
+
 use concord_tests::TestServer;
 use reqwest::Method;
 use serde_json::json;
@@ -186,6 +189,7 @@ async fn every_bad_input_is_refused_cleanly() {
             String::from_utf8_lossy(&reply.bytes)
         );
         reply.assert_problem(case.status);
+        assert_nosniff(&reply, case.name);
         assert_eq!(
             s.raw(&id).await,
             before,
@@ -503,6 +507,7 @@ async fn every_endpoint_refuses_bad_input_cleanly() {
             ));
         } else {
             reply.assert_problem(case.status);
+            assert_nosniff(&reply, case.name);
         }
         assert_eq!(
             fingerprint(&s, &ids).await,
@@ -524,6 +529,15 @@ async fn every_endpoint_refuses_bad_input_cleanly() {
         )
         .await;
     assert_eq!(reply.json()["value"]["n"], 2);
+}
+
+/// Every answer tells browsers not to guess another type than its `Content-Type`.
+fn assert_nosniff(reply: &concord_tests::Reply, what: &str) {
+    assert_eq!(
+        reply.header("x-content-type-options").as_deref(),
+        Some("nosniff"),
+        "{what}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -706,4 +720,151 @@ async fn websocket_messages_are_read_strictly() {
     };
     assert!(answer.as_str().contains("\"ack\""), "{}", answer.as_str());
     assert_eq!(s.get(&id).await.0, json!({"n": 1, "f": 1.2e29}));
+}
+
+/// Every answer carries `X-Content-Type-Options: nosniff`: pages, files, JSON, streams,
+/// errors of every layer.
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {}})).await;
+    let created = s
+        .send(s.request(Method::POST, "/v1/docs").json(&json!({})))
+        .await;
+    assert_eq!(created.status, 201);
+    assert_nosniff(&created, "a create");
+    for path in [
+        "/",
+        "/favicon.ico",
+        "/web/app.js",
+        "/healthz",
+        "/openapi.json",
+        "/metrics",
+        "/v1/docs",
+        &format!("/v1/docs/{id}"),
+        &format!("/v1/docs/{id}/changes"),
+        "/nowhere",
+    ] {
+        let reply = s.send(s.request(Method::GET, path)).await;
+        assert_nosniff(&reply, path);
+    }
+    // Refused before routing is done with it: another host name (crate::origins).
+    let refused = s
+        .send(
+            s.request(Method::GET, "/v1/docs")
+                .header("host", "evil.example"),
+        )
+        .await;
+    refused.assert_problem(403);
+    assert_nosniff(&refused, "another host");
+    // A stream's head.
+    let events = s
+        .client
+        .get(s.url(&format!("/v1/docs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.headers().get("x-content-type-options").unwrap(),
+        "nosniff"
+    );
+}
+
+/// No token reaches the server's log, at any level: not `?access_token=` (taken out of the
+/// URI before the request log sees it), not the viewer's `/?token=`, not `Authorization`,
+/// not a wrong token. The real binary runs with `RUST_LOG=trace`, and the requests are
+/// logged (their paths are in the log), only without the tokens.
+#[tokio::test]
+async fn tokens_never_reach_the_log() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const SECRET: &str = "s3cr3t-token-0123456789abcdef";
+    const WRONG: &str = "wr0ng-token-fedcba9876543210";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let file = json!({"tokens": [{"agent": "ops", "token": SECRET, "scopes": ["admin"]}]});
+    std::fs::write(&tokens, file.to_string()).unwrap();
+    let server = binary::Binary::start_logging(
+        &dir.path().join("data"),
+        &["--auth", tokens.to_str().unwrap()],
+        "trace",
+    );
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {SECRET}");
+    let created = client
+        .post(server.url("/v1/docs"))
+        .header("authorization", &bearer)
+        .json(&json!({"value": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // In the query, where the streams take it: an event stream (its head), a WebSocket.
+    let events = client
+        .get(server.url(&format!("/v1/docs/{id}/events?access_token={SECRET}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    drop(events);
+    let ws = format!(
+        "ws://{}/v1/docs/{id}/ws?agent=a&access_token={SECRET}",
+        server.addr
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    socket
+        .send(Message::text(r#"{"type": "subscribe"}"#))
+        .await
+        .unwrap();
+    let snapshot = tokio::time::timeout(
+        concord_tests::PATIENCE,
+        futures_util::StreamExt::next(&mut socket),
+    )
+    .await
+    .expect("a snapshot in time");
+    assert!(
+        matches!(snapshot, Some(Ok(Message::Text(_)))),
+        "{snapshot:?}"
+    );
+    socket.close(None).await.unwrap();
+    // The viewer's link, tokens refused, a token where it is not taken.
+    let requests = [
+        (format!("/?token={SECRET}"), None, 200),
+        ("/v1/docs".to_owned(), Some(format!("Bearer {WRONG}")), 401),
+        (format!("/v1/docs?access_token={SECRET}"), None, 401),
+        (format!("/v1/events?access_token={WRONG}"), None, 401),
+        (
+            format!("/v1/docs/{id}"),
+            Some(format!("bearer {SECRET}")),
+            200,
+        ),
+    ];
+    for (path, authorization, status) in requests {
+        let mut request = client.get(server.url(&path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let reply = request.send().await.unwrap();
+        assert_eq!(reply.status(), status, "{path}");
+    }
+    let (_, log) = server
+        .terminate(std::time::Duration::from_secs(20))
+        .await
+        .expect("the server stops");
+    for secret in [SECRET, WRONG] {
+        let line = log.lines().find(|line| line.contains(secret));
+        assert!(line.is_none(), "a token in the log: {line:?}");
+    }
+    // The requests were logged, without their tokens.
+    for path in [
+        format!("/v1/docs/{id}/events"),
+        format!("/v1/docs/{id}/ws?agent=a"),
+        "/?token=[redacted]".into(),
+    ] {
+        assert!(log.contains(&path), "{path} is not in the log");
+    }
 }

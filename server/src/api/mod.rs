@@ -17,6 +17,7 @@ use concord_core::Version;
 use serde::Serialize;
 use serde_json::Value;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -99,7 +100,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::map_response(ensure_problem_json))
         // Counts and times every request with its final status, by matched route.
         .layer(middleware::from_fn(crate::metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // The request log, with no token in it (crate::logging).
+        .layer(TraceLayer::new_for_http().make_span_with(crate::logging::request_span))
+        // Every answer: its Content-Type is what it is, browsers are not to sniff another.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // Before anything sees the request, the log included: `?access_token=` leaves the
+        // URI (crate::auth).
+        .layer(middleware::from_fn(crate::auth::take_query_token))
 }
 
 /// Liveness, and how much stored data failed to load since start.
