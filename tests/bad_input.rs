@@ -1,6 +1,9 @@
 //! A catalogue of bad requests over every endpoint: each is answered with a 4xx
 //! problem+json, the server keeps serving, and the document is unchanged byte for byte.
 
+#[path = "binary.rs"]
+mod binary;
+
 use concord_tests::TestServer;
 use reqwest::Method;
 use serde_json::json;
@@ -39,6 +42,7 @@ const PATCH: &[(&str, &str)] = &[("content-type", "application/json-patch+json")
 const MERGE: &[(&str, &str)] = &[("content-type", "application/merge-patch+json")];
 const RAW: &[(&str, &str)] = &[("content-type", "application/octet-stream")];
 const NONE: &[(&str, &str)] = &[];
+const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
 
 fn catalogue() -> Vec<Case> {
     use Method as M;
@@ -126,6 +130,30 @@ fn catalogue() -> Vec<Case> {
         case("delete: unknown document", M::DELETE, "/v1/docs/00000000-0000-4000-8000-000000000000", NONE, "", 404),
         case("unknown route", M::GET, "/v2/everything", NONE, "", 404),
         case("wrong method", M::POST, "/v1/docs/{id}/history", NONE, "", 405),
+        // No body type is guessed, and none is taken that the operation does not name.
+        case("create: a body without a content type", M::POST, "/v1/docs", NONE, r#"{"value": {"a": 1}}"#, 415),
+        case("create: an empty form", M::POST, "/v1/docs", FORM, "", 415),
+        case("create: a form", M::POST, "/v1/docs", FORM, "value=1", 415),
+        case("create: an empty text/plain body", M::POST, "/v1/docs", &[("content-type", "text/plain")], "", 415),
+        case("create: two content types", M::POST, "/v1/docs", &[("content-type", "application/json"), ("content-type", "application/json")], "{}", 415),
+        case("put: no content type", M::PUT, "/v1/docs/{id}", &[("if-match", "*")], r#"{"n": 1, "l": [], "t": "", "o": {}}"#, 415),
+        case("put: multipart", M::PUT, "/v1/docs/{id}", &[("content-type", "multipart/form-data; boundary=x"), ("if-match", "*")], "--x--", 415),
+        case("changes: no content type", M::POST, "/v1/docs/{id}/changes", NONE, b"\x00\x01garbage".to_vec(), 415),
+        case("merge patch: text/plain", M::PATCH, "/v1/docs/{id}", &[("content-type", "text/plain")], r#"{"x": 1}"#, 415),
+        // If-Match is entity-tag syntax (RFC 9110): quoted, terminated, every line of it.
+        case("put: unquoted If-Match", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "1111111111111111111111111111111111111111111111111111111111111111")], "{}", 400),
+        case("put: unterminated If-Match", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "\"1111111111111111111111111111111111111111111111111111111111111111")], "{}", 400),
+        case("put: a second, unquoted If-Match line", M::PUT, "/v1/docs/{id}", &[("content-type", "application/json"), ("if-match", "\"1111111111111111111111111111111111111111111111111111111111111111\""), ("if-match", "2222222222222222222222222222222222222222222222222222222222222222")], "{}", 400),
+        // A key given twice in one object.
+        case("create: a key twice", M::POST, "/v1/docs", JSON, r#"{"value": {"a": 1}, "value": {"b": 2}}"#, 400),
+        case("put: a key twice, deep", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1, "l": [], "t": "", "o": {"k": "v", "k": "w"}}"#, 400),
+        case("patch: an op member twice", M::PATCH, "/v1/docs/{id}", PATCH, r#"[{"op": "add", "path": "/x", "value": 1, "path": "/o/y"}]"#, 400),
+        case("merge patch: a key twice", M::PATCH, "/v1/docs/{id}", MERGE, r#"{"o": {"k": "w"}, "o": null}"#, 400),
+        // An integer literal outside the 64-bit range (a float literal is a float).
+        case("create: an integer out of range", M::POST, "/v1/docs", JSON, r#"{"value": {"big": 120000000000000000000000000000}}"#, 422),
+        case("put: an integer past u64", M::PUT, "/v1/docs/{id}", JSON, r#"{"n": 1, "l": [18446744073709551616], "t": "", "o": {"k": "v"}}"#, 422),
+        case("patch: an integer below i64", M::PATCH, "/v1/docs/{id}", PATCH, r#"[{"op": "add", "path": "/x", "value": -9223372036854775809}]"#, 422),
+        case("merge patch: an integer out of range", M::PATCH, "/v1/docs/{id}", MERGE, r#"{"x": 99999999999999999999}"#, 422),
         case("idempotency key too long", M::PATCH, "/v1/docs/{id}", &[("content-type", "application/json-patch+json"), ("idempotency-key", "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk")], "[]", 400),
     ]
 }
@@ -161,6 +189,7 @@ async fn every_bad_input_is_refused_cleanly() {
             String::from_utf8_lossy(&reply.bytes)
         );
         reply.assert_problem(case.status);
+        assert_nosniff(&reply, case.name);
         assert_eq!(
             s.raw(&id).await,
             before,
@@ -326,6 +355,9 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("lock: unknown field", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl": 10}"#, 422),
         wide("lock: malformed JSON", M::POST, &lock("/lock"), JSON_ONLY, "{", 400),
         wide("lock: wrong content type", M::POST, &lock("/lock"), &[("content-type", "text/plain")], "ttl=5", 415),
+        wide("lock: a body without a content type", M::POST, &lock("/lock"), NONE, r#"{"ttl_ms": 5}"#, 415),
+        wide("lock: an empty form", M::POST, &lock("/lock"), FORM, "", 415),
+        wide("lock: a key twice", M::POST, &lock("/lock"), JSON_ONLY, r#"{"ttl_ms": 5, "ttl_ms": 0}"#, 400),
         wide("unlock: no token", M::DELETE, &lock("/lock"), NONE, "", 400),
         wide("unlock: token not a number", M::DELETE, &lock("/lock"), &[("concord-lock", "abc")], "", 400),
         wide("unlock: nobody's token", M::DELETE, &lock("/lock"), &[("concord-lock", "12345")], "", 409),
@@ -345,6 +377,8 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("merge: not a fork", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}"}"#, 409),
         wide("merge: into a lock document", M::POST, &lock("/merge"), JSON_ONLY, r#"{"fork": "{id}"}"#, 409),
         wide("merge: wrong content type", M::POST, &doc("/merge"), &[("content-type", "text/plain")], r#"{"fork": "{other}"}"#, 415),
+        wide("merge: no content type", M::POST, &doc("/merge"), NONE, r#"{"fork": "{other}"}"#, 415),
+        wide("merge: the fork named twice", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "fork": "{id}"}"#, 400),
         wide("merge: unknown field", M::POST, &doc("/merge"), JSON_ONLY, r#"{"fork": "{other}", "force": true}"#, 422),
         // History and raw changes.
         wide("history: unknown document", M::GET, &format!("/v1/docs/{UNKNOWN}/history"), NONE, "", 404),
@@ -380,6 +414,9 @@ async fn wide_catalogue(s: &TestServer, id: &str) -> Vec<Wide> {
         wide("compare: unknown strategy", M::POST, "/v1/compare", JSON_ONLY, r#"{"strategies": ["magic"]}"#, 422),
         wide("compare: think_ms backwards", M::POST, "/v1/compare", JSON_ONLY, r#"{"think_ms": [9, 1]}"#, 422),
         wide("compare: wrong content type", M::POST, "/v1/compare", &[("content-type", "text/plain")], "{}", 415),
+        wide("compare: a body without a content type", M::POST, "/v1/compare", NONE, r#"{"agents": 0}"#, 415),
+        wide("compare: an empty form", M::POST, "/v1/compare", FORM, "", 415),
+        wide("compare: a key twice", M::POST, "/v1/compare", JSON_ONLY, r#"{"agents": 0, "agents": 0}"#, 400),
         wide("sweep: no agents", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"agents": []}"#, 422),
         wide("sweep: unknown field", M::POST, "/v1/compare/sweep", JSON_ONLY, r#"{"points": 3}"#, 422),
         wide("scenario: wrong method", M::POST, "/v1/compare/scenario", NONE, "", 405),
@@ -470,6 +507,7 @@ async fn every_endpoint_refuses_bad_input_cleanly() {
             ));
         } else {
             reply.assert_problem(case.status);
+            assert_nosniff(&reply, case.name);
         }
         assert_eq!(
             fingerprint(&s, &ids).await,
@@ -491,4 +529,342 @@ async fn every_endpoint_refuses_bad_input_cleanly() {
         )
         .await;
     assert_eq!(reply.json()["value"]["n"], 2);
+}
+
+/// Every answer tells browsers not to guess another type than its `Content-Type`.
+fn assert_nosniff(reply: &concord_tests::Reply, what: &str) {
+    assert_eq!(
+        reply.header("x-content-type-options").as_deref(),
+        Some("nosniff"),
+        "{what}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// What the strict refusals say: their kind, and enough to correct the request.
+
+/// One refusal: (method, path, headers, body, status, kind, what the detail names, the
+/// `Accept-*` header and its value).
+type Refusal<'a> = (
+    Method,
+    String,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    u16,
+    &'a str,
+    &'a [&'a str],
+    Option<(&'a str, &'a str)>,
+);
+
+async fn check_refusals(s: &TestServer, cases: Vec<Refusal<'_>>) {
+    for (method, path, headers, body, status, kind, names, advertised) in cases {
+        let mut request = s.request(method.clone(), &path).body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let reply = s.send(request).await;
+        let problem = reply.assert_problem(status);
+        let what = format!("{method} {path} {body}");
+        assert_eq!(
+            problem["type"],
+            format!("urn:concord:problem:{kind}"),
+            "{what}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        for name in names {
+            assert!(detail.contains(name), "{what}: {detail}");
+        }
+        if let Some((header, value)) = advertised {
+            assert_eq!(reply.header(header).as_deref(), Some(value), "{what}");
+        }
+    }
+}
+
+/// A body of a type the operation does not take, or without a type, is `415` naming the
+/// types it takes; an optional body left out is the defaults, with no type or the right one.
+#[rustfmt::skip]
+#[tokio::test]
+async fn typed_bodies_say_what_they_take() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let (lock, _) = s.create(json!({"value": {}, "strategy": "lock"})).await;
+    let doc = format!("/v1/docs/{id}");
+    check_refusals(&s, vec![
+        (Method::POST, "/v1/docs".into(), NONE, r#"{"value": {}}"#, 415, "unsupported-media-type",
+            &["application/json", "no Content-Type"], Some(("accept-post", "application/json"))),
+        (Method::PATCH, doc.clone(), &[("content-type", "application/json")], "[]", 415, "unsupported-media-type",
+            &["application/json-patch+json", "application/merge-patch+json", "\"application/json\""],
+            Some(("accept-patch", "application/json-patch+json, application/merge-patch+json"))),
+        (Method::PUT, doc.clone(), &[("if-match", "*"), ("content-type", "application/x-www-form-urlencoded")], "a=1", 415,
+            "unsupported-media-type", &["application/json", "x-www-form-urlencoded"], None),
+        (Method::POST, format!("{doc}/changes"), FORM, "", 415, "unsupported-media-type", &["application/octet-stream"], None),
+    ]).await;
+    assert_eq!(s.get(&id).await, (json!({"n": 1}), version));
+
+    // Where a body is optional, leaving it out is the defaults: no body and no type, or an
+    // empty body of the type the operation takes, or `null`.
+    for (headers, body) in [(NONE, ""), (&[("content-type", "application/json")][..], ""),
+                            (&[("content-type", "application/json; charset=utf-8")][..], "null")] {
+        let mut create = s.request(Method::POST, "/v1/docs").body(body);
+        let mut lease = s.request(Method::POST, &format!("/v1/docs/{lock}/lock")).body(body);
+        for (name, value) in headers {
+            create = create.header(*name, *value);
+            lease = lease.header(*name, *value);
+        }
+        let created = s.send(create).await;
+        assert_eq!(created.status, 201, "{headers:?} {body:?}: {:?}", created.json());
+        assert_eq!(created.json()["value"], json!({}));
+        let leased = s.send(lease).await;
+        assert_eq!(leased.status, 200, "{headers:?} {body:?}: {:?}", leased.json());
+        let release = s.request(Method::DELETE, &format!("/v1/docs/{lock}/lock"))
+            .header("concord-lock", leased.json()["token"].as_str().unwrap());
+        assert_eq!(s.send(release).await.status, 204);
+    }
+}
+
+/// A key given twice is `400` `invalid-json` naming the key, an integer out of range `422`
+/// `invalid-value` naming it, in every JSON body (`/mcp`'s JSON-RPC too); numbers written
+/// as floats stay floats.
+#[rustfmt::skip]
+#[tokio::test]
+async fn strict_json_names_the_key_and_the_number() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let (lock, _) = s.create(json!({"value": {}, "strategy": "lock"})).await;
+    let doc = format!("/v1/docs/{id}");
+    check_refusals(&s, vec![
+        (Method::POST, "/v1/docs".into(), JSON, r#"{"value": {"a": 1, "b": {"c": 1, "c": 2}}}"#, 400, "invalid-json",
+            &["\"c\"", "twice"], None),
+        (Method::POST, format!("/v1/docs/{lock}/lock"), JSON, r#"{"wait_ms": 0, "wait_ms": 1}"#, 400, "invalid-json",
+            &["\"wait_ms\""], None),
+        (Method::PUT, doc.clone(), JSON, r#"{"n": 120000000000000000000000000000}"#, 422, "invalid-value",
+            &["120000000000000000000000000000", "64-bit", "float"], None),
+    ]).await;
+    // The MCP endpoint's JSON-RPC bodies too: a parse error (-32700), as JSON-RPC says.
+    for (body, names) in [
+        (r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "method": "ping"}"#, "\"method\""),
+        (r#"{"jsonrpc": "2.0", "id": 18446744073709551616, "method": "ping"}"#, "18446744073709551616"),
+    ] {
+        let reply = s
+            .send(s.request(Method::POST, "/mcp").header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream").body(body))
+            .await;
+        assert_eq!(reply.status, 400, "{body}: {}", String::from_utf8_lossy(&reply.bytes));
+        let answer = reply.json();
+        assert_eq!(answer["error"]["code"], -32700, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(names), "{answer}");
+    }
+    assert_eq!(s.get(&id).await, (json!({"n": 1}), version));
+    // Numbers written as floats stay floats, however large; integers in range stay exact.
+    let written = s.send(s.request(Method::PUT, &doc).header("if-match", "*")
+        .header("content-type", "application/json")
+        .body(r#"{"f": 1.2e29, "g": 1E20, "max": 18446744073709551615, "min": -9223372036854775808}"#)).await;
+    assert_eq!(written.status, 200, "{:?}", written.json());
+    assert_eq!(s.get(&id).await.0, json!({"f": 1.2e29, "g": 1e20, "max": u64::MAX, "min": i64::MIN}));
+}
+
+/// The WebSocket JSON protocol reads its messages as strictly as HTTP reads bodies: a key
+/// twice is `invalid-json`, an integer out of range `invalid-value`; nothing is applied
+/// and the connection goes on.
+#[tokio::test]
+async fn websocket_messages_are_read_strictly() {
+    use concord_tests::ws::{connect, next};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    let before = s.raw(&id).await;
+    let mut socket = connect(&s, &format!("/v1/docs/{id}/ws")).await;
+    let cases = [
+        (
+            format!(r#"{{"type": "put", "id": 1, "base": "{version}", "value": {{"n": 2}}, "value": {{"n": 3}}}}"#),
+            400,
+            "invalid-json",
+            "\"value\"",
+        ),
+        (
+            format!(r#"{{"type": "put", "id": 2, "base": "{version}", "base": "*", "value": {{"n": 2}}}}"#),
+            400,
+            "invalid-json",
+            "\"base\"",
+        ),
+        (
+            r#"{"type": "patch", "id": 3, "ops": [{"op": "add", "path": "/big", "value": 120000000000000000000000000000}]}"#.to_owned(),
+            422,
+            "invalid-value",
+            "120000000000000000000000000000",
+        ),
+    ];
+    for (text, status, kind, names) in cases {
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let Some(Message::Text(answer)) = next(&mut socket).await else {
+            panic!("{text}: no answer")
+        };
+        let answer: serde_json::Value = serde_json::from_str(answer.as_str()).unwrap();
+        assert_eq!(answer["type"], "error", "{text}: {answer}");
+        assert_eq!(answer["status"], status, "{text}: {answer}");
+        let uri = format!("urn:concord:problem:{kind}");
+        assert_eq!(answer["type_uri"], uri, "{text}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(names),
+            "{text}: {answer}"
+        );
+        assert_eq!(s.raw(&id).await, before, "{text}");
+    }
+    // Still listening, and a float is a float.
+    let text =
+        r#"{"type": "patch", "id": 4, "ops": [{"op": "add", "path": "/f", "value": 1.2e29}]}"#;
+    socket.send(Message::text(text)).await.unwrap();
+    let Some(Message::Text(answer)) = next(&mut socket).await else {
+        panic!("no ack")
+    };
+    assert!(answer.as_str().contains("\"ack\""), "{}", answer.as_str());
+    assert_eq!(s.get(&id).await.0, json!({"n": 1, "f": 1.2e29}));
+}
+
+/// Every answer carries `X-Content-Type-Options: nosniff`: pages, files, JSON, streams,
+/// errors of every layer.
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {}})).await;
+    let created = s
+        .send(s.request(Method::POST, "/v1/docs").json(&json!({})))
+        .await;
+    assert_eq!(created.status, 201);
+    assert_nosniff(&created, "a create");
+    for path in [
+        "/",
+        "/favicon.ico",
+        "/web/app.js",
+        "/healthz",
+        "/openapi.json",
+        "/metrics",
+        "/v1/docs",
+        &format!("/v1/docs/{id}"),
+        &format!("/v1/docs/{id}/changes"),
+        "/nowhere",
+    ] {
+        let reply = s.send(s.request(Method::GET, path)).await;
+        assert_nosniff(&reply, path);
+    }
+    // Refused before routing is done with it: another host name (crate::origins).
+    let refused = s
+        .send(
+            s.request(Method::GET, "/v1/docs")
+                .header("host", "evil.example"),
+        )
+        .await;
+    refused.assert_problem(403);
+    assert_nosniff(&refused, "another host");
+    // A stream's head.
+    let events = s
+        .client
+        .get(s.url(&format!("/v1/docs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.headers().get("x-content-type-options").unwrap(),
+        "nosniff"
+    );
+}
+
+/// No token reaches the server's log, at any level: not `?access_token=` (taken out of the
+/// URI before the request log sees it), not the viewer's `/?token=`, not `Authorization`,
+/// not a wrong token. The real binary runs with `RUST_LOG=trace`, and the requests are
+/// logged (their paths are in the log), only without the tokens.
+#[tokio::test]
+async fn tokens_never_reach_the_log() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const SECRET: &str = "s3cr3t-token-0123456789abcdef";
+    const WRONG: &str = "wr0ng-token-fedcba9876543210";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let file = json!({"tokens": [{"agent": "ops", "token": SECRET, "scopes": ["admin"]}]});
+    std::fs::write(&tokens, file.to_string()).unwrap();
+    let server = binary::Binary::start_logging(
+        &dir.path().join("data"),
+        &["--auth", tokens.to_str().unwrap()],
+        "trace",
+    );
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {SECRET}");
+    let created = client
+        .post(server.url("/v1/docs"))
+        .header("authorization", &bearer)
+        .json(&json!({"value": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // In the query, where the streams take it: an event stream (its head), a WebSocket.
+    let events = client
+        .get(server.url(&format!("/v1/docs/{id}/events?access_token={SECRET}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    drop(events);
+    let ws = format!(
+        "ws://{}/v1/docs/{id}/ws?agent=a&access_token={SECRET}",
+        server.addr
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    socket
+        .send(Message::text(r#"{"type": "subscribe"}"#))
+        .await
+        .unwrap();
+    let snapshot = tokio::time::timeout(
+        concord_tests::PATIENCE,
+        futures_util::StreamExt::next(&mut socket),
+    )
+    .await
+    .expect("a snapshot in time");
+    assert!(
+        matches!(snapshot, Some(Ok(Message::Text(_)))),
+        "{snapshot:?}"
+    );
+    socket.close(None).await.unwrap();
+    // The viewer's link, tokens refused, a token where it is not taken.
+    let requests = [
+        (format!("/?token={SECRET}"), None, 200),
+        ("/v1/docs".to_owned(), Some(format!("Bearer {WRONG}")), 401),
+        (format!("/v1/docs?access_token={SECRET}"), None, 401),
+        (format!("/v1/events?access_token={WRONG}"), None, 401),
+        (
+            format!("/v1/docs/{id}"),
+            Some(format!("bearer {SECRET}")),
+            200,
+        ),
+    ];
+    for (path, authorization, status) in requests {
+        let mut request = client.get(server.url(&path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let reply = request.send().await.unwrap();
+        assert_eq!(reply.status(), status, "{path}");
+    }
+    let (_, log) = server
+        .terminate(std::time::Duration::from_secs(20))
+        .await
+        .expect("the server stops");
+    for secret in [SECRET, WRONG] {
+        let line = log.lines().find(|line| line.contains(secret));
+        assert!(line.is_none(), "a token in the log: {line:?}");
+    }
+    // The requests were logged, without their tokens.
+    for path in [
+        format!("/v1/docs/{id}/events"),
+        format!("/v1/docs/{id}/ws?agent=a"),
+        "/?token=[redacted]".into(),
+    ] {
+        assert!(log.contains(&path), "{path} is not in the log");
+    }
 }

@@ -102,11 +102,26 @@ impl Binary {
     /// Starts the server; `Err` with its exit status and stderr if it exits instead of
     /// listening.
     pub fn try_start(data: &Path, flags: &[&str]) -> Result<Binary, Failed> {
+        Self::try_start_logging(data, flags, "concord_server=warn")
+    }
+
+    /// Starts the server with `RUST_LOG` set to `filter`, as [`Binary::start`] does.
+    pub fn start_logging(data: &Path, flags: &[&str], filter: &str) -> Binary {
+        match Self::try_start_logging(data, flags, filter) {
+            Ok(binary) => binary,
+            Err(failed) => panic!(
+                "concord did not start ({}); stderr:\n{}",
+                failed.status, failed.stderr
+            ),
+        }
+    }
+
+    fn try_start_logging(data: &Path, flags: &[&str], filter: &str) -> Result<Binary, Failed> {
         let mut child = Command::new(path())
             .args(["--addr", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(flags)
-            .env("RUST_LOG", "concord_server=warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -419,6 +419,7 @@ async fn strategies_lww_and_optimistic() {
     let raw = s.raw(&id).await;
     s.send(
         s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+            .header("content-type", "application/octet-stream")
             .body(raw),
     )
     .await

@@ -9,6 +9,7 @@
 
 mod bench;
 mod compare;
+mod redact;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -180,7 +181,8 @@ async fn run() -> anyhow::Result<()> {
                 }
             }),
         )
-        .with_writer(std::io::stderr)
+        // No token reaches the log (concord_server::logging).
+        .with_writer(redact::Redacting)
         .init();
     match cli.command {
         Some(Command::Serve(args)) => serve(args).await,

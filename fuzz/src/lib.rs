@@ -174,15 +174,21 @@ pub fn reconcile(data: &[u8]) {
 }
 
 /// The WebSocket JSON protocol: the bytes as a client message, parsed as the server does
-/// (JSON, then the message type), round-tripped, and carried out on the fixture.
+/// (strict JSON, then the message type), round-tripped, and carried out on the fixture.
+/// What the strict parser takes, it reads as `serde_json` does.
 pub fn ws_message(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let direct = serde_json::from_str::<ClientMessage>(text).ok();
-    let Ok(value) = serde_json::from_str::<Value>(text) else {
+    let Ok(value) = concord_protocol::json::from_str(text) else {
         return;
     };
+    assert_eq!(
+        serde_json::from_str::<Value>(text).ok().as_ref(),
+        Some(&value),
+        "the strict parser read another value than serde_json"
+    );
     let Ok(message) = serde_json::from_value::<ClientMessage>(value) else {
         return;
     };

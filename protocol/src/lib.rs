@@ -6,6 +6,8 @@
 //!   ([`live::ClientMessage`], [`live::ServerMessage`], [`live::Change`], [`live::Ack`]) and
 //!   [`live::Problem`], the RFC 9457 fields of an HTTP error body and of a WebSocket
 //!   `error`.
+//! - [`json`]: strict JSON, as the server reads every JSON body and message: a key given
+//!   twice and an integer out of the 64-bit range are errors, not silently changed.
 //! - [`repo`]: the automerge-repo network protocol on `/v1/repo`: its CBOR messages
 //!   ([`repo::Incoming`], [`repo::Outgoing`]) and automerge document ids and URLs.
 //!
@@ -26,7 +28,7 @@
 //!
 //! // A client's write, as it travels over `/v1/docs/{id}/ws`.
 //! let text = r#"{"type": "patch", "id": 1, "ops": [], "base": "abc"}"#;
-//! let message: ClientMessage = serde_json::from_str(text)?;
+//! let message: ClientMessage = serde_json::from_value(concord_protocol::json::from_str(text)?)?;
 //! assert!(matches!(message, ClientMessage::Patch { base: Some(_), .. }));
 //! let answer: ServerMessage =
 //!     serde_json::from_str(r#"{"type": "subscribed", "version": "abc"}"#)?;
@@ -44,5 +46,6 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod json;
 pub mod live;
 pub mod repo;

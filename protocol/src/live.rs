@@ -4,8 +4,9 @@
 //! A refusal is a [`Problem`], the same RFC 9457 fields as an HTTP error body.
 //!
 //! Parsing is strict where the server reads ([`ClientMessage`] denies unknown fields, so a
-//! misspelt `base` is an error rather than a write against the current version) and lenient
-//! where clients read (a [`ServerMessage`] may gain fields).
+//! misspelt `base` is an error rather than a write against the current version; the server
+//! reads a message's text with [`crate::json::from_str`], so a field given twice is an error
+//! too) and lenient where clients read (a [`ServerMessage`] may gain fields).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;

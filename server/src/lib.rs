@@ -13,6 +13,7 @@
 //! - [`idempotency`]: `Idempotency-Key` handling.
 //! - [`problem`]: RFC 9457 problem+json errors.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`logging`]: the request log, and keeping tokens out of every log line.
 //! - [`origins`]: which `Host` and `Origin` values may reach the API (DNS rebinding,
 //!   cross-site requests).
 //! - [`openapi`]: the OpenAPI 3.1 description at `/openapi.json`, from the handlers' own
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod cluster;
 pub mod idempotency;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod origins;

@@ -118,6 +118,25 @@ pub fn problem_body(status: StatusCode, kind: &str, detail: &str) -> Vec<u8> {
     .expect("a problem always serializes")
 }
 
+impl ApiError {
+    /// A body or message that is not JSON Concord takes (`concord_protocol::json`):
+    /// `400` `invalid-json` (`syntax` is the kind of a plain syntax error, `what` names the
+    /// input in its detail), or `422` `invalid-value` for an integer out of range.
+    pub fn json(e: concord_protocol::json::Error, what: &str, syntax: &'static str) -> Self {
+        use concord_protocol::json::Error as E;
+        match e {
+            E::NotUtf8(e) => Self::bad_request(syntax, format!("{what} is not UTF-8: {e}")),
+            E::Syntax(e) => Self::bad_request(syntax, format!("{what} is not valid JSON: {e}")),
+            E::DuplicateKey { .. } => Self::bad_request("invalid-json", format!("{what}: {e}")),
+            E::IntegerOutOfRange { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-value",
+                format!("{what}: {e}"),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let mut response = Response::new(Body::from(self.body()));

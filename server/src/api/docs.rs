@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{agent, doc_id, if_match, json_body, now_ms, parse_version};
+use super::{agent, check_media, doc_id, if_match, json_body, now_ms, parse_json, parse_version};
 use crate::idempotency::{respond, Begin};
 use crate::openapi::{BaseHeaders, DocPath, WriteHeaders};
 use crate::policy::{etag, IfMatch, LOCK_HEADER};
@@ -27,7 +27,8 @@ use crate::AppState;
 type Shared = State<Arc<AppState>>;
 
 /// The body of `POST /v1/docs` (and the arguments of the MCP `create_document` tool);
-/// every field optional (an empty body is all defaults).
+/// every field optional (an empty body, or `null`, is all defaults; see `api::media` for
+/// the Content-Type an empty body may have).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
@@ -239,7 +240,7 @@ pub(super) fn write_meta(headers: &HeaderMap, now: i64) -> Result<WriteMeta, Api
 #[utoipa::path(post, path = "/v1/docs", tag = "documents",
     params(WriteHeaders),
     request_body(content = Option<CreateBody>, content_type = "application/json",
-        description = "Every field is optional; an empty body creates `{}` as a crdt document."),
+        description = "Every field is optional; an empty body (sent without a Content-Type, or as application/json) or `null` creates `{}` as a crdt document."),
     responses(
         (status = 201, description = "Created.", body = WriteAnswer,
             headers(("ETag" = String, description = "The version, quoted"),
@@ -597,8 +598,9 @@ pub(super) async fn patch(
         "application/json-patch+json",
         "application/merge-patch+json",
     ];
-    let document = json_body(&headers, &body, &accepted)?;
-    let merge = super::content_type(&headers).as_deref() == Some("application/merge-patch+json");
+    let media = check_media(&headers, &accepted)?;
+    let document = parse_json(&body)?;
+    let merge = media == "application/merge-patch+json";
     let ops = if merge {
         None
     } else {
@@ -799,16 +801,7 @@ pub(super) async fn post_changes(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let head = WriteHead::plain(&id, &headers)?;
-    match super::content_type(&headers).as_deref() {
-        None | Some("application/octet-stream") => {}
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                format!("expected application/octet-stream (raw Automerge changes), got {other}"),
-            ))
-        }
-    }
+    check_media(&headers, &["application/octet-stream"])?;
     let path = format!("/v1/docs/{}/changes", head.id);
     head.execute(
         &state,

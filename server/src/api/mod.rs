@@ -4,6 +4,7 @@ mod branches;
 mod docs;
 mod live;
 mod mcp;
+mod media;
 mod sync;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use concord_core::Version;
 use serde::Serialize;
 use serde_json::Value;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -68,12 +70,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .with_state(state)
         .split_for_parts();
+    let openapi = crate::openapi::finish(openapi);
+    let bodies = Arc::new(media::Bodies::of(&openapi));
     let description = OpenApiJson(Bytes::from(
-        serde_json::to_vec(&crate::openapi::finish(openapi)).expect("the description serializes"),
+        serde_json::to_vec(&openapi).expect("the description serializes"),
     ));
     router
         .layer(Extension(description))
         .layer(DefaultBodyLimit::disable())
+        // After authentication (a request without a token is 401 whatever its body), before
+        // any handler reads the body: the media types each operation takes (api::media).
+        .layer(middleware::from_fn_with_state(bodies, media::guard))
         // Inside the body limit (a merge's body is read to check its fork), after routing
         // (it needs the matched route): tokens, scopes, the token's agent (crate::auth).
         .layer(middleware::from_fn_with_state(guarded, crate::auth::guard))
@@ -93,7 +100,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::map_response(ensure_problem_json))
         // Counts and times every request with its final status, by matched route.
         .layer(middleware::from_fn(crate::metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // The request log, with no token in it (crate::logging).
+        .layer(TraceLayer::new_for_http().make_span_with(crate::logging::request_span))
+        // Every answer: its Content-Type is what it is, browsers are not to sniff another.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // Before anything sees the request, the log included: `?access_token=` leaves the
+        // URI (crate::auth).
+        .layer(middleware::from_fn(crate::auth::take_query_token))
 }
 
 /// Liveness, and how much stored data failed to load since start.
@@ -209,45 +225,25 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError>
     crate::policy::parse_if_match(lines).map(Some)
 }
 
-/// The media type of the request body, lowercased, without parameters.
-pub(crate) fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+/// Checks that the body's media type (`Content-Type`) is one of `accepted`: `415`
+/// `unsupported-media-type` for any other, and for none (no type is guessed). The router
+/// checks this before a handler runs, from the description (`api::media`); handlers check
+/// again where they read the body.
+pub fn check_media(headers: &HeaderMap, accepted: &[&str]) -> Result<String, ApiError> {
+    media::check(headers, accepted)
 }
 
 /// Parses a JSON body whose media type must be one of `accepted` (a body without a
-/// Content-Type is taken as `application/json`); the errors are the API's own (400, 415),
-/// for routes mounted through [`crate::Config::extra_routes`] too.
+/// Content-Type is refused); the errors are the API's own (400, 415, 422), for routes
+/// mounted through [`crate::Config::extra_routes`] too.
 pub fn json_body(headers: &HeaderMap, body: &[u8], accepted: &[&str]) -> Result<Value, ApiError> {
-    let media = match content_type(headers) {
-        Some(media) => media,
-        None if accepted.contains(&"application/json") => "application/json".into(),
-        None => "no Content-Type".into(),
-    };
-    if !accepted.contains(&media.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            format!("expected {}, got {media}", accepted.join(" or ")),
-        ));
-    }
+    check_media(headers, accepted)?;
     parse_json(body)
 }
 
-/// Parses JSON bytes with a precise error.
+/// Parses a JSON body strictly (`concord_protocol::json`): `400` `invalid-json` for what is
+/// not JSON or names a key twice, `422` `invalid-value` for an integer out of range.
 pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::bad_request("invalid-json", format!("the body is not UTF-8: {e}"))
-    })?;
-    serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request("invalid-json", format!("the body is not valid JSON: {e}"))
-    })
+    concord_protocol::json::from_slice(body)
+        .map_err(|e| ApiError::json(e, "the body", "invalid-json"))
 }

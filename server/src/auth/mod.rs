@@ -74,7 +74,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -142,6 +141,20 @@ fn take_access_token(uri: &mut Uri) -> Option<String> {
         *uri = stripped;
     }
     token
+}
+
+/// A token taken out of the query (`?access_token=`) by [`take_query_token`], for [`guard`].
+#[derive(Clone)]
+struct QueryToken(String);
+
+/// Middleware, outside every other (the request log included, so that no log line holds
+/// it): removes `access_token` from the query and keeps its value for [`guard`]. With auth
+/// off it is dropped.
+pub async fn take_query_token(mut request: Request, next: Next) -> Response {
+    if let Some(token) = take_access_token(request.uri_mut()) {
+        request.extensions_mut().insert(QueryToken(token));
+    }
+    next.run(request).await
 }
 
 /// The bearer token of `Authorization`, if the request has that header.
@@ -231,19 +244,23 @@ async fn read_body(request: Request) -> Result<(Request, Bytes), Response> {
 
 /// The fork a merge body names, if it names a valid one.
 fn merge_fork(body: &[u8]) -> Option<Uuid> {
-    let value = serde_json::from_slice::<Value>(body).ok()?;
+    // Read as the handler reads it: a body naming `fork` twice names no fork.
+    let value = concord_protocol::json::from_slice(body).ok()?;
     Uuid::parse_str(value.get("fork")?.as_str()?).ok()
 }
 
 /// Middleware: authenticates the request, checks its scope (see the module docs) and hands
-/// the handler its [`Caller`]. With auth off it only removes `access_token` from the query,
-/// and the caller is [`Caller::anyone`].
+/// the handler its [`Caller`] (the `?access_token=` it may use was taken out of the query
+/// by [`take_query_token`]). With auth off the caller is [`Caller::anyone`].
 pub async fn guard(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let query_token = take_access_token(request.uri_mut());
+    let query_token = request
+        .extensions_mut()
+        .remove::<QueryToken>()
+        .map(|QueryToken(token)| token);
     let Some(auth) = state.config.auth.clone() else {
         request.extensions_mut().insert(Caller::anyone());
         return next.run(request).await;

@@ -101,9 +101,12 @@ pub(super) fn writes(message: &Value) -> bool {
     }
 }
 
-/// A message's JSON.
+/// A message's JSON, read strictly (`concord_protocol::json`): not JSON is
+/// `invalid-message`, a key given twice `invalid-json`, an integer out of range (422)
+/// `invalid-value`.
 pub(super) fn parse_json_message(text: &str) -> Result<Value, ApiError> {
-    serde_json::from_str(text).map_err(|e| invalid(format!("a message must be JSON: {e}")))
+    concord_protocol::json::from_str(text)
+        .map_err(|e| ApiError::json(e, "a message", "invalid-message"))
 }
 
 /// Parses a client message; on error, the error and the message's id if it has one.
@@ -168,7 +171,11 @@ mod tests {
     #[test]
     fn bad_messages_are_named() {
         let cases = [
-            ("not json", "must be JSON"),
+            ("not json", "not valid JSON"),
+            (
+                r#"{"type": "put", "id": 1, "value": {}, "value": {"a": 1}}"#,
+                "\"value\" appears twice",
+            ),
             ("[1]", "\"type\""),
             (r#"{"type": "jump"}"#, "unknown variant"),
             (r#"{"type": "put", "id": 1, "vlaue": {}}"#, "unknown field"),

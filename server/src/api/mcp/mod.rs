@@ -23,6 +23,10 @@
 //! same operation does; the token decides the agent. With authentication off, the agent is
 //! the `Concord-Agent` header of the HTTP request, else `anonymous`, as over HTTP.
 //!
+//! A JSON-RPC body is read strictly first, as every JSON body of the API is: a key given
+//! twice or an integer out of the 64-bit range is a JSON-RPC parse error (`-32700`, HTTP
+//! 400) before the SDK sees it.
+//!
 //! # Retries
 //! Every write tool takes an optional `idempotency_key`: a call retried with the same key
 //! and the same arguments (by the same agent) is answered the first call's result, with
@@ -33,7 +37,11 @@ mod tools;
 
 use std::sync::Arc;
 
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder};
@@ -65,6 +73,7 @@ pub(super) fn routes(state: Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
     );
     let mut router = OpenApiRouter::new()
         .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn(strict_json))
         .layer(axum::middleware::map_response(own_error_body));
     // A tower service has no handler annotation: its operation is described here.
     router
@@ -109,6 +118,42 @@ fn operation() -> Operation {
                 .build(),
         )
         .build()
+}
+
+/// Middleware: a JSON-RPC body is read as strictly as every other JSON the API takes
+/// (`concord_protocol::json`) before the SDK reads it with its own parser, which would keep
+/// the last of a key given twice and round an integer out of range to a float: either is
+/// a JSON-RPC parse error (`-32700`, HTTP 400) naming what is wrong. Other syntax errors
+/// are the SDK's to answer.
+async fn strict_json(request: Request, next: Next) -> Response {
+    use concord_protocol::json::{from_slice, Error};
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // Bounded by the body limit outside.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return crate::problem::ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "the request body is over the size limit",
+        )
+        .into_response();
+    };
+    match from_slice(&bytes) {
+        Err(e @ (Error::DuplicateKey { .. } | Error::IntegerOutOfRange { .. })) => {
+            let error = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {"code": -32700, "message": format!("Parse error: {e}")},
+            });
+            (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
+        }
+        _ => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
 }
 
 /// The SDK's error responses carry JSON-RPC errors, which MCP clients read: they stay.
