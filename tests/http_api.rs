@@ -1220,3 +1220,46 @@ async fn forks_and_merges_keep_who_sent_each_change() {
         ["author", "poster", "editor"]
     );
 }
+
+/// A conflict names the writer of each value as the server received its change: two raw
+/// changes whose notes both name `ops`, posted by `agent-x` and `agent-y`.
+#[tokio::test]
+async fn conflicts_name_who_sent_each_value() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {"title": "draft"}})).await;
+    let raw = s.raw(&id).await;
+    for (agent, title) in [("agent-x", "X's"), ("agent-y", "Y's")] {
+        // Each replica writes from the same version, concurrently with the other.
+        let (mut replica, _) = concord_core::Document::load(
+            concord_core::Schema::default(),
+            None,
+            std::slice::from_ref(&raw),
+        )
+        .unwrap();
+        let base = replica.version();
+        replica
+            .put(None, &json!({"title": title}), &meta("ops"))
+            .unwrap();
+        let change = replica.changes_since(Some(&base)).unwrap();
+        let posted = s
+            .send(
+                s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                    .header("concord-agent", agent)
+                    .header("content-type", "application/octet-stream")
+                    .body(change),
+            )
+            .await;
+        assert_eq!(posted.status, StatusCode::OK);
+    }
+    let reply = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}?conflicts=true")))
+        .await
+        .json();
+    let values = reply["conflicts"][0]["values"].as_array().unwrap();
+    let mut pairs: Vec<(&str, &str)> = values
+        .iter()
+        .map(|v| (v["value"].as_str().unwrap(), v["agent"].as_str().unwrap()))
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, [("X's", "agent-x"), ("Y's", "agent-y")]);
+}
