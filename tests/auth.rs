@@ -16,7 +16,7 @@ use concord_server::auth::Auth;
 use concord_server::{Config, Server, StartError};
 use concord_tests::sync::{Replica, RepoPeer};
 use concord_tests::ws::{connect_with, next, recv};
-use concord_tests::{meta, Reply, SseStream, TestServer, PATIENCE};
+use concord_tests::{foreign_change, meta, Reply, SseStream, TestServer, PATIENCE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -523,6 +523,77 @@ async fn a_lease_is_bound_to_the_agent_that_took_it() {
         read_as(&s, ADMIN, &id).await.0,
         json!({"items": [EVERYWHERE]})
     );
+}
+
+/// With authentication on, a change is recorded as its token's agent and the server's
+/// time: a raw change with no note, one whose message names "ops", over HTTP (with a forged
+/// `Concord-Agent`) and over `/sync`; history shows alice and keeps the claims beside.
+#[tokio::test]
+async fn changes_are_recorded_as_the_token_that_sent_them() {
+    let s = start().await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let from = now();
+    let mut raw = raw(&s, DOC).await;
+    let silent = foreign_change(&raw, None, 9_000_000_000_000);
+    raw.extend_from_slice(&silent);
+    let says_ops = foreign_change(&raw, Some("ops did this"), 1);
+    raw.extend_from_slice(&says_ops);
+    let posted = s
+        .send(
+            send(&s, WRITER, Method::POST, &format!("/v1/docs/{DOC}/changes"))
+                .header("content-type", "application/octet-stream")
+                .header("concord-agent", "ops")
+                .body([silent, says_ops].concat()),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK);
+    // Over sync: a change with no note.
+    let mut sync = connect_with(&s, &format!("/v1/docs/{DOC}/sync"), WRITER, &[])
+        .await
+        .expect("connects");
+    let mut replica = Replica::new();
+    replica.sync(&mut sync).await;
+    let synced = foreign_change(&replica.doc.changes_since(None).unwrap(), None, 2);
+    replica.doc.apply_changes(&synced).unwrap();
+    replica.sync(&mut sync).await;
+    let to = now();
+    let history = s
+        .send(send(
+            &s,
+            ADMIN,
+            Method::GET,
+            &format!("/v1/docs/{DOC}/history"),
+        ))
+        .await
+        .json();
+    let changes = history["changes"].as_array().unwrap();
+    let last: Vec<(Value, Value, Value)> = changes[changes.len() - 3..]
+        .iter()
+        .map(|c| {
+            let time = c["time"].as_i64().unwrap();
+            assert!((from..=to).contains(&time), "{c}");
+            (
+                c["agent"].clone(),
+                c["claimed_agent"].clone(),
+                c["claimed_time"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (json!("alice"), json!(null), json!(9_000_000_000_000i64)),
+            (json!("alice"), json!(null), json!(1)),
+            (json!("alice"), json!(null), json!(2)),
+        ]
+    );
+    // The document was made by the admin token's agent.
+    assert_eq!(changes[0]["agent"], "ops");
 }
 
 async fn read_as(s: &TestServer, token: &str, id: &str) -> (Value, String) {

@@ -5,8 +5,9 @@
 //! `npm ci` run in `tests/browser`. Without them the test says "browser suite SKIPPED" and
 //! passes, unless `CI` is set: in CI a missing browser is a failure, never a silent pass.
 //! Before the browser starts, this file stores a document whose history holds changes no
-//! HTTP client can make (dated 9e12 seconds after 1970, one without an agent) and hands its
-//! id to the suite (`FAR_FUTURE_DOC`). Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=docs/img` (a folder
+//! HTTP write makes (claiming a date 9e12 seconds after 1970, one without an agent), posted
+//! as raw changes, and hands its id to the suite (`FAR_FUTURE_DOC`): history shows when the
+//! server received them and from whom, the claims beside. Screenshots go to `target/browser-artifacts/`; with `README_IMAGES=docs/img` (a folder
 //! relative to the workspace) the document and comparison pages are also saved there, as
 //! the README's `document.png` and `compare.png`.
 
@@ -68,7 +69,9 @@ fn commit_with<O: Default>(commit: impl FnOnce(O), set: impl FnOnce(O) -> O) {
 
 /// A document on the server whose history holds a change by `far-future` dated
 /// [`FAR_FUTURE_SECS`], and after it an empty change with no agent (as a raw Automerge
-/// client makes them) dated the same: posted as raw changes. Answers its id.
+/// client makes them) dated the same: posted as raw changes, the first by `far-future`, the
+/// second naming nobody (`anonymous`). History shows the server's times, and the claimed
+/// ones beside. Answers its id.
 async fn far_future_document(server: &TestServer) -> String {
     let (id, _) = server
         .create(json!({"value": {"note": "the next change is dated 9e12 s"}}))
@@ -90,15 +93,15 @@ async fn far_future_document(server: &TestServer) -> String {
         |options| options.with_time(FAR_FUTURE_SECS),
     );
     let agentless = raw.save_after(&heads);
-    for bytes in [dated, agentless] {
-        let reply = server
-            .send(
-                server
-                    .request(Method::POST, &format!("/v1/docs/{id}/changes"))
-                    .header("content-type", "application/octet-stream")
-                    .body(bytes),
-            )
-            .await;
+    for (bytes, sender) in [(dated, Some("far-future")), (agentless, None)] {
+        let mut request = server
+            .request(Method::POST, &format!("/v1/docs/{id}/changes"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        if let Some(sender) = sender {
+            request = request.header("concord-agent", sender);
+        }
+        let reply = server.send(request).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.json());
         assert_eq!(reply.json()["new_changes"], 1);
     }
@@ -109,11 +112,23 @@ async fn far_future_document(server: &TestServer) -> String {
     let changes = history["changes"].as_array().expect("changes");
     let far: Vec<_> = changes
         .iter()
-        .filter(|c| c["time"] == FAR_FUTURE_SECS)
-        .map(|c| c["agent"].clone())
+        .filter(|c| c["claimed_time"] == FAR_FUTURE_SECS)
+        .map(|c| (c["agent"].clone(), c["claimed_agent"].clone()))
         .collect();
-    assert_eq!(far.len(), 2, "{history}");
-    assert!(far.contains(&json!("far-future")) && far.contains(&json!(null)));
+    assert_eq!(
+        far,
+        [
+            (json!("far-future"), json!("far-future")),
+            (json!("anonymous"), json!(null))
+        ],
+        "{history}"
+    );
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["time"].as_i64() < Some(FAR_FUTURE_SECS)),
+        "{history}"
+    );
     id
 }
 

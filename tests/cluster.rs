@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use concord_client::{Client, ClientError, CreateOptions, Event, WriteOptions};
 use concord_core::storage::{
-    DocMeta, DocState, Expect, LeaseGrant, Refusal, Store, StoredChange, WriteBatch,
+    DocMeta, DocState, Expect, LeaseGrant, Receipt, Refusal, Store, StoredChange, WriteBatch,
 };
-use concord_core::{Schema, Strategy};
+use concord_core::{Schema, Strategy, WriteMeta};
 use concord_server::postgres::{PostgresStore, MIGRATIONS};
-use concord_server::registry::{Registry, Tuning};
+use concord_server::registry::{Edit, Registry, Tuning, WriteCommand};
 use concord_tests::cluster::{agreed, manual_maintenance, nodes, until_version, Db, Node, HUNG};
-use concord_tests::meta;
+use concord_tests::{foreign_change, meta};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -62,6 +62,10 @@ fn change(n: u8) -> StoredChange {
     StoredChange {
         hash: [n; 32],
         bytes: vec![n, n, 0xC0],
+        receipt: Some(Receipt {
+            agent: format!("agent-{n}"),
+            at_ms: i64::from(n),
+        }),
     }
 }
 
@@ -179,6 +183,21 @@ async fn the_store_decides_for_every_node() {
         (current.snapshot, current.changes),
         (None, vec![change(6).bytes])
     );
+    // Receipts: one per change, the first one stored (change 2 was stored twice), kept
+    // through the compaction, handed out after a log position like the changes.
+    let senders = |receipts: &[([u8; 32], Receipt)]| -> Vec<String> {
+        receipts.iter().map(|(_, r)| r.agent.clone()).collect()
+    };
+    let winner_agent = format!("agent-{winner}");
+    assert_eq!(
+        senders(&b.load(id).await.unwrap().unwrap().receipts),
+        ["agent-1", "agent-2", "agent-3", &winner_agent, "agent-6"]
+    );
+    assert_eq!(
+        senders(&behind.receipts),
+        ["agent-3", &winner_agent, "agent-6"]
+    );
+    assert_eq!(senders(&current.receipts), ["agent-6"]);
     // A node that had read less may not replace that snapshot.
     assert!(!b
         .compact_from(id, b"older".to_vec(), vec![], loaded.seq)
@@ -396,6 +415,102 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     writer.stop().await;
 }
 
+/// A document's history as a registry shows it: hash, agent, time, whether recorded, the
+/// claimed agent and time.
+async fn history(
+    registry: &Registry,
+    id: Uuid,
+) -> Vec<(String, Option<String>, i64, bool, Option<String>, i64)> {
+    registry
+        .read::<_, concord_server::registry::Error>(id, |l| {
+            Ok(l.history()
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.hash,
+                        h.agent,
+                        h.time,
+                        h.recorded,
+                        h.claimed_agent,
+                        h.claimed_time,
+                    )
+                })
+                .collect())
+        })
+        .await
+        .unwrap()
+}
+
+/// Who sent a change, and when, is the same on every node: one that had the document
+/// before the change and catches up after a compaction replaced its record (from the
+/// snapshot, with the receipts), and one that loads it afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_shows_who_sent_a_change() {
+    let Some(db) = Db::new() else { return };
+    let writer = Node::start_with(
+        &db,
+        Tuning {
+            compact_after: 1,
+            ..manual_maintenance()
+        },
+    )
+    .await;
+    let doc = writer
+        .create_doc(CreateOptions {
+            value: Some(json!({"n": 1})),
+            ..Default::default()
+        })
+        .await;
+    type E = concord_server::registry::Error;
+    let registry = || async {
+        Registry::new(Arc::new(PostgresStore::open(&db.url()).await.unwrap()) as Arc<dyn Store>)
+    };
+    let id = doc.id;
+    // A node that has the document in memory, and follows nothing: it learns by reading.
+    let behind = registry().await;
+    history(&behind, id).await;
+
+    let own = &writer.state().registry;
+    let raw = own
+        .read::<_, E>(doc.id, |l| Ok(l.doc.changes_since(None).unwrap()))
+        .await
+        .unwrap();
+    let claims_1970 = foreign_change(&raw, Some("ops did this"), 1);
+    let sender = WriteMeta {
+        agent: "poster".into(),
+        time_ms: 1_800_000_000_000,
+        message: None,
+    };
+    own.execute(WriteCommand {
+        doc: doc.id,
+        meta: &sender,
+        if_match: None,
+        lock: None,
+        edit: Edit::Changes(&claims_1970),
+        idempotency: None,
+    })
+    .await
+    .unwrap();
+    let shown = history(own, id).await;
+    let last = shown.last().unwrap();
+    assert_eq!(
+        (&last.1, last.2, last.3, &last.4, last.5),
+        (&Some("poster".to_owned()), 1_800_000_000, true, &None, 1)
+    );
+    assert_eq!(own.maintain().await.compacted, 1);
+    let admin = db.admin().await;
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}.changes", db.schema), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the snapshot replaced every change record");
+
+    assert_eq!(history(&behind, id).await, shown);
+    assert_eq!(history(&registry().await, id).await, shown);
+    writer.stop().await;
+}
+
 /// A store whose node loses a race: just before its next checked write, a rival node
 /// stores a write of its own (prepared by the test).
 struct Racing {
@@ -523,7 +638,7 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     let ours = meta("node");
     let if_match = IfMatch::Version(v1.clone());
     let refused = registry
-        .write::<concord_server::problem::ApiError>(id, &ours, None, |loaded| {
+        .write::<concord_server::problem::ApiError>(id, &ours, None, None, |loaded| {
             // The node's own check passes: it has not seen the rival's write yet.
             let base = base_for(
                 loaded.meta.strategy,

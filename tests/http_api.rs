@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use concord_tests::TestServer;
+use concord_server::registry::Tuning;
+use concord_tests::sync::Replica;
+use concord_tests::ws::connect_with;
+use concord_tests::{foreign_change, meta, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
@@ -970,4 +973,294 @@ async fn a_null_body_means_the_defaults() {
         .await;
     assert_eq!(lease.status, StatusCode::OK, "{:?}", lease.json());
     assert_eq!(lease.json()["ttl_ms"], 10_000);
+}
+
+/// A change time in seconds past what a JavaScript `Date` holds: a client's claim.
+const FAR_FUTURE_SECS: i64 = 9_000_000_000_000;
+
+/// Now by this machine's clock, in seconds since the epoch (the server's clock is the same).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A document's history, as the server answers it.
+async fn history_of(s: &TestServer, id: &str) -> Vec<Value> {
+    let reply = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}/history")))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.json()["changes"].as_array().unwrap().clone()
+}
+
+/// `(agent, recorded, claimed_agent, claimed_time)` of the entries whose hashes are in
+/// `hashes`, in history order, each checked to be received between `from` and `to`.
+fn received(
+    history: &[Value],
+    hashes: &[String],
+    from: i64,
+    to: i64,
+) -> Vec<(Value, Value, Value, Value)> {
+    history
+        .iter()
+        .filter(|c| hashes.contains(&c["hash"].as_str().unwrap().to_owned()))
+        .map(|c| {
+            let time = c["time"].as_i64().unwrap();
+            assert!(
+                (from..=to).contains(&time),
+                "received at {time}, not in {from}..={to}: {c}"
+            );
+            (
+                c["agent"].clone(),
+                c["recorded"].clone(),
+                c["claimed_agent"].clone(),
+                c["claimed_time"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The hashes of the changes a document gained since `before` (its history then).
+fn new_hashes(before: &[Value], after: &[Value]) -> Vec<String> {
+    let old: Vec<&Value> = before.iter().map(|c| &c["hash"]).collect();
+    after
+        .iter()
+        .filter(|c| !old.contains(&&c["hash"]))
+        .map(|c| c["hash"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Without authentication, every stored change records the `Concord-Agent` it was sent
+/// with and the server's time, whatever the change says (no note at all, a message that
+/// names someone, a note that names another agent, a time in the year 287,000 or 1970):
+/// history shows the server's record, keeps the claim beside it, and is in the order the
+/// server received the changes; so after a restart, and after a compaction replaced the
+/// change records by a snapshot and the document left memory.
+#[tokio::test]
+async fn history_shows_who_sent_each_change_and_when() {
+    let mut s = TestServer::start_with(|c| {
+        c.tuning = Tuning {
+            idle_evict: std::time::Duration::ZERO,
+            compact_after: 1,
+            maintain_every: std::time::Duration::from_secs(3600),
+        }
+    })
+    .await;
+    let from = now_secs();
+    let (id, _) = s.create(json!({"value": {"n": 1}})).await;
+    let created = history_of(&s, &id).await;
+    let mut raw = s.raw(&id).await;
+    let silent = foreign_change(&raw, None, FAR_FUTURE_SECS);
+    raw.extend_from_slice(&silent);
+    let says_ops = foreign_change(&raw, Some("ops did this"), 1);
+    raw.extend_from_slice(&says_ops);
+    let (mut replica, _) =
+        concord_core::Document::load(concord_core::Schema::default(), None, &[raw.clone()])
+            .unwrap();
+    let base = replica.version();
+    replica.put(None, &json!({"n": 2}), &meta("ops")).unwrap();
+    let named_ops = replica.changes_since(Some(&base)).unwrap();
+    let body = [silent, says_ops, named_ops].concat();
+    let posted = s
+        .send(
+            s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                .header("concord-agent", "agent-x")
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.json());
+    assert_eq!(posted.json()["new_changes"], 3);
+    let to = now_secs();
+    let history = history_of(&s, &id).await;
+    let hashes = new_hashes(&created, &history);
+    assert_eq!(hashes.len(), 3);
+    let expected = vec![
+        (
+            json!("agent-x"),
+            json!(true),
+            json!(null),
+            json!(FAR_FUTURE_SECS),
+        ),
+        (json!("agent-x"), json!(true), json!(null), json!(1)),
+        (
+            json!("agent-x"),
+            json!(true),
+            json!("ops"),
+            json!(1_700_000_000),
+        ),
+    ];
+    assert_eq!(received(&history, &hashes, from, to), expected);
+    assert_eq!(history[0]["agent"], "anonymous");
+    let said = history.iter().find(|c| c["claimed_time"] == 1).unwrap();
+    assert_eq!(said["message"], "ops did this");
+    // In the order received: the creation first, though a later change claims 1970.
+    assert_eq!(history[0]["hash"], created[0]["hash"]);
+    let times: Vec<i64> = history
+        .iter()
+        .map(|c| c["time"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+
+    // Restarted, compacted and reloaded: the same record.
+    s.restart().await;
+    assert_eq!(history_of(&s, &id).await, history);
+    let registry = &s.state().registry;
+    let done = registry.maintain().await;
+    assert_eq!((done.compacted, done.evicted), (1, 1));
+    let stored = registry
+        .store()
+        .load(uuid::Uuid::parse_str(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.snapshot.is_some() && stored.changes.is_empty());
+    assert_eq!(history_of(&s, &id).await, history);
+    s.restart().await;
+    assert_eq!(history_of(&s, &id).await, history);
+}
+
+/// Changes that come over `/sync` are recorded as the `Concord-Agent` of the connection
+/// and the server's time, whatever their notes say.
+#[tokio::test]
+async fn sync_delivered_changes_record_their_sender() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {"n": 1}})).await;
+    let before = history_of(&s, &id).await;
+    let from = now_secs();
+    let mut socket = connect_with(
+        &s,
+        &format!("/v1/docs/{id}/sync"),
+        "",
+        &[("concord-agent", "agent-sync")],
+    )
+    .await
+    .expect("connects");
+    let mut replica = Replica::new();
+    replica.sync(&mut socket).await;
+    let claimed = concord_core::WriteMeta {
+        agent: "ops".into(),
+        time_ms: FAR_FUTURE_SECS * 1000,
+        message: Some("ops did this".into()),
+    };
+    replica.doc.put(None, &json!({"n": 2}), &claimed).unwrap();
+    let silent = foreign_change(&replica.doc.changes_since(None).unwrap(), None, 1);
+    replica.doc.apply_changes(&silent).unwrap();
+    replica.sync(&mut socket).await;
+    let to = now_secs();
+    let history = history_of(&s, &id).await;
+    let hashes = new_hashes(&before, &history);
+    assert_eq!(
+        received(&history, &hashes, from, to),
+        vec![
+            (
+                json!("agent-sync"),
+                json!(true),
+                json!("ops"),
+                json!(FAR_FUTURE_SECS)
+            ),
+            (json!("agent-sync"), json!(true), json!(null), json!(1)),
+        ]
+    );
+}
+
+/// A fork is a copy: its changes keep who sent them to the original (not the forker), and
+/// merged back, the fork's changes keep who sent them to the fork (not the merger). The
+/// changes are raw ones that name nobody, so only the server's record says who sent them.
+#[tokio::test]
+async fn forks_and_merges_keep_who_sent_each_change() {
+    let s = TestServer::start().await;
+    let post = |id: &str, agent: &str, body: Vec<u8>| {
+        s.send(
+            s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                .header("concord-agent", agent.to_owned())
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+    };
+    let created = s
+        .send(
+            s.request(Method::POST, "/v1/docs")
+                .header("concord-agent", "author")
+                .json(&json!({"value": {"notes": []}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let silent = foreign_change(&s.raw(&id).await, None, 1);
+    assert_eq!(post(&id, "poster", silent).await.status, StatusCode::OK);
+    let forked = s
+        .send(
+            s.request(Method::POST, &format!("/v1/docs/{id}/fork"))
+                .header("concord-agent", "forker"),
+        )
+        .await;
+    assert_eq!(forked.status, StatusCode::CREATED);
+    let fork = forked.json()["id"].as_str().unwrap().to_owned();
+    let agents = |history: Vec<Value>| -> Vec<String> {
+        history
+            .iter()
+            .map(|c| c["agent"].as_str().unwrap_or("(none)").to_owned())
+            .collect()
+    };
+    assert_eq!(agents(history_of(&s, &fork).await), ["author", "poster"]);
+    let silent = foreign_change(&s.raw(&fork).await, None, 2);
+    assert_eq!(post(&fork, "editor", silent).await.status, StatusCode::OK);
+    let merged = s
+        .send(
+            s.request(Method::POST, &format!("/v1/docs/{id}/merge"))
+                .header("concord-agent", "merger")
+                .json(&json!({"fork": fork})),
+        )
+        .await;
+    assert_eq!(merged.status, StatusCode::OK, "{:?}", merged.json());
+    assert_eq!(
+        agents(history_of(&s, &id).await),
+        ["author", "poster", "editor"]
+    );
+}
+
+/// A conflict names the writer of each value as the server received its change: two raw
+/// changes whose notes both name `ops`, posted by `agent-x` and `agent-y`.
+#[tokio::test]
+async fn conflicts_name_who_sent_each_value() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {"title": "draft"}})).await;
+    let raw = s.raw(&id).await;
+    for (agent, title) in [("agent-x", "X's"), ("agent-y", "Y's")] {
+        // Each replica writes from the same version, concurrently with the other.
+        let (mut replica, _) = concord_core::Document::load(
+            concord_core::Schema::default(),
+            None,
+            std::slice::from_ref(&raw),
+        )
+        .unwrap();
+        let base = replica.version();
+        replica
+            .put(None, &json!({"title": title}), &meta("ops"))
+            .unwrap();
+        let change = replica.changes_since(Some(&base)).unwrap();
+        let posted = s
+            .send(
+                s.request(Method::POST, &format!("/v1/docs/{id}/changes"))
+                    .header("concord-agent", agent)
+                    .header("content-type", "application/octet-stream")
+                    .body(change),
+            )
+            .await;
+        assert_eq!(posted.status, StatusCode::OK);
+    }
+    let reply = s
+        .send(s.request(Method::GET, &format!("/v1/docs/{id}?conflicts=true")))
+        .await
+        .json();
+    let values = reply["conflicts"][0]["values"].as_array().unwrap();
+    let mut pairs: Vec<(&str, &str)> = values
+        .iter()
+        .map(|v| (v["value"].as_str().unwrap(), v["agent"].as_str().unwrap()))
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, [("X's", "agent-x"), ("Y's", "agent-y")]);
 }

@@ -231,6 +231,69 @@ fn history_records_agents_and_time() {
     assert_eq!(h[1].time, 1_700_000_000);
     assert_eq!(h[1].deps, vec![h[0].hash.clone()]);
     assert_eq!(doc.change_count(), 2);
+    assert!(!h[1].recorded);
+    assert_eq!(
+        (h[1].claimed_agent.as_deref(), h[1].claimed_time),
+        (Some("alice"), 1_700_000_000)
+    );
+}
+
+/// With receipts, history shows who the server received each change from and when, keeps
+/// what the change claims beside it, and is sorted by the time received, never putting a
+/// change before one it depends on.
+#[test]
+fn history_shows_receipts_and_keeps_claims() {
+    let (mut doc, created) =
+        Document::create(&json!({"a": 1}), Schema::default(), &meta("setup")).unwrap();
+    let v1 = created.version;
+    let claimed = concord_core::WriteMeta {
+        agent: "ops".into(),
+        time_ms: 9_000_000_000_000_000,
+        message: Some("ops did this".into()),
+    };
+    doc.put(None, &json!({"a": 2}), &claimed).unwrap();
+    // Concurrent with the change above: made at the first version.
+    doc.put(Some(&v1), &json!({"a": 1, "b": 3}), &meta("carol"))
+        .unwrap();
+    let causal = doc.history();
+    assert_eq!(causal.len(), 3);
+    let by_claim = |agent: &str| -> automerge::ChangeHash {
+        let entry = causal.iter().find(|h| h.agent.as_deref() == Some(agent));
+        entry.unwrap().hash.parse().unwrap()
+    };
+    let (setup, ops, carol) = (by_claim("setup"), by_claim("ops"), by_claim("carol"));
+    // Carol's change was received first of all, even before the one it is built on.
+    let h = doc.history_received(|hash| {
+        if *hash == setup {
+            Some(("setup-sender", 1_800_000_000_000))
+        } else if *hash == ops {
+            Some(("mallory", 1_800_000_000_500))
+        } else if *hash == carol {
+            Some(("carol-sender", 1_750_000_000_000))
+        } else {
+            None
+        }
+    });
+    let shown: Vec<(&str, i64, bool)> = h
+        .iter()
+        .map(|e| (e.agent.as_deref().unwrap(), e.time, e.recorded))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("setup-sender", 1_800_000_000, true),
+            ("carol-sender", 1_750_000_000, true),
+            ("mallory", 1_800_000_000, true),
+        ]
+    );
+    let shown_ops = &h[2];
+    assert_eq!(shown_ops.hash, ops.to_string());
+    assert_eq!(
+        (shown_ops.claimed_agent.as_deref(), shown_ops.claimed_time),
+        (Some("ops"), 9_000_000_000_000)
+    );
+    assert_eq!(shown_ops.message.as_deref(), Some("ops did this"));
+    assert_eq!(h[1].claimed_agent.as_deref(), Some("carol"));
 }
 
 /// `(patch, expected)` applied to one starting document; `expected` `Err` holds a piece of

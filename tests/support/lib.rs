@@ -14,7 +14,8 @@
 //!   peer ([`sync::RepoPeer`]).
 //! - [`node`]: the Node suites (`tests/js`, `tests/mcp`): can they run here, and running one.
 //! - [`cluster`]: a PostgreSQL schema per test and nodes over it (`tests/cluster.rs`).
-//! - [`meta`] and [`PATIENCE`], used by every suite that writes or waits.
+//! - [`meta`] and [`PATIENCE`], used by every suite that writes or waits;
+//!   [`foreign_change`], a change as a client other than Concord makes it.
 
 pub mod cluster;
 pub mod node;
@@ -26,7 +27,7 @@ pub mod ws;
 
 use std::time::Duration;
 
-use concord_core::WriteMeta;
+use concord_core::{Document, Schema, WriteMeta};
 
 pub use proxy::Proxy;
 pub use server::{Reply, TestServer};
@@ -43,4 +44,32 @@ pub fn meta(agent: &str) -> WriteMeta {
         time_ms: 1_700_000_000_000,
         message: None,
     }
+}
+
+/// A raw change as a client other than Concord makes one: an empty Automerge change after
+/// `changes` (raw changes of a document, concatenated), by a new actor, with `message` as
+/// its message (`None`: no message, so no Concord note at all) and `time_secs` as its
+/// time. The bytes to post to `POST /v1/docs/{id}/changes`.
+pub fn foreign_change(changes: &[u8], message: Option<&str>, time_secs: i64) -> Vec<u8> {
+    let (doc, _) = Document::load(Schema::default(), None, &[changes.to_vec()]).expect("changes");
+    let mut raw = doc.automerge().fork();
+    let heads = raw.get_heads();
+    // This crate does not depend on Automerge, so it cannot name `CommitOptions`: the type
+    // is inferred from `empty_commit`, whose closure is checked first.
+    fn commit_with<O: Default>(commit: impl FnOnce(O), set: impl FnOnce(O) -> O) {
+        commit(set(O::default()));
+    }
+    commit_with(
+        |options| {
+            raw.empty_commit(options);
+        },
+        |options| {
+            let options = options.with_time(time_secs);
+            match message {
+                Some(message) => options.with_message(message),
+                None => options,
+            }
+        },
+    );
+    raw.save_after(&heads)
 }

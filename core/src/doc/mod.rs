@@ -48,11 +48,12 @@ impl WriteOutcome {
     }
 }
 
-/// A change in storage form.
+/// A change in storage form, without a receipt (the server adds the one it records).
 pub fn stored(change: &Change) -> StoredChange {
     StoredChange {
         hash: change.hash().0,
         bytes: change.raw_bytes().to_vec(),
+        receipt: None,
     }
 }
 
@@ -567,25 +568,83 @@ impl Document {
             .collect())
     }
 
-    /// The change graph in causal order.
+    /// The change graph in causal order, as the changes themselves claim it (no receipts:
+    /// see [`Document::history_received`]).
     pub fn history(&self) -> Vec<HistoryEntry> {
-        self.doc
-            .get_changes_meta(&[])
+        self.history_received(|_| None)
+    }
+
+    /// The change graph with each change's receipt: `receipt(hash)` is who the server
+    /// received the change from and when (ms since the epoch), if it recorded that. Sorted
+    /// by that time (a change without a receipt by the time it claims), changes received
+    /// at the same time in causal order; and never before a change it depends on (clocks
+    /// of different nodes may disagree, and a write may be received before one it ends up
+    /// built on): of the changes whose dependencies are listed, the earliest comes next.
+    pub fn history_received<'r>(
+        &self,
+        receipt: impl Fn(&ChangeHash) -> Option<(&'r str, i64)>,
+    ) -> Vec<HistoryEntry> {
+        let metas = self.doc.get_changes_meta(&[]);
+        let index: std::collections::HashMap<ChangeHash, usize> =
+            metas.iter().enumerate().map(|(i, m)| (m.hash, i)).collect();
+        let mut waiting = vec![0usize; metas.len()];
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); metas.len()];
+        for (i, m) in metas.iter().enumerate() {
+            for dep in m.deps.iter().filter_map(|d| index.get(d)) {
+                waiting[i] += 1;
+                dependents[*dep].push(i);
+            }
+        }
+        let mut entries: Vec<Option<(i64, HistoryEntry)>> = metas
             .into_iter()
             .map(|m| {
-                let (agent, message) = decode_note(m.message.as_deref());
-                HistoryEntry {
+                let (claimed_agent, message) = decode_note(m.message.as_deref());
+                let received = receipt(&m.hash);
+                let at_ms = match received {
+                    Some((_, at_ms)) => at_ms,
+                    None => m.timestamp.saturating_mul(1000),
+                };
+                let entry = HistoryEntry {
                     hash: m.hash.to_string(),
-                    agent,
-                    time: m.timestamp,
+                    agent: match received {
+                        Some((agent, _)) => Some(agent.to_owned()),
+                        None => claimed_agent.clone(),
+                    },
+                    time: at_ms.div_euclid(1000),
+                    recorded: received.is_some(),
+                    claimed_agent,
+                    claimed_time: m.timestamp,
                     message,
                     deps: m.deps.iter().map(|d| d.to_string()).collect(),
                     ops: (m.max_op + 1).saturating_sub(m.start_op),
                     actor: m.actor.to_hex_string(),
                     seq: m.seq,
-                }
+                };
+                Some((at_ms, entry))
             })
-            .collect()
+            .collect();
+        // Kahn's topological order, the earliest received first; ties by causal position.
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| waiting[*i] == 0)
+            .filter_map(|(i, e)| e.as_ref().map(|(at, _)| std::cmp::Reverse((*at, i))))
+            .collect();
+        let mut history = Vec::with_capacity(entries.len());
+        while let Some(std::cmp::Reverse((_, i))) = ready.pop() {
+            if let Some((_, entry)) = entries[i].take() {
+                history.push(entry);
+            }
+            for &next in &dependents[i] {
+                waiting[next] -= 1;
+                if waiting[next] == 0 {
+                    if let Some((at, _)) = &entries[next] {
+                        ready.push(std::cmp::Reverse((*at, next)));
+                    }
+                }
+            }
+        }
+        history
     }
 
     /// The whole document in Automerge's compact format (a snapshot).

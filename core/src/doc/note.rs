@@ -17,16 +17,30 @@ pub struct WriteMeta {
     pub message: Option<String>,
 }
 
-/// One change of the history.
+/// One change of the history. `agent` and `time` are the server's record of who sent the
+/// change and when it arrived (its receipt), whatever the change claims; what the change
+/// itself claims is `claimed_agent` and `claimed_time`. A change stored before the server
+/// kept receipts shows its claim in both (`recorded: false`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     /// The change hash (hex).
     pub hash: String,
-    /// The agent recorded in the change, if any.
+    /// Who the server received the change from: the agent it authenticated (with
+    /// authentication on), else the `Concord-Agent` (or `?agent=`) of the request that
+    /// brought it. Without a receipt, the agent the change's note claims, if any.
     pub agent: Option<String>,
-    /// Seconds since the Unix epoch, as recorded.
+    /// When the server received the change, seconds since the Unix epoch (without a
+    /// receipt, the change's own time).
     pub time: i64,
+    /// True if `agent` and `time` are the server's record; false for a change stored before
+    /// the server kept receipts, which shows what it claims.
+    pub recorded: bool,
+    /// The agent the change's own note names, if any: the writer's claim.
+    pub claimed_agent: Option<String>,
+    /// The time the change itself carries, seconds since the Unix epoch: the writer's
+    /// claim (any value a client chose).
+    pub claimed_time: i64,
     /// The message recorded besides the agent, if any.
     pub message: Option<String>,
     /// The hashes this change depends on.

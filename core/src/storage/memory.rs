@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Checked, Delta, DocMeta, DocState, DocSummary, Expect, IdempotencyRecord, LoadedDoc, Refusal,
-    Store, StoreError, StoredChange, WriteBatch,
+    Checked, Delta, DocMeta, DocState, DocSummary, Expect, IdempotencyRecord, LoadedDoc, Receipt,
+    Refusal, Store, StoreError, StoredChange, WriteBatch,
 };
 
 #[derive(Default)]
@@ -21,6 +21,8 @@ struct MemoryDoc {
     covers: u64,
     /// Records with their log positions, in order.
     changes: Vec<(u64, StoredChange)>,
+    /// Receipts with the log positions of their changes, in order; kept by compaction.
+    receipts: Vec<(u64, [u8; 32], Receipt)>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,11 @@ impl MemoryStore {
         for change in batch.changes {
             if !doc.changes.iter().any(|(_, c)| c.hash == change.hash) {
                 *seq += 1;
+                // The first receipt stays (a change stored again after a compaction).
+                let first = !doc.receipts.iter().any(|(_, h, _)| *h == change.hash);
+                if let (Some(receipt), true) = (&change.receipt, first) {
+                    doc.receipts.push((*seq, change.hash, receipt.clone()));
+                }
                 doc.changes.push((*seq, change));
             }
         }
@@ -114,6 +121,11 @@ impl Store for MemoryStore {
                 state: doc.state.clone()?,
                 snapshot: doc.snapshot.clone(),
                 changes: doc.changes.iter().map(|(_, c)| c.bytes.clone()).collect(),
+                receipts: doc
+                    .receipts
+                    .iter()
+                    .map(|(_, h, r)| (*h, r.clone()))
+                    .collect(),
                 seq: doc
                     .changes
                     .iter()
@@ -147,6 +159,12 @@ impl Store for MemoryStore {
                 seq,
                 snapshot,
                 changes: changes.into_iter().map(|(_, c)| c.bytes.clone()).collect(),
+                receipts: doc
+                    .receipts
+                    .iter()
+                    .filter(|(n, _, _)| *n > since)
+                    .map(|(_, h, r)| (*h, r.clone()))
+                    .collect(),
             })
         }))
     }
@@ -222,6 +240,10 @@ mod tests {
         StoredChange {
             hash: [n; 32],
             bytes: vec![n],
+            receipt: Some(Receipt {
+                agent: format!("agent-{n}"),
+                at_ms: i64::from(n),
+            }),
         }
     }
 
@@ -280,7 +302,15 @@ mod tests {
         assert_eq!((behind.seq, behind.changes), (3, vec![vec![3]]));
         let ahead = now(store.changes_since(id, 2)).unwrap().unwrap();
         assert_eq!((ahead.snapshot, ahead.changes), (None, vec![vec![3]]));
-        assert_eq!(now(store.load(id)).unwrap().unwrap().seq, 3);
+        let loaded = now(store.load(id)).unwrap().unwrap();
+        assert_eq!(loaded.seq, 3);
+        // Receipts outlive the records the snapshot replaced, and follow the log.
+        let agents = |receipts: &[([u8; 32], Receipt)]| -> Vec<String> {
+            receipts.iter().map(|(_, r)| r.agent.clone()).collect()
+        };
+        assert_eq!(agents(&loaded.receipts), ["agent-1", "agent-2", "agent-3"]);
+        assert_eq!(agents(&behind.receipts), ["agent-2", "agent-3"]);
+        assert_eq!(agents(&ahead.receipts), ["agent-3"]);
 
         now(store.delete(id)).unwrap();
         assert_eq!(now(store.changes_since(id, 0)).unwrap(), None);

@@ -2,7 +2,9 @@
 //! exactly. [`MemoryStore`] (in `memory.rs`) keeps it in memory, for tests.
 //!
 //! Changes are content-addressed by (document, change hash), so storing one twice is
-//! harmless. A [`WriteBatch`] is atomic and durable when [`Store::write`] returns `Ok`:
+//! harmless. The first time a change is stored, its [`Receipt`] (who the server received
+//! it from, and when) is stored beside it, and outlives the change's record when a
+//! snapshot replaces it. A [`WriteBatch`] is atomic and durable when [`Store::write`] returns `Ok`:
 //! that is the point at which the server acknowledges the write to the client.
 //!
 //! A store may be shared by several nodes ([`Store::shared`]): then it also hands out what
@@ -67,6 +69,22 @@ pub struct StoredChange {
     pub hash: [u8; 32],
     /// The encoded change (`Change::raw_bytes`).
     pub bytes: Vec<u8>,
+    /// Who the server received it from, and when; stored with the change the first time
+    /// the change is stored (a change stored again keeps its first receipt). `None`: the
+    /// server knows no sender (a copy of a change stored before receipts were kept).
+    pub receipt: Option<Receipt>,
+}
+
+/// Who the server received a change from, and when, by the server's own account: the
+/// agent it authenticated (with authentication on) or the one the request named (without),
+/// and its clock. A change's own note and time are the writer's claim; history shows the
+/// receipt. Kept beside the change, and kept when a snapshot replaces the change's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The agent.
+    pub agent: String,
+    /// When the server received it, milliseconds since the Unix epoch.
+    pub at_ms: i64,
 }
 
 /// The recorded outcome of a request made with an `Idempotency-Key`, replayed to a retry.
@@ -112,6 +130,9 @@ pub struct LoadedDoc {
     pub snapshot: Option<Vec<u8>>,
     /// Changes not covered by the snapshot, in the order they were stored.
     pub changes: Vec<Vec<u8>>,
+    /// The receipt of every change that has one (those in the snapshot too), by change
+    /// hash, in the order the changes were stored.
+    pub receipts: Vec<([u8; 32], Receipt)>,
     /// The log position this load reaches (see [`Store::changes_since`]): everything stored
     /// up to it is in `snapshot` and `changes`.
     pub seq: u64,
@@ -129,6 +150,9 @@ pub struct Delta {
     pub snapshot: Option<Vec<u8>>,
     /// The change records stored after `since`, in the order they became durable.
     pub changes: Vec<Vec<u8>>,
+    /// The receipts of the changes stored after `since` (whether their records are in
+    /// `changes` or only in `snapshot` now), by change hash, in the same order.
+    pub receipts: Vec<([u8; 32], Receipt)>,
 }
 
 impl Delta {
@@ -281,7 +305,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<DocSummary>, StoreError>;
     /// Deletes a document and all it stored; `false` if it was not there.
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError>;
-    /// Replaces the stored changes listed in `covered` by one snapshot that contains them.
+    /// Replaces the stored changes listed in `covered` by one snapshot that contains them;
+    /// their receipts stay.
     async fn compact(
         &self,
         id: Uuid,

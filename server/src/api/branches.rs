@@ -18,7 +18,7 @@ use super::{doc_id, json_body, now_ms};
 use crate::openapi::{DocPath, WriteHeaders};
 use crate::policy::LOCK_HEADER;
 use crate::problem::ApiError;
-use crate::registry::{self, Edit, IdempotencyDraft, Responder, Written};
+use crate::registry::{self, Edit, IdempotencyDraft, Receipts, Responder, Written};
 use crate::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -235,11 +235,15 @@ pub(super) async fn fork_doc(
     meta: &WriteMeta,
     idempotency: Option<(IdempotencyDraft, Responder)>,
 ) -> Result<Written, ApiError> {
-    let (schema, copy) = state
+    let (schema, copy, receipts) = state
         .registry
         .read(parent, |loaded| {
             crate::policy::may_fork(loaded.meta.strategy)?;
-            Ok::<_, ApiError>((loaded.meta.schema.clone(), loaded.doc.fork()))
+            Ok::<_, ApiError>((
+                loaded.meta.schema.clone(),
+                loaded.doc.fork(),
+                loaded.receipts.clone(),
+            ))
         })
         .await?;
     let doc = DocMeta {
@@ -249,16 +253,17 @@ pub(super) async fn fork_doc(
         created_at_ms: meta.time_ms,
     };
     let mut copy = Some(copy);
+    // The fork's changes were received by the original: they keep its receipts.
     state
         .registry
-        .create(
+        .create_copy(
             doc,
             move || {
                 copy.take()
                     .ok_or_else(|| ApiError::internal("fork made twice"))
             },
             meta,
-            false,
+            &receipts,
             idempotency,
         )
         .await
@@ -301,23 +306,24 @@ pub(super) async fn merge(
                 )
             },
         )?;
-    let fork = read_fork(&state, target, request.fork).await?;
+    let (fork, receipts) = read_fork(&state, target, request.fork).await?;
     let path = format!("/v1/docs/{target}/merge");
     let edit = Edit::MergeFork {
         fork: &fork,
+        receipts: &receipts,
         id: request.fork,
     };
     head.execute(&state, (&method, &headers), &path, &body, edit)
         .await
 }
 
-/// A copy of the fork `fork` to merge into `target`: 422 if it is `target` itself or does
-/// not exist.
+/// A copy of the fork `fork` to merge into `target`, with its receipts: 422 if it is
+/// `target` itself or does not exist.
 pub(super) async fn read_fork(
     state: &AppState,
     target: Uuid,
     fork: Uuid,
-) -> Result<Document, ApiError> {
+) -> Result<(Document, Receipts), ApiError> {
     if fork == target {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -325,9 +331,11 @@ pub(super) async fn read_fork(
             "a document cannot be merged into itself",
         ));
     }
-    let (copy, _) = state
+    let (copy, receipts) = state
         .registry
-        .read(fork, |loaded| Ok(loaded.doc.fork()))
+        .read(fork, |loaded| {
+            Ok((loaded.doc.fork().0, loaded.receipts.clone()))
+        })
         .await
         .map_err(|e| match e {
             registry::Error::NotFound(_) => ApiError::new(
@@ -337,5 +345,5 @@ pub(super) async fn read_fork(
             ),
             e => e.into(),
         })?;
-    Ok(copy)
+    Ok((copy, receipts))
 }

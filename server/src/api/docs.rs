@@ -532,7 +532,14 @@ pub(super) async fn read_doc(
                 url: concord_protocol::repo::automerge_url(id),
                 path: pointer.as_ref().map(ToString::to_string),
                 skipped: (!skipped.is_empty()).then(|| json!(skipped)),
-                conflicts: conflicts.then(|| doc.conflicts(at.as_ref())).transpose()?,
+                // Each value's writer as the server received its change.
+                conflicts: conflicts
+                    .then(|| doc.conflicts(at.as_ref()))
+                    .transpose()?
+                    .map(|mut found| {
+                        loaded.receipts.attribute(&mut found);
+                        found
+                    }),
                 // Edits no longer visible because their object was deleted concurrently,
                 // until restored or dismissed (concord_core::lost). Only the present has them.
                 lost: (conflicts && at.is_none()).then(|| doc.lost().to_vec()),
@@ -703,11 +710,14 @@ pub(super) struct History {
     id: Uuid,
     /// Its current version.
     version: String,
-    /// Every change, oldest first.
+    /// Every change, in the order the server received them (changes received together in
+    /// causal order): who sent each and when, as the server recorded it, and what the
+    /// change itself claims.
     changes: Vec<concord_core::doc::HistoryEntry>,
 }
 
-/// Every change of a document: who, when, what it depends on.
+/// Every change of a document: who sent it and when (the server's record), what it
+/// claims, what it depends on.
 #[utoipa::path(get, path = "/v1/docs/{id}/history", tag = "documents",
     params(DocPath),
     responses(
@@ -729,7 +739,7 @@ pub(super) async fn history_of(state: &AppState, id: Uuid) -> Result<History, Ap
             Ok(History {
                 id,
                 version: loaded.doc.version().to_string(),
-                changes: loaded.doc.history(),
+                changes: loaded.history(),
             })
         })
         .await

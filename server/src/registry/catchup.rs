@@ -7,18 +7,22 @@ use super::*;
 const REPLAYED_ONE_BY_ONE: usize = 32;
 
 /// Applies records another node stored and publishes one event for what they changed,
-/// attributed to the agent of the last new change. A record that does not apply (corrupt)
-/// is skipped, as a load skips it.
+/// attributed as the last new change was received (its receipt, which the delta brought;
+/// without one, what its note claims). A record that does not apply (corrupt) is skipped,
+/// as a load skips it.
 fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) {
     let mut last = None;
     for record in records {
         match loaded.doc.apply_changes(record) {
             Ok(outcome) => {
                 if let Some(change) = outcome.changes.last() {
-                    last = Some((
-                        concord_core::doc::decode_note(change.message()).0,
-                        change.timestamp().saturating_mul(1000),
-                    ));
+                    last = Some(match loaded.receipts.get(&change.hash()) {
+                        Some(receipt) => (Some(receipt.agent.clone()), receipt.at_ms),
+                        None => (
+                            concord_core::doc::decode_note(change.message()).0,
+                            change.timestamp().saturating_mul(1000),
+                        ),
+                    });
                 }
             }
             Err(e) => {
@@ -80,6 +84,7 @@ impl Registry {
         loaded.doc = doc;
         loaded.synced = stored.seq;
         loaded.unsnapshotted = stored.changes.len();
+        loaded.receipts = Receipts::from_stored(stored.receipts);
         if loaded.doc.version() != loaded.value_version {
             loaded.last_agent.clone_from(&stored.state.last_agent);
             loaded.updated_at_ms = stored.state.updated_at_ms;
@@ -148,6 +153,8 @@ impl Registry {
         }
         let before = loaded.doc.version();
         let changes_before = loaded.doc.change_count();
+        // First, so that the events below name who sent each change.
+        loaded.receipts.add(delta.receipts);
         let mut records: Vec<&[u8]> = Vec::with_capacity(delta.changes.len() + 1);
         if let Some(snapshot) = &delta.snapshot {
             records.push(snapshot);

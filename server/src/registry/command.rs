@@ -49,6 +49,8 @@ pub enum Edit<'a> {
     MergeFork {
         /// The fork's document.
         fork: &'a Document,
+        /// The fork's receipts: its changes keep them.
+        receipts: &'a Receipts,
         /// The fork's id, for the refusal if it is not a fork of this document.
         id: Uuid,
     },
@@ -90,7 +92,7 @@ impl Edit<'_> {
                 .receive_sync_message(state, message)
                 .map_err(|e| Error::InvalidSync(e.to_string()))?,
             Edit::Copy(copy) => doc.merge_from(copy)?,
-            Edit::MergeFork { fork, id } => {
+            Edit::MergeFork { fork, id, .. } => {
                 if !doc.shares_origin(fork) {
                     return Err(Refusal::NotAFork { fork: id, target }.into());
                 }
@@ -114,8 +116,13 @@ impl Registry {
             edit,
             idempotency,
         } = command;
+        // Changes copied from a fork keep the receipts they have there.
+        let inherited = match &edit {
+            Edit::MergeFork { receipts, .. } => Some(*receipts),
+            _ => None,
+        };
         let written = self
-            .write(doc, meta, idempotency, |loaded| {
+            .write(doc, meta, inherited, idempotency, |loaded| {
                 let current = loaded.doc.version();
                 let strategy = loaded.meta.strategy;
                 let base = policy::admit(

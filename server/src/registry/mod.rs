@@ -43,6 +43,7 @@ mod events;
 mod leases;
 mod limit;
 mod maintain;
+mod receipts;
 mod write;
 
 pub use command::{Edit, WriteCommand};
@@ -51,11 +52,13 @@ pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, REC
 pub use leases::Lease;
 pub use limit::DEFAULT_MAX_DOCUMENT_BYTES;
 pub use maintain::{Maintained, Tuning};
+pub use receipts::Receipts;
 pub use write::{IdempotencyDraft, Responder, Written};
 
 use coordinator::Coordinator;
 use events::publish;
 use leases::lease_from;
+use receipts::received;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicI64;
@@ -86,6 +89,8 @@ pub struct Loaded {
     pub last_agent: Option<String>,
     /// Time of the last write, ms since the epoch.
     pub updated_at_ms: i64,
+    /// Who the server received each change from, and when: what history shows.
+    pub receipts: Receipts,
     /// The lease of the lock strategy, if one was ever taken.
     pub lease: Option<Lease>,
     /// The newest fencing token issued. Seeded from the clock when the document is loaded
@@ -118,6 +123,7 @@ impl Loaded {
             value,
             last_agent,
             updated_at_ms,
+            receipts: Receipts::default(),
             lease: None,
             last_token: u64::try_from(crate::clock::now_ms())
                 .unwrap_or(0)
@@ -331,6 +337,7 @@ impl Registry {
         )?;
         loaded.unsnapshotted = stored.changes.len();
         loaded.synced = stored.seq;
+        loaded.receipts = Receipts::from_stored(stored.receipts);
         // Another request may have loaded it meanwhile: keep the first.
         Ok(Arc::clone(
             self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),

@@ -72,9 +72,22 @@ pub(super) fn refused(
     }
 }
 
+/// A write's outcome, with its new changes in storage form, each with its receipt.
+pub(super) struct Received {
+    outcome: WriteOutcome,
+    changes: Vec<StoredChange>,
+}
+
+impl Received {
+    fn new(outcome: WriteOutcome, write: &WriteMeta, inherited: Option<&Receipts>) -> Received {
+        let changes = received(&outcome, write, inherited);
+        Received { outcome, changes }
+    }
+}
+
 /// A checked write on its way to [`Registry::commit_checked`].
 struct CheckedWrite<'a> {
-    outcome: WriteOutcome,
+    received: Received,
     new_value: Option<Value>,
     write: &'a WriteMeta,
     idempotency: Option<(IdempotencyDraft, Responder)>,
@@ -104,13 +117,41 @@ impl Drop for Settling<'_> {
 }
 
 impl Registry {
-    /// Stores a new document made by `make` (a fresh one, or a fork). `client_chose_id`
-    /// says the id came from the request (and so may already exist).
+    /// Stores a new document made by `make`. `client_chose_id` says the id came from the
+    /// request (and so may already exist). Its changes are recorded as received from
+    /// `write.agent`, now.
     pub async fn create<E: From<Error>>(
         &self,
         meta: DocMeta,
         make: impl FnOnce() -> Result<(Document, WriteOutcome), E>,
         write: &WriteMeta,
+        client_chose_id: bool,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, E> {
+        self.create_inheriting(meta, make, write, None, client_chose_id, idempotency)
+            .await
+    }
+
+    /// [`Registry::create`] for a copy of a document (a fork): its changes keep the
+    /// receipts they have in `inherited`, the original's.
+    pub async fn create_copy<E: From<Error>>(
+        &self,
+        meta: DocMeta,
+        make: impl FnOnce() -> Result<(Document, WriteOutcome), E>,
+        write: &WriteMeta,
+        inherited: &Receipts,
+        idempotency: Option<(IdempotencyDraft, Responder)>,
+    ) -> Result<Written, E> {
+        self.create_inheriting(meta, make, write, Some(inherited), false, idempotency)
+            .await
+    }
+
+    async fn create_inheriting<E: From<Error>>(
+        &self,
+        meta: DocMeta,
+        make: impl FnOnce() -> Result<(Document, WriteOutcome), E>,
+        write: &WriteMeta,
+        inherited: Option<&Receipts>,
         client_chose_id: bool,
         idempotency: Option<(IdempotencyDraft, Responder)>,
     ) -> Result<Written, E> {
@@ -122,6 +163,7 @@ impl Registry {
             return Err(exists());
         }
         let (doc, outcome) = make()?;
+        let received = Received::new(outcome, write, inherited);
         let loaded = Loaded::new(meta.clone(), doc, Some(write.agent.clone()), write.time_ms)?;
         // limits.rs: no document larger than the document limit.
         limit::check_document(&loaded.value, self.max_document_bytes)?;
@@ -150,7 +192,7 @@ impl Registry {
             changes: loaded.doc.change_count() as u64,
         });
         let result = self
-            .commit(guard, Some(meta), outcome, None, write, idempotency)
+            .commit(guard, Some(meta), received, None, write, idempotency)
             .await
             .map_err(E::from);
         if result.is_err() {
@@ -168,11 +210,14 @@ impl Registry {
 
     /// Applies `edit` to the document and stores what it changed; returns once durable.
     /// The primitive under [`Registry::execute`], which every transport uses: it admits
-    /// nothing by itself (the strategy's policy is the caller's).
+    /// nothing by itself (the strategy's policy is the caller's). Each new change is
+    /// recorded as received from `write.agent` now, unless it is copied from a document
+    /// whose receipts are `inherited` (a fork merged back): then it keeps its receipt there.
     pub async fn write<E: From<Error>>(
         &self,
         id: Uuid,
         write: &WriteMeta,
+        inherited: Option<&Receipts>,
         idempotency: Option<(IdempotencyDraft, Responder)>,
         edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, E>,
     ) -> Result<Written, E> {
@@ -202,14 +247,16 @@ impl Registry {
                 return Err(e);
             }
         };
+        // One receipt per new change: no walk of the history.
+        let received = Received::new(outcome, write, inherited);
         let written = match self.coordinator.expectation(guard.loaded(), &before) {
             None => {
-                self.commit(guard, None, outcome, value, write, idempotency)
+                self.commit(guard, None, received, value, write, idempotency)
                     .await
             }
             Some(expect) => {
                 let write = CheckedWrite {
-                    outcome,
+                    received,
                     new_value: value,
                     write,
                     idempotency,
@@ -287,7 +334,7 @@ impl Registry {
         checked: CheckedWrite<'_>,
     ) -> Result<Written, Error> {
         let CheckedWrite {
-            outcome,
+            received: Received { outcome, changes },
             new_value,
             write,
             idempotency,
@@ -311,16 +358,16 @@ impl Registry {
             new_changes,
         };
         let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
-        let (first, upto, changes) = {
+        let (first, upto, unconfirmed) = {
             let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let first = pending.last + 1;
-            let (upto, changes) = pending.push(outcome.stored_changes());
-            (first, upto, changes)
+            let (upto, unconfirmed) = pending.push(changes.clone());
+            (first, upto, unconfirmed)
         };
         let batch = WriteBatch {
             doc: id,
             create: None,
-            changes,
+            changes: unconfirmed,
             state: DocState {
                 version: written.version.to_string(),
                 change_count: loaded.doc.change_count() as u64,
@@ -355,6 +402,7 @@ impl Registry {
                 loaded.unsnapshotted += new_changes;
                 loaded.last_agent = last_agent;
                 loaded.updated_at_ms = updated_at_ms;
+                loaded.receipts.record(&changes);
                 if let Some(value) = new_value {
                     self.publish_write(&slot, loaded, value, write, new_changes, true);
                 }
@@ -395,15 +443,18 @@ impl Registry {
         &self,
         mut guard: WriteGuard,
         create: Option<DocMeta>,
-        outcome: WriteOutcome,
+        received: Received,
         new_value: Option<Value>,
         write: &WriteMeta,
         idempotency: Option<(IdempotencyDraft, Responder)>,
     ) -> Result<Written, Error> {
+        let Received { outcome, changes } = received;
         let slot = Arc::clone(&guard.slot);
         let new_changes = outcome.changes.len();
         let loaded = guard.loaded();
         loaded.unsnapshotted += new_changes;
+        // Under the lock, with the change itself: history shows both at once.
+        loaded.receipts.record(&changes);
         if new_changes > 0 || create.is_some() {
             loaded.last_agent = Some(write.agent.clone());
             loaded.updated_at_ms = write.time_ms;
@@ -425,7 +476,7 @@ impl Registry {
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(outcome.stored_changes());
+            .push(changes);
         let batch = WriteBatch {
             doc: written.id,
             create,

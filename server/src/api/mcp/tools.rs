@@ -572,7 +572,7 @@ impl Tools {
     }
 
     #[tool(
-        description = "List a document's changes (hash, agent, time, dependencies) and its current version, to see who wrote what since the version you read.",
+        description = "List a document's changes in the order the server received them (hash; agent and time: who sent each and when, as the server recorded it; claimed_agent and claimed_time: what the change itself says; dependencies) and its current version, to see who wrote what since the version you read.",
         annotations(read_only_hint = true)
     )]
     async fn document_history(
@@ -724,13 +724,14 @@ impl Tools {
                 let fork_id = doc_id(&args.fork)?;
                 who.may_write(target)?;
                 who.may_read(fork_id)?;
-                let fork = read_fork(&self.state, target, fork_id).await?;
+                let (fork, receipts) = read_fork(&self.state, target, fork_id).await?;
                 let write = Write {
                     doc: target,
                     if_match: None,
                     lock: None,
                     edit: Edit::MergeFork {
                         fork: &fork,
+                        receipts: &receipts,
                         id: fork_id,
                     },
                 };

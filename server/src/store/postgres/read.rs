@@ -3,7 +3,7 @@
 
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, StoreError,
+    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, Receipt, StoreError,
 };
 use concord_core::strategy::Strategy;
 use deadpool_postgres::Object;
@@ -45,19 +45,24 @@ fn parse_doc(row: &Row) -> Result<DocSummary, StoreError> {
     })
 }
 
-/// The document row, its snapshot (if it reaches past `since`) and its change rows after
-/// `since`, from ONE statement: one consistent view, one round trip. Part 0 is the row,
-/// part 1 the snapshot, part 2 the changes in log order.
+/// The document row, its snapshot (if it reaches past `since`), its change rows after
+/// `since` and their receipts, from ONE statement: one consistent view, one round trip.
+/// Part 0 is the row, part 1 the snapshot, part 2 the changes in log order, part 3 the
+/// receipts in log order (`bytes` holds the change's hash).
 const LOG_AFTER: &str = "
     SELECT 0 AS part, 0::bigint AS seq, NULL::bytea AS bytes,
-           version, change_count, updated_at_ms, last_agent
+           version, change_count, updated_at_ms, last_agent,
+           NULL::text AS agent, NULL::bigint AS at_ms
       FROM docs WHERE id = $1
     UNION ALL
-    SELECT 1, covers_seq, bytes, NULL, NULL, NULL, NULL
+    SELECT 1, covers_seq, bytes, NULL, NULL, NULL, NULL, NULL, NULL
       FROM snapshots WHERE doc = $1 AND covers_seq > $2
     UNION ALL
-    SELECT 2, seq, bytes, NULL, NULL, NULL, NULL
+    SELECT 2, seq, bytes, NULL, NULL, NULL, NULL, NULL, NULL
       FROM changes WHERE doc = $1 AND seq > $2
+    UNION ALL
+    SELECT 3, seq, hash, NULL, NULL, NULL, NULL, agent, at_ms
+      FROM receipts WHERE doc = $1 AND seq > $2
     ORDER BY part, seq";
 
 impl Inner {
@@ -85,6 +90,7 @@ impl Inner {
             state: delta.state,
             snapshot: delta.snapshot,
             changes: delta.changes,
+            receipts: delta.receipts,
             seq: delta.seq,
         }))
     }
@@ -158,14 +164,34 @@ async fn log_after(conn: &Object, id: Uuid, since: u64) -> Result<Option<Delta>,
         seq: since,
         snapshot: None,
         changes: Vec::new(),
+        receipts: Vec::new(),
     };
     for row in rows {
         let seq = to_u64(row.get(1), "log position")?;
-        delta.seq = delta.seq.max(seq);
         match row.get::<_, i32>(0) {
             1 => delta.snapshot = Some(row.get(2)),
-            _ => delta.changes.push(row.get(2)),
+            2 => delta.changes.push(row.get(2)),
+            // A receipt's position is its change's: in a row or a snapshot read here, so
+            // it moves nothing.
+            _ => {
+                let hash: Vec<u8> = row.get(2);
+                let hash: [u8; 32] = hash.try_into().map_err(|hash: Vec<u8>| {
+                    corrupt(format_args!(
+                        "a receipt of document {id} names a hash of {} bytes",
+                        hash.len()
+                    ))
+                })?;
+                delta.receipts.push((
+                    hash,
+                    Receipt {
+                        agent: row.get(7),
+                        at_ms: row.get(8),
+                    },
+                ));
+                continue;
+            }
         }
+        delta.seq = delta.seq.max(seq);
     }
     Ok(Some(delta))
 }

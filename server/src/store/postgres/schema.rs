@@ -54,6 +54,18 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at_ms BIGINT NOT NULL,
         released      BOOLEAN NOT NULL
     );",
+    // 2: who the server received each change from, and when (`seq`: the change's log
+    // position), kept when a snapshot replaces the change's row. Changes stored before
+    // have none: their history shows what their notes claim.
+    "CREATE TABLE receipts (
+        doc   UUID NOT NULL REFERENCES docs (id) ON DELETE CASCADE,
+        hash  BYTEA NOT NULL,
+        seq   BIGINT NOT NULL,
+        agent TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (doc, hash)
+    );
+    CREATE INDEX receipts_doc_seq ON receipts (doc, seq);",
 ];
 
 /// A connection URL split into what `tokio-postgres` reads and Concord's `schema`.

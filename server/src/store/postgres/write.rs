@@ -66,10 +66,21 @@ impl WriteConn {
                  WHERE doc = $1 FOR SHARE"
             ))
             .await?,
+            // A change stored for the first time gets its receipt, at its log position; one
+            // stored again keeps the receipt it has.
             insert_changes: prepare(
-                "INSERT INTO changes (doc, hash, bytes)
-                 SELECT $1, h, b FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS t (h, b, n)
-                 ORDER BY n
+                "WITH given AS (
+                     SELECT * FROM unnest($2::bytea[], $3::bytea[], $4::text[], $5::bigint[])
+                         WITH ORDINALITY AS t (h, b, agent, at_ms, n)),
+                 stored AS (
+                     INSERT INTO changes (doc, hash, bytes)
+                     SELECT $1, h, b FROM given ORDER BY n
+                     ON CONFLICT (doc, hash) DO NOTHING
+                     RETURNING seq, hash)
+                 INSERT INTO receipts (doc, hash, seq, agent, at_ms)
+                 SELECT $1, stored.hash, stored.seq, given.agent, given.at_ms
+                   FROM stored JOIN given ON given.h = stored.hash
+                  WHERE given.agent IS NOT NULL
                  ON CONFLICT (doc, hash) DO NOTHING"
                     .into(),
             )
@@ -309,8 +320,19 @@ impl BatchSql for WriteConn {
     async fn insert_changes(&self, id: Uuid, changes: &[StoredChange]) -> Result<(), StoreError> {
         let hashes: Vec<&[u8]> = changes.iter().map(|c| &c.hash[..]).collect();
         let bytes: Vec<&[u8]> = changes.iter().map(|c| &c.bytes[..]).collect();
+        let agents: Vec<Option<&str>> = changes
+            .iter()
+            .map(|c| c.receipt.as_ref().map(|r| r.agent.as_str()))
+            .collect();
+        let times: Vec<Option<i64>> = changes
+            .iter()
+            .map(|c| c.receipt.as_ref().map(|r| r.at_ms))
+            .collect();
         self.client
-            .execute(&self.st.insert_changes, &[&id, &hashes, &bytes])
+            .execute(
+                &self.st.insert_changes,
+                &[&id, &hashes, &bytes, &agents, &times],
+            )
             .await
             .map_err(|e| pg("insert changes", e))?;
         Ok(())

@@ -3,7 +3,7 @@
 
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, StoreError,
+    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, Receipt, StoreError,
 };
 use concord_core::strategy::Strategy;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -93,6 +93,7 @@ pub(super) fn load_doc(conn: &mut Connection, id: Uuid) -> Result<Option<LoadedD
         })
         .map_err(sql("load snapshot"))?;
     let changes = log_after(&tx, &doc, 0)?;
+    let receipts = receipts_after(&tx, &doc, 0)?;
     tx.finish().map_err(sql("end load"))?;
     let covers = snapshot.as_ref().map_or(0, |(_, covers)| *covers);
     let seq = changes.iter().map(|(seq, _)| *seq).fold(covers, i64::max);
@@ -101,6 +102,7 @@ pub(super) fn load_doc(conn: &mut Connection, id: Uuid) -> Result<Option<LoadedD
         state: summary.state,
         snapshot: snapshot.map(|(bytes, _)| bytes),
         changes: changes.into_iter().map(|(_, bytes)| bytes).collect(),
+        receipts,
         seq: position(seq)?,
     }))
 }
@@ -113,6 +115,36 @@ fn log_after(conn: &Connection, doc: &str, since: i64) -> Result<Vec<(i64, Vec<u
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql("load changes"))
+}
+
+/// The receipts of a document's changes stored after log position `since`, in log order.
+fn receipts_after(
+    conn: &Connection,
+    doc: &str,
+    since: i64,
+) -> Result<Vec<([u8; 32], Receipt)>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT hash, agent, at_ms FROM receipts WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![doc, since], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<(Vec<u8>, String, i64)>>>()
+        })
+        .map_err(sql("load receipts"))?;
+    rows.into_iter()
+        .map(|(hash, agent, at_ms)| {
+            let hash: [u8; 32] = hash.try_into().map_err(|hash: Vec<u8>| {
+                corrupt(format_args!(
+                    "a receipt of document {doc} names a hash of {} bytes",
+                    hash.len()
+                ))
+            })?;
+            Ok((hash, Receipt { agent, at_ms }))
+        })
+        .collect()
 }
 
 fn position(seq: i64) -> Result<u64, StoreError> {
@@ -146,6 +178,7 @@ pub(super) fn changes_since(
         })
         .map_err(sql("load snapshot"))?;
     let changes = log_after(&tx, &doc, since)?;
+    let receipts = receipts_after(&tx, &doc, since)?;
     tx.finish().map_err(sql("end changes_since"))?;
     let covers = snapshot.as_ref().map_or(since, |(_, covers)| *covers);
     let seq = changes
@@ -157,6 +190,7 @@ pub(super) fn changes_since(
         seq: position(seq)?,
         snapshot: snapshot.map(|(bytes, _)| bytes),
         changes: changes.into_iter().map(|(_, bytes)| bytes).collect(),
+        receipts,
     }))
 }
 

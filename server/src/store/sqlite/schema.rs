@@ -59,6 +59,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX changes_doc_seq ON changes (doc, seq);
     ALTER TABLE snapshots ADD COLUMN covers_seq INTEGER NOT NULL DEFAULT 0;
     UPDATE snapshots SET covers_seq = (SELECT COALESCE(MAX(seq), 0) FROM changes);",
+    // 3: who the server received each change from, and when (`seq`: the change's log
+    // position), kept when a snapshot replaces the change's record. Changes stored before
+    // have none: their history shows what their notes claim.
+    "CREATE TABLE receipts (
+        doc   TEXT NOT NULL,
+        hash  BLOB NOT NULL,
+        seq   INTEGER NOT NULL,
+        agent TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (doc, hash)
+    );
+    CREATE INDEX receipts_doc_seq ON receipts (doc, seq);",
 ];
 
 pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

@@ -90,6 +90,7 @@ fn apply_delete(conn: &Connection, id: Uuid) -> Result<bool, StoreError> {
         ("DELETE FROM docs WHERE id = ?1", "delete document"),
         ("DELETE FROM changes WHERE doc = ?1", "delete changes"),
         ("DELETE FROM snapshots WHERE doc = ?1", "delete snapshot"),
+        ("DELETE FROM receipts WHERE doc = ?1", "delete receipts"),
     ] {
         removed += conn
             .prepare_cached(sql_text)
@@ -176,14 +177,35 @@ impl BatchSql for Connection {
         Ok(Some(Refusal::Fenced { newest: None }))
     }
 
+    /// A change stored for the first time gets its receipt, at its log position; one
+    /// stored again keeps the receipt it has.
     async fn insert_changes(&self, id: Uuid, changes: &[StoredChange]) -> Result<(), StoreError> {
         let id = id.to_string();
         let mut stmt = self
             .prepare_cached("INSERT OR IGNORE INTO changes (doc, hash, bytes) VALUES (?1, ?2, ?3)")
             .map_err(sql("prepare change insert"))?;
+        let mut receipt_stmt = self
+            .prepare_cached(
+                "INSERT OR IGNORE INTO receipts (doc, hash, seq, agent, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql("prepare receipt insert"))?;
         for change in changes {
-            stmt.execute(params![id, &change.hash[..], change.bytes])
+            let inserted = stmt
+                .execute(params![id, &change.hash[..], change.bytes])
                 .map_err(sql("insert change"))?;
+            if let (1, Some(receipt)) = (inserted, &change.receipt) {
+                let seq = self.last_insert_rowid();
+                receipt_stmt
+                    .execute(params![
+                        id,
+                        &change.hash[..],
+                        seq,
+                        receipt.agent,
+                        receipt.at_ms
+                    ])
+                    .map_err(sql("insert receipt"))?;
+            }
         }
         Ok(())
     }

@@ -94,6 +94,15 @@ async fn version_one_file_is_migrated() {
     assert_eq!(loaded.changes, vec![change(1).bytes, change(2).bytes]);
     assert_eq!(loaded.snapshot, Some(vec![0]));
     assert_eq!(loaded.seq, 2);
+    // Its changes predate receipts: they have none (history falls back to their notes),
+    // and new ones get theirs.
+    assert!(loaded.receipts.is_empty());
+    store
+        .write(update_batch(id, vec![change(3)], "v2", 3))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(senders(&loaded.receipts), ["agent-3"]);
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))

@@ -3,7 +3,7 @@
 
 use super::*;
 use concord_core::schema::Schema;
-use concord_core::storage::{DocMeta, DocState, Refusal, StoredChange};
+use concord_core::storage::{DocMeta, DocState, Receipt, Refusal, StoredChange};
 use concord_core::strategy::Strategy;
 use rusqlite::params;
 
@@ -41,7 +41,20 @@ fn change(n: u8) -> StoredChange {
     StoredChange {
         hash,
         bytes: vec![n, n.wrapping_add(1), n.wrapping_add(2), 0, 0xFF],
+        receipt: Some(receipt(&format!("agent-{n}"), i64::from(n))),
     }
+}
+
+fn receipt(agent: &str, at_ms: i64) -> Receipt {
+    Receipt {
+        agent: agent.into(),
+        at_ms,
+    }
+}
+
+/// The agents of receipts, in order.
+fn senders(receipts: &[([u8; 32], Receipt)]) -> Vec<String> {
+    receipts.iter().map(|(_, r)| r.agent.clone()).collect()
 }
 
 fn create_batch(id: Uuid, changes: Vec<StoredChange>) -> WriteBatch {
@@ -471,4 +484,56 @@ async fn changes_since_reads_the_log_and_survives_compaction() {
 
     store.delete(id).await.unwrap();
     assert_eq!(store.changes_since(id, 0).await.unwrap(), None);
+}
+
+/// Each change's receipt is stored the first time the change is: a change stored again
+/// (even after a compaction removed its record) keeps its first receipt, compaction keeps
+/// them all, the log hands out those after a position, and a delete removes them.
+#[tokio::test]
+async fn receipts_are_kept_beside_their_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let id = Uuid::new_v4();
+    store
+        .write(create_batch(id, vec![change(1), change(2)]))
+        .await
+        .unwrap();
+    let mut again = change(2);
+    again.receipt = Some(receipt("someone-else", 99));
+    store
+        .write(update_batch(id, vec![again.clone(), change(3)], "v2", 3))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(senders(&loaded.receipts), ["agent-1", "agent-2", "agent-3"]);
+    assert_eq!(loaded.receipts[1], (change(2).hash, receipt("agent-2", 2)));
+    let after_first = store.changes_since(id, 1).await.unwrap().unwrap();
+    assert_eq!(senders(&after_first.receipts), ["agent-2", "agent-3"]);
+
+    store
+        .compact(id, b"snap".to_vec(), vec![change(1).hash, change(2).hash])
+        .await
+        .unwrap();
+    // Stored again after its record went into the snapshot: still its first receipt.
+    store
+        .write(update_batch(id, vec![again], "v3", 3))
+        .await
+        .unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(senders(&loaded.receipts), ["agent-1", "agent-2", "agent-3"]);
+    assert_eq!(loaded.receipts[1].1, receipt("agent-2", 2));
+    let behind = store.changes_since(id, 1).await.unwrap().unwrap();
+    assert!(behind.snapshot.is_some());
+    assert_eq!(senders(&behind.receipts), ["agent-2", "agent-3"]);
+
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let loaded = store.load(id).await.unwrap().unwrap();
+    assert_eq!(senders(&loaded.receipts), ["agent-1", "agent-2", "agent-3"]);
+    assert!(store.delete(id).await.unwrap());
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
 }
