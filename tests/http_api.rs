@@ -1109,7 +1109,18 @@ async fn history_shows_who_sent_each_change_and_when() {
     assert_eq!(history_of(&s, &id).await, history);
     let registry = &s.state().registry;
     let done = registry.maintain().await;
-    assert_eq!((done.compacted, done.evicted), (1, 1));
+    assert_eq!(done.compacted, 1);
+    // The task that answered the read may still hold the document as its answer arrives
+    // (eviction skips a document in use): maintain again until it lets go, boundedly.
+    let mut evicted = done.evicted;
+    for _ in 0..10_000 {
+        if evicted > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        evicted += registry.maintain().await.evicted;
+    }
+    assert_eq!(evicted, 1);
     let stored = registry
         .store()
         .load(uuid::Uuid::parse_str(&id).unwrap())
