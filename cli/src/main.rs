@@ -119,6 +119,11 @@ struct ServeArgs {
     /// arriving) or 503. Live streams (WebSocket, SSE) are not cut by it.
     #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
+    /// A connection whose client takes nothing written to it for this many seconds (it
+    /// does not read) is dropped, whatever it carries: a response, an event stream, a
+    /// WebSocket. 0: never.
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_secs())]
+    write_timeout_secs: u64,
     /// Largest WebSocket message processed, in bytes (larger: an error; over twice this:
     /// the connection is closed).
     #[arg(long, default_value_t = LiveConfig::default().max_message)]
@@ -222,6 +227,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             max_connections: args.max_connections,
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
         },
         storage: args.storage,
         // The viewer's comparison endpoints, `/v1/compare*`.
@@ -309,6 +315,8 @@ mod tests {
             "3",
             "--request-timeout-secs",
             "4",
+            "--write-timeout-secs",
+            "6",
             "--ws-max-message",
             "500",
             "--ws-rate-burst",
@@ -326,6 +334,7 @@ mod tests {
                 max_connections: 7,
                 header_timeout: Duration::from_secs(3),
                 request_timeout: Duration::from_secs(4),
+                write_timeout: Duration::from_secs(6),
             }
         );
         assert_eq!(config.live.max_message, 500);
