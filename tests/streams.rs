@@ -1,25 +1,33 @@
-//! End-to-end tests of the rules every live stream lives by (`concord_server::limits`): a
-//! client that stops reading while data flows to it is dropped after the write timeout,
-//! whatever its connection carries.
+//! End-to-end tests of the rules every live stream lives by (`concord_server::limits` and
+//! `api::live::socket`): every kind of WebSocket (`/ws`, `/sync`, `/v1/repo`) is pinged and
+//! closed when its peer is silent past the idle timeout, and closed 1007 for a text frame
+//! that is not UTF-8; and a client that stops reading while data flows to it is dropped
+//! after the write timeout, whatever its connection carries.
 //!
 //! The clients here speak HTTP and WebSocket by hand over TCP, so that they can do what a
-//! library would not: never read. No test sleeps to wait for something: durations are
-//! configured short and each test waits for the event itself (a reset); [`PATIENCE`] only
-//! turns a hang into a failure.
+//! library would not: never answer a ping, send bytes that are not UTF-8, never read. No
+//! test sleeps to wait for something: durations are configured short and each test waits
+//! for the event itself (a frame, a close, a reset); [`PATIENCE`] only turns a hang into a
+//! failure.
 
 use std::time::Duration;
 
 use concord_tests::{SseStream, TestServer, PATIENCE};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------
 // A client by hand.
 
 const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+
 /// The request that opens a WebSocket at `path`.
 fn upgrade(path: &str) -> String {
     format!(
@@ -51,6 +59,16 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// A connection spoken by hand: it answers nothing it is not told to.
 struct Raw {
     stream: TcpStream,
+    /// Read and not yet taken.
+    buffer: Vec<u8>,
+}
+
+/// What the server answered to a request that opens a stream.
+enum Opened {
+    /// `101` or `200`: the stream is open, its head read and nothing more.
+    Open(Raw),
+    /// Anything else: the head (lowercase) and the body.
+    Refused(String, String),
 }
 
 impl Raw {
@@ -62,7 +80,120 @@ impl Raw {
             socket.set_recv_buffer_size(4096).unwrap();
         }
         let stream = socket.connect(s.addr()).await.expect("connects");
-        Raw { stream }
+        Raw {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Sends `request` on a new connection and reads the answer's head; for a refusal, also
+    /// its body, and then waits for the server to close the connection (once it has, the
+    /// connection's place is free again).
+    async fn open(s: &TestServer, request: &str) -> Opened {
+        let mut raw = Raw::connect(s, false).await;
+        raw.stream.write_all(request.as_bytes()).await.unwrap();
+        let head = raw.head().await;
+        if head.starts_with("http/1.1 101") || head.starts_with("http/1.1 200") {
+            return Opened::Open(raw);
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        raw.fill(length).await;
+        let body = String::from_utf8_lossy(&raw.buffer[..length]).into_owned();
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, raw.stream.read_to_end(&mut rest))
+            .await
+            .expect("the server closes a refused connection")
+            .expect("reads to the end");
+        Opened::Refused(head, body)
+    }
+
+    /// Opens a WebSocket at `path`; panics if the server refuses.
+    async fn websocket(s: &TestServer, path: &str) -> Raw {
+        match Raw::open(s, &upgrade(path)).await {
+            Opened::Open(raw) => raw,
+            Opened::Refused(head, body) => panic!("{path} refused: {head}\n{body}"),
+        }
+    }
+
+    /// Reads until `buffer` holds at least `n` bytes.
+    async fn fill(&mut self, n: usize) {
+        let mut chunk = [0u8; 16 * 1024];
+        while self.buffer.len() < n {
+            let read = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("the server answers in time")
+                .expect("reads");
+            assert!(read > 0, "the connection ended early: {:?}", self.buffer);
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// The head of a response, lowercase; what follows it stays in the buffer.
+    async fn head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).to_ascii_lowercase();
+                self.buffer.drain(..end + 4);
+                return head;
+            }
+            let want = self.buffer.len() + 1;
+            self.fill(want).await;
+        }
+    }
+
+    /// The next WebSocket frame: its opcode and payload (server frames are not masked, and
+    /// not fragmented).
+    async fn frame(&mut self) -> (u8, Vec<u8>) {
+        self.fill(2).await;
+        let opcode = self.buffer[0] & 0x0f;
+        let (length, start) = match self.buffer[1] & 0x7f {
+            126 => {
+                self.fill(4).await;
+                (
+                    usize::from(u16::from_be_bytes([self.buffer[2], self.buffer[3]])),
+                    4,
+                )
+            }
+            127 => {
+                self.fill(10).await;
+                let bytes: [u8; 8] = self.buffer[2..10].try_into().unwrap();
+                (usize::try_from(u64::from_be_bytes(bytes)).unwrap(), 10)
+            }
+            n => (usize::from(n), 2),
+        };
+        self.fill(start + length).await;
+        let payload = self.buffer[start..start + length].to_vec();
+        self.buffer.drain(..start + length);
+        (opcode, payload)
+    }
+
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        self.stream
+            .write_all(&frame(opcode, payload))
+            .await
+            .unwrap();
+    }
+
+    /// Reads frames, answering none, until the close frame: its code and reason, and how
+    /// many pings came before it.
+    async fn closed(&mut self) -> (u16, String, usize) {
+        let mut pings = 0;
+        loop {
+            match self.frame().await {
+                (CLOSE, payload) => {
+                    assert!(payload.len() >= 2, "a close frame with a code");
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let reason = String::from_utf8(payload[2..].to_vec()).unwrap();
+                    return (code, reason, pings);
+                }
+                (PING, _) => pings += 1,
+                (TEXT | BINARY, _) => {}
+                (other, _) => panic!("unexpected frame {other:#x}"),
+            }
+        }
     }
 
     /// Whether the server has reset the connection, without reading anything.
@@ -81,6 +212,84 @@ impl Raw {
             .unwrap();
         assert!(ready.is_error(), "{what}");
     }
+}
+
+/// The three kinds of WebSocket, on document `id`.
+fn websockets(id: &str) -> [String; 3] {
+    [
+        format!("/v1/docs/{id}/ws"),
+        format!("/v1/docs/{id}/sync"),
+        "/v1/repo".to_owned(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Keep-alive and the idle timeout.
+
+/// Each kind of WebSocket is pinged; a peer that answers nothing is closed (1001) after the
+/// idle timeout, one whose library answers the pings stays open well past it.
+#[tokio::test]
+async fn every_websocket_is_pinged_and_closed_when_silent() {
+    let idle = Duration::from_millis(600);
+    let ping = Duration::from_millis(60);
+    let s = TestServer::start_with(|c| {
+        c.live.idle_timeout = idle;
+        c.live.ping_interval = ping;
+    })
+    .await;
+    let (id, _) = s.create(json!({"value": {"n": 1}})).await;
+    let silent = websockets(&id).map(|path| {
+        let s = &s;
+        async move {
+            let mut socket = Raw::websocket(s, &path).await;
+            let (code, reason, pings) = socket.closed().await;
+            assert!(pings > 0, "{path}: closed without a ping");
+            assert_eq!(code, 1001, "{path}: {reason}");
+            assert!(reason.contains("idle"), "{path}: {reason}");
+        }
+    });
+    // Pings come at least `ping` apart, so this many prove twice the idle timeout passed.
+    let enough = (2 * idle.as_millis() / ping.as_millis()) as usize + 1;
+    let answering = websockets(&id).map(|path| {
+        let s = &s;
+        async move {
+            let mut socket = concord_tests::ws::connect(s, &path).await;
+            let mut pings = 0;
+            while pings < enough {
+                let frame = tokio::time::timeout(PATIENCE, socket.next())
+                    .await
+                    .expect("a frame in time");
+                match frame {
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    Some(Ok(Message::Binary(_) | Message::Pong(_))) => {}
+                    other => panic!("{path}: after {pings} pings: {other:?}"),
+                }
+            }
+        }
+    });
+    futures_util::future::join(
+        futures_util::future::join_all(silent),
+        futures_util::future::join_all(answering),
+    )
+    .await;
+}
+
+/// A text frame that is not UTF-8 closes each kind of WebSocket with 1007 and a reason; the
+/// server goes on serving.
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_1007() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"n": 1}})).await;
+    for path in websockets(&id) {
+        let mut socket = Raw::websocket(&s, &path).await;
+        socket.send(TEXT, b"{\"type\": \"\xff\xfe\"}").await;
+        let (code, reason, _) = socket.closed().await;
+        assert_eq!(code, 1007, "{path}: {reason}");
+        assert!(reason.contains("UTF-8"), "{path}: {reason}");
+    }
+    assert_eq!(s.get(&id).await.1, version);
+    let health = s.send(s.request(Method::GET, "/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ struct ServeArgs {
     /// A WebSocket that sends nothing (not even a pong) for this many seconds is closed.
     #[arg(long, default_value_t = LiveConfig::default().idle_timeout.as_secs())]
     ws_idle_timeout_secs: u64,
+    /// How often the server pings each WebSocket, in seconds (at least twice per idle
+    /// timeout, whatever this says).
+    #[arg(long, default_value_t = LiveConfig::default().ping_interval.as_secs())]
+    ws_ping_interval_secs: u64,
 }
 
 #[tokio::main]
@@ -212,6 +216,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             rate_burst: args.ws_rate_burst,
             rate_per_sec: args.ws_rate_per_sec,
             idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs),
+            ping_interval: Duration::from_secs(args.ws_ping_interval_secs),
             ..LiveConfig::default()
         },
         tuning: concord_server::registry::Tuning {
@@ -299,6 +304,7 @@ mod tests {
         assert_eq!(config.live.rate_burst, live.rate_burst);
         assert_eq!(config.live.rate_per_sec, live.rate_per_sec);
         assert_eq!(config.live.idle_timeout, live.idle_timeout);
+        assert_eq!(config.live.ping_interval, live.ping_interval);
         assert!(config.auth.is_none() && !config.insecure_no_auth);
     }
 
@@ -325,6 +331,8 @@ mod tests {
             "0.5",
             "--ws-idle-timeout-secs",
             "9",
+            "--ws-ping-interval-secs",
+            "2",
             "--insecure-no-auth",
         ]);
         assert_eq!(
@@ -341,6 +349,7 @@ mod tests {
         assert_eq!(config.live.rate_burst, 5);
         assert_eq!(config.live.rate_per_sec, 0.5);
         assert_eq!(config.live.idle_timeout, Duration::from_secs(9));
+        assert_eq!(config.live.ping_interval, Duration::from_secs(2));
         assert!(config.insecure_no_auth);
     }
 

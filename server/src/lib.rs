@@ -104,8 +104,10 @@ pub struct Config {
     pub extra_routes: utoipa_axum::router::OpenApiRouter,
 }
 
-/// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
-/// Events (`/v1/docs/{id}/events`, `/v1/events`).
+/// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`,
+/// `/v1/docs/{id}/sync`, `/v1/repo`) and Server-Sent Events (`/v1/docs/{id}/events`,
+/// `/v1/events`). How long a write to one may wait for a client that does not read is
+/// [`limits::Limits::write_timeout`].
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     /// The largest WebSocket message processed, in bytes. A larger one is answered an
@@ -121,10 +123,13 @@ pub struct LiveConfig {
     /// A connection whose messages are refused this many times in a row is closed (1008):
     /// it is not listening to the errors.
     pub max_refused: u32,
-    /// How often the server pings an open WebSocket (keep-alive through proxies, and the
-    /// pongs prove the peer is alive).
+    /// How often the server pings an open WebSocket, of every kind (keep-alive through
+    /// proxies, and the pongs prove the peer is alive). At least twice per
+    /// [`idle_timeout`](Self::idle_timeout) whatever this says, so that a peer that answers
+    /// pings is never idle.
     pub ping_interval: Duration,
-    /// A WebSocket that sends nothing, not even a pong, for this long is closed (1001).
+    /// A WebSocket, of any kind, that sends nothing, not even a pong, for this long is
+    /// closed (1001).
     pub idle_timeout: Duration,
     /// How often an SSE stream sends a keep-alive comment.
     pub sse_keep_alive: Duration,

@@ -8,6 +8,7 @@
 //! | JSON nesting of a body or message | 127 levels | fixed (the JSON parser's limit) | `400` `invalid-json` (`error` over WebSocket) |
 //! | nesting of a document | 160 levels | fixed (`concord_core::value::MAX_DEPTH`) | `422` `invalid-value`; unchanged |
 //! | WebSocket message size and rate | 8 MiB; 200 at once, 100/s | `LiveConfig` | `error` (413, 429), then close |
+//! | WebSocket silence (any kind: `/ws`, `/sync`, `/v1/repo`) | pinged every 20 s, closed after 60 s | `LiveConfig` | closed (1001) |
 //! | open connections | 512 | [`Limits::max_connections`] | `503` `too-many-connections`, closed at once |
 //! | request headers (and idle keep-alive) | 30 s | [`Limits::header_timeout`] | the connection is closed |
 //! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` |
