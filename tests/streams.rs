@@ -1,8 +1,10 @@
 //! End-to-end tests of the rules every live stream lives by (`concord_server::limits` and
 //! `api::live::socket`): every kind of WebSocket (`/ws`, `/sync`, `/v1/repo`) is pinged and
 //! closed when its peer is silent past the idle timeout, and closed 1007 for a text frame
-//! that is not UTF-8; and a client that stops reading while data flows to it is dropped
-//! after the write timeout, whatever its connection carries.
+//! that is not UTF-8; live streams, WebSocket and Server-Sent Events alike, hold at most
+//! their share of the connections, so that plain requests are still answered; and a client
+//! that stops reading while data flows to it is dropped after the write timeout, whatever
+//! its connection carries.
 //!
 //! The clients here speak HTTP and WebSocket by hand over TCP, so that they can do what a
 //! library would not: never answer a ping, send bytes that are not UTF-8, never read. No
@@ -108,6 +110,21 @@ impl Raw {
             .expect("the server closes a refused connection")
             .expect("reads to the end");
         Opened::Refused(head, body)
+    }
+
+    /// One request on a connection of its own, answered and closed: the head (lowercase)
+    /// and the body.
+    async fn request(s: &TestServer, request: &str) -> (String, String) {
+        let mut raw = Raw::connect(s, false).await;
+        raw.stream.write_all(request.as_bytes()).await.unwrap();
+        let head = raw.head().await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, raw.stream.read_to_end(&mut rest))
+            .await
+            .expect("the server answers and closes in time")
+            .expect("reads to the end");
+        raw.buffer.extend(rest);
+        (head, String::from_utf8_lossy(&raw.buffer).into_owned())
     }
 
     /// Opens a WebSocket at `path`; panics if the server refuses.
@@ -293,11 +310,65 @@ async fn invalid_utf8_in_a_text_frame_closes_1007() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The streams' share of the connections.
+
+/// A client opens as many streams of every kind as there are connections and never reads
+/// them: the streams get their share (three quarters), the others are refused `503`
+/// `too-many-streams` and closed, and plain requests are still answered.
+#[tokio::test]
+async fn streams_never_hold_the_places_kept_for_requests() {
+    let s = TestServer::start_with(|c| c.limits.max_connections = 8).await;
+    let (id, _) = s.create(json!({"value": {"n": 1}})).await;
+    let [ws, sync, repo] = websockets(&id);
+    let kinds = [
+        events(&format!("/v1/docs/{id}/events")),
+        upgrade(&ws),
+        events("/v1/events"),
+        upgrade(&sync),
+        upgrade(&repo),
+    ];
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for request in kinds.iter().cycle().take(8) {
+        match Raw::open(&s, request).await {
+            Opened::Open(raw) => open.push(raw),
+            Opened::Refused(head, body) => refused.push((head, body)),
+        }
+    }
+    assert_eq!((open.len(), refused.len()), (6, 2), "{refused:?}");
+    for (head, body) in &refused {
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        assert!(head.contains("application/problem+json"), "{head}");
+        assert!(head.contains("retry-after: 1"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(body.contains("too-many-streams"), "{body}");
+    }
+    assert_eq!(s.state().streams.open(), 6);
+    // The places left are for requests: a read and a write, each on a new connection, are
+    // answered.
+    let (head, body) = Raw::request(
+        &s,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{body}");
+    let ops = json!([{"op": "replace", "path": "/n", "value": 2}]).to_string();
+    let write = format!(
+        "PATCH /v1/docs/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json-patch+json\r\nContent-Length: {}\r\n\r\n{ops}",
+        ops.len()
+    );
+    let (head, body) = Raw::request(&s, &write).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{body}");
+    assert_eq!(s.get(&id).await.0, json!({"n": 2}));
+}
+
+// ---------------------------------------------------------------------------------------
 // The write timeout.
 
 /// Clients that stop reading while data flows to them, an event stream, a WebSocket
 /// subscriber and plain responses, are reset after the write timeout; a client that reads
-/// the same events keeps its stream.
+/// the same events keeps its stream, and the stream places of the dropped are given back.
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_after_the_write_timeout() {
     let s = TestServer::start_with(|c| c.limits.write_timeout = Duration::from_millis(500)).await;
@@ -350,7 +421,7 @@ async fn a_client_that_does_not_read_is_dropped_after_the_write_timeout() {
         victim.reset(what).await;
     }
 
-    // The reader still gets what is written.
+    // The reader still gets what is written, and only its stream holds a place.
     let write = s
         .patch(
             &id,
@@ -369,6 +440,7 @@ async fn a_client_that_does_not_read_is_dropped_after_the_write_timeout() {
             break;
         }
     }
+    assert_eq!(s.state().streams.open(), 1);
     let health = s.send(s.request(Method::GET, "/healthz")).await;
     assert_eq!(health.status, StatusCode::OK);
     reading.abort();

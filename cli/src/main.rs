@@ -111,6 +111,11 @@ struct ServeArgs {
     /// closed.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+    /// The share of --max-connections, in percent, that live streams (WebSocket and
+    /// event streams) may hold; more are answered 503 too-many-streams, and the rest stay
+    /// for requests. 0: no live streams.
+    #[arg(long, default_value_t = Limits::default().stream_share, value_parser = clap::value_parser!(u8).range(0..=100))]
+    stream_share_percent: u8,
     /// A connection that sends no complete request head for this many seconds (after
     /// opening, or after its previous response) is closed.
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
@@ -233,6 +238,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             write_timeout: Duration::from_secs(args.write_timeout_secs),
+            stream_share: args.stream_share_percent,
         },
         storage: args.storage,
         // The viewer's comparison endpoints, `/v1/compare*`.
@@ -323,6 +329,8 @@ mod tests {
             "4",
             "--write-timeout-secs",
             "6",
+            "--stream-share-percent",
+            "50",
             "--ws-max-message",
             "500",
             "--ws-rate-burst",
@@ -343,6 +351,7 @@ mod tests {
                 header_timeout: Duration::from_secs(3),
                 request_timeout: Duration::from_secs(4),
                 write_timeout: Duration::from_secs(6),
+                stream_share: 50,
             }
         );
         assert_eq!(config.live.max_message, 500);
@@ -351,6 +360,8 @@ mod tests {
         assert_eq!(config.live.idle_timeout, Duration::from_secs(9));
         assert_eq!(config.live.ping_interval, Duration::from_secs(2));
         assert!(config.insecure_no_auth);
+        // A share is a percentage.
+        assert!(Cli::try_parse_from(["concord", "--stream-share-percent", "101"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | WebSocket message size and rate | 8 MiB; 200 at once, 100/s | `LiveConfig` | `error` (413, 429), then close |
 //! | WebSocket silence (any kind: `/ws`, `/sync`, `/v1/repo`) | pinged every 20 s, closed after 60 s | `LiveConfig` | closed (1001) |
 //! | open connections | 512 | [`Limits::max_connections`] | `503` `too-many-connections`, closed at once |
+//! | live streams (WebSocket and Server-Sent Events) | 75 % of the connections (384) | [`Limits::stream_share`] | `503` `too-many-streams` |
 //! | request headers (and idle keep-alive) | 30 s | [`Limits::header_timeout`] | the connection is closed |
 //! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` |
 //! | a write the client does not read | 30 s without progress | [`Limits::write_timeout`] | the connection is dropped (reset) |
@@ -18,6 +19,11 @@
 //! full (`Retry-After: 1`) instead of waiting in the kernel's backlog for an unknown time.
 //! Every open connection counts, WebSocket connections included, for as long as they stay
 //! open.
+//!
+//! Live streams stay open for long, so they may hold only a share of the connections
+//! ([`Streams`], taken by each stream's handler when it accepts the stream): the rest stay
+//! for plain requests, which a crowd of streams (or of clients that open them and never
+//! read) cannot then starve.
 //!
 //! The handling timeout covers the time until the response *head* is ready. A WebSocket
 //! answers its upgrade at once and a Server-Sent Events stream its head at once, so live
@@ -29,7 +35,7 @@
 //! not read) that long without a byte taken fails, and the connection is reset (not closed
 //! gracefully, which would leave the kernel holding the unsent bytes for a peer that does
 //! not read them). It is what ends a stream whose client stopped reading while events flow
-//! to it.
+//! to it; one that receives nothing costs only its place among the streams.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +60,10 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::problem::{problem_body, ApiError, PROBLEM_JSON};
+
+mod streams;
+
+pub use streams::{StreamSlot, Streams};
 
 /// How deep arrays and objects may nest in a request body or WebSocket message: the JSON
 /// parser (`serde_json`, recursion limit 128) refuses the 128th level before anything is
@@ -83,6 +93,12 @@ pub struct Limits {
     /// does not read) is reset, whatever it carries: buffers full of unread events or
     /// responses cost memory, and the connection holds a place. Zero: no write timeout.
     pub write_timeout: Duration,
+    /// The share of [`max_connections`](Self::max_connections), in percent, that live
+    /// streams (WebSocket and Server-Sent Events) may hold at once; more are answered `503`
+    /// `too-many-streams`. They stay open for long: without a share of their own they could
+    /// take every place and leave none for requests. At least one stream is allowed unless
+    /// this is 0 (no streams); over 100 counts as 100.
+    pub stream_share: u8,
 }
 
 impl Default for Limits {
@@ -93,7 +109,21 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(90),
             write_timeout: Duration::from_secs(30),
+            // A quarter of the places stays for requests.
+            stream_share: 75,
         }
+    }
+}
+
+impl Limits {
+    /// How many live streams may be open at once: [`stream_share`](Self::stream_share) of
+    /// the connection limit, rounded down, but at least one unless the share is 0.
+    pub fn max_streams(&self) -> usize {
+        let share = usize::from(self.stream_share.min(100));
+        if share == 0 {
+            return 0;
+        }
+        (self.max_connections.max(1).saturating_mul(share) / 100).max(1)
     }
 }
 

@@ -5,8 +5,9 @@
 //! - `GET /v1/repo`: the automerge-repo protocol (see [`crate::repo`]).
 //!
 //! An unknown document, or one whose strategy is not `crdt` (sync changes would bypass its
-//! write policy, as raw changes would), is refused before the upgrade with problem+json. On
-//! an open connection, a text frame, bytes that are not a sync message, or the document's deletion
+//! write policy, as raw changes would), is refused before the upgrade with problem+json, and
+//! so is a connection over the live streams' share (`503` `too-many-streams`). On an open
+//! connection, a text frame, bytes that are not a sync message, or the document's deletion
 //! end the connection with a close frame that says why (close codes in [`Closing`]); the
 //! document is unchanged by a refused message, and other connections go on. Both endpoints
 //! are kept alive and ended as every WebSocket is ([`LiveSocket`]): pings, the idle timeout
@@ -66,6 +67,7 @@ fn sync_agent(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>, Ap
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
         (status = 404, description = "No such document."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
@@ -91,11 +93,12 @@ pub(super) async fn sync(
         })
         .await?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/docs/{id}/sync", r))?;
+    let slot = state.streams.admit()?;
     let limit = state.config.body_limit;
     Ok(upgrade
         .max_message_size(limit)
         .on_upgrade(move |socket| async move {
-            let mut socket = LiveSocket::new(socket, &state);
+            let mut socket = LiveSocket::new(socket, &state, slot);
             if let Err(closing) = run(&state, id, &agent, &caller, &mut socket).await {
                 tracing::info!(doc = %id, code = closing.code, reason = %closing.reason, "closing a sync connection");
                 socket.close(closing.code, &closing.reason).await;
@@ -110,6 +113,7 @@ pub(super) async fn sync(
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(super) async fn repo(
     State(hub): State<Arc<Hub>>,
@@ -119,9 +123,10 @@ pub(super) async fn repo(
 ) -> Result<Response, ApiError> {
     let agent = sync_agent(&caller, &headers)?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/repo", r))?;
+    let slot = hub.app().streams.admit()?;
     let limit = hub.app().config.body_limit;
     Ok(upgrade.max_message_size(limit).on_upgrade(move |socket| {
-        let socket = LiveSocket::new(socket, hub.app());
+        let socket = LiveSocket::new(socket, hub.app(), slot);
         crate::repo::serve(hub, socket, agent, caller)
     }))
 }

@@ -50,7 +50,8 @@
 //! A connection is kept alive and ended as every WebSocket is
 //! (`api::live::LiveSocket`): pinged, closed after the idle timeout
 //! without a frame (1001) and at shutdown (1001); a text frame that is not UTF-8 closes
-//! it 1007.
+//! it 1007. It holds a place among the live streams (`503` `too-many-streams` at the upgrade
+//! when their share of the connections is taken).
 //!
 //! # Permissions
 //! Each message is checked against the connection's [`Caller`] (see [`crate::auth`]): a

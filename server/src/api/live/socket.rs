@@ -9,6 +9,7 @@
 //!   allowed 1009 (the reader stops there, so that close is sent but may be lost).
 //! - A write the peer does not take is cut by the connection's write timeout
 //!   ([`crate::limits::Limits::write_timeout`]): the send fails and the socket ends.
+//! - It holds its [`StreamSlot`] for as long as it lives.
 //!
 //! What the frames mean is the protocol's business: each endpoint reads them with
 //! [`LiveSocket::recv`] and answers with [`LiveSocket::send`].
@@ -24,13 +25,17 @@ use tokio::time::{Instant, Interval, Sleep};
 use tokio_tungstenite::tungstenite;
 
 use super::closed;
+use crate::limits::StreamSlot;
 use crate::AppState;
 
 /// How long a closing socket waits for the peer to answer its close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// A WebSocket with its keep-alive and idle timeout.
+/// A WebSocket with its keep-alive, idle timeout and place among the live streams.
 pub(crate) struct LiveSocket {
+    /// Its place among the live streams, given back when the socket ends (before the
+    /// connection closes: fields drop in order).
+    _slot: StreamSlot,
     socket: WebSocket,
     /// When the next ping is due.
     ping: Interval,
@@ -56,7 +61,7 @@ pub(crate) enum Received {
 
 impl LiveSocket {
     /// Takes over an upgraded socket, with the live limits of `state`'s configuration.
-    pub(crate) fn new(socket: WebSocket, state: &AppState) -> Self {
+    pub(crate) fn new(socket: WebSocket, state: &AppState, slot: StreamSlot) -> Self {
         let live = &state.config.live;
         let idle_after = live.idle_timeout;
         // A peer that answers every ping must never look idle.
@@ -67,6 +72,7 @@ impl LiveSocket {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         LiveSocket {
+            _slot: slot,
             socket,
             ping,
             idle: Box::pin(tokio::time::sleep(idle_after)),

@@ -33,7 +33,8 @@
 //! a token that may only read (1008); and, as every WebSocket (see [`super::socket`]), for a
 //! text frame that is not UTF-8 (1007), a message over twice [`LiveConfig::max_message`]
 //! (1009), after [`LiveConfig::idle_timeout`] without a frame (1001), and at shutdown
-//! (1001).
+//! (1001). Each connection is a live stream: when their share of the connections is taken,
+//! the upgrade is answered `503` `too-many-streams`.
 
 use std::sync::Arc;
 
@@ -98,6 +99,7 @@ fn ws_agent(headers: &HeaderMap, query: Option<&str>) -> Result<String, ApiError
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(in crate::api) async fn ws(
     State(state): Shared,
@@ -112,6 +114,7 @@ pub(in crate::api) async fn ws(
         Some(agent) => agent.to_owned(),
         None => ws_agent(&headers, query.agent.as_deref())?,
     };
+    let slot = state.streams.admit()?;
     let limits = state.config.live.clone();
     // Messages up to twice the limit are read and answered an error; larger ones are
     // refused while being read, which ends the connection.
@@ -122,7 +125,7 @@ pub(in crate::api) async fn ws(
         .on_upgrade(move |socket| async move {
             Session {
                 bucket: TokenBucket::new(&limits, Instant::now()),
-                socket: LiveSocket::new(socket, &state),
+                socket: LiveSocket::new(socket, &state, slot),
                 state,
                 doc: id,
                 agent,
