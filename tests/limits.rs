@@ -1,8 +1,9 @@
 //! End-to-end tests of the limits (`concord_server::limits`): document size, JSON nesting,
 //! body size, open connections, slow headers, slow bodies, slow handling, and live streams
-//! outliving the handling timeout. WebSocket message size, rate and idle limits are proved
-//! in `live.rs` (`ws_bad_input_gets_errors_and_changes_nothing`,
-//! `rate_limit_answers_errors_then_closes`, `idle_connection_is_closed_with_a_reason`).
+//! outliving the handling timeout. WebSocket message size and rate limits are proved in
+//! `live.rs` (`ws_bad_input_gets_errors_and_changes_nothing`,
+//! `rate_limit_answers_errors_then_closes`); the live streams' own limits (pings and the
+//! idle timeout, their share of the connections, the write timeout) in `streams.rs`.
 //!
 //! No test sleeps to wait for something: a timeout is configured tiny and its outcome is
 //! asserted. Waits on the network are bounded only to turn a hang into a failure.

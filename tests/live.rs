@@ -729,22 +729,6 @@ async fn rate_limit_answers_errors_then_closes() {
     assert!(matches!(recv(&mut other).await, ServerMessage::Ack(_)));
 }
 
-/// A connection that sends nothing, not even pongs, is closed with a reason.
-#[tokio::test]
-async fn idle_connection_is_closed_with_a_reason() {
-    let s = TestServer::start_with(|config| {
-        config.live.idle_timeout = std::time::Duration::from_millis(200);
-        config.live.ping_interval = std::time::Duration::from_secs(3600);
-    })
-    .await;
-    let id = create(&s, json!({})).await;
-    let mut socket = client(&s, "quiet").connect(id).await.unwrap();
-    let (messages, code, reason) = recv_until_close(&mut socket).await;
-    assert!(messages.is_empty());
-    assert_eq!(code, 1001);
-    assert!(reason.contains("idle"), "{reason}");
-}
-
 /// Every HTTP call of the client library, and its typed errors.
 #[tokio::test]
 async fn client_library_round_trip() {
@@ -948,13 +932,19 @@ async fn agent_from_the_query_string() {
     assert_eq!(refused.problem().map(|p| p.kind()), Some("invalid-id"));
 }
 
-/// A graceful shutdown ends live connections with a reason instead of waiting on them.
+/// A graceful shutdown ends live connections with a reason instead of waiting on them:
+/// every kind of WebSocket, and the event streams.
 #[tokio::test]
 async fn shutdown_closes_live_connections() {
     let mut s = TestServer::start().await;
     let id = create(&s, json!({})).await;
     let mut socket = client(&s, "a").connect(id).await.unwrap();
     subscribe(&mut socket, None).await;
+    let mut sync = concord_tests::ws::connect(&s, &format!("/v1/docs/{id}/sync")).await;
+    let _hello = concord_tests::ws::next(&mut sync)
+        .await
+        .expect("the first sync message");
+    let mut repo = concord_tests::ws::connect(&s, "/v1/repo").await;
     let mut sse = SseStream::open(&s, &format!("/v1/docs/{id}/events"), &[]).await;
     sse.next().await.unwrap();
     let mut feed = SseStream::open(&s, "/v1/events", &[]).await;
@@ -963,6 +953,11 @@ async fn shutdown_closes_live_connections() {
     assert!(messages.is_empty(), "{messages:?}");
     assert_eq!(code, 1001);
     assert!(reason.contains("shutting down"), "{reason}");
+    for raw in [&mut sync, &mut repo] {
+        let (code, reason) = concord_tests::ws::closed(raw).await;
+        assert_eq!(code, 1001, "{reason}");
+        assert!(reason.contains("shutting down"), "{reason}");
+    }
     assert!(sse.next().await.is_none());
     assert!(feed.next().await.is_none());
 }

@@ -112,6 +112,11 @@ struct ServeArgs {
     /// closed.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+    /// The share of --max-connections, in percent, that live streams (WebSocket and
+    /// event streams) may hold; more are answered 503 too-many-streams, and the rest stay
+    /// for requests. 0: no live streams.
+    #[arg(long, default_value_t = Limits::default().stream_share, value_parser = clap::value_parser!(u8).range(0..=100))]
+    stream_share_percent: u8,
     /// A connection that sends no complete request head for this many seconds (after
     /// opening, or after its previous response) is closed.
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
@@ -120,6 +125,11 @@ struct ServeArgs {
     /// arriving) or 503. Live streams (WebSocket, SSE) are not cut by it.
     #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
+    /// A connection whose client takes nothing written to it for this many seconds (it
+    /// does not read) is dropped, whatever it carries: a response, an event stream, a
+    /// WebSocket. 0: never.
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_secs())]
+    write_timeout_secs: u64,
     /// Largest WebSocket message processed, in bytes (larger: an error; over twice this:
     /// the connection is closed).
     #[arg(long, default_value_t = LiveConfig::default().max_message)]
@@ -133,6 +143,10 @@ struct ServeArgs {
     /// A WebSocket that sends nothing (not even a pong) for this many seconds is closed.
     #[arg(long, default_value_t = LiveConfig::default().idle_timeout.as_secs())]
     ws_idle_timeout_secs: u64,
+    /// How often the server pings each WebSocket, in seconds (at least twice per idle
+    /// timeout, whatever this says).
+    #[arg(long, default_value_t = LiveConfig::default().ping_interval.as_secs())]
+    ws_ping_interval_secs: u64,
 }
 
 #[tokio::main]
@@ -209,6 +223,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             rate_burst: args.ws_rate_burst,
             rate_per_sec: args.ws_rate_per_sec,
             idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs),
+            ping_interval: Duration::from_secs(args.ws_ping_interval_secs),
             ..LiveConfig::default()
         },
         tuning: concord_server::registry::Tuning {
@@ -224,6 +239,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             max_connections: args.max_connections,
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
+            stream_share: args.stream_share_percent,
         },
         storage: args.storage,
         // The viewer's comparison endpoints, `/v1/compare*`.
@@ -295,6 +312,7 @@ mod tests {
         assert_eq!(config.live.rate_burst, live.rate_burst);
         assert_eq!(config.live.rate_per_sec, live.rate_per_sec);
         assert_eq!(config.live.idle_timeout, live.idle_timeout);
+        assert_eq!(config.live.ping_interval, live.ping_interval);
         assert!(config.auth.is_none() && !config.insecure_no_auth);
     }
 
@@ -311,6 +329,10 @@ mod tests {
             "3",
             "--request-timeout-secs",
             "4",
+            "--write-timeout-secs",
+            "6",
+            "--stream-share-percent",
+            "50",
             "--ws-max-message",
             "500",
             "--ws-rate-burst",
@@ -319,6 +341,8 @@ mod tests {
             "0.5",
             "--ws-idle-timeout-secs",
             "9",
+            "--ws-ping-interval-secs",
+            "2",
             "--insecure-no-auth",
         ]);
         assert_eq!(
@@ -328,13 +352,18 @@ mod tests {
                 max_connections: 7,
                 header_timeout: Duration::from_secs(3),
                 request_timeout: Duration::from_secs(4),
+                write_timeout: Duration::from_secs(6),
+                stream_share: 50,
             }
         );
         assert_eq!(config.live.max_message, 500);
         assert_eq!(config.live.rate_burst, 5);
         assert_eq!(config.live.rate_per_sec, 0.5);
         assert_eq!(config.live.idle_timeout, Duration::from_secs(9));
+        assert_eq!(config.live.ping_interval, Duration::from_secs(2));
         assert!(config.insecure_no_auth);
+        // A share is a percentage.
+        assert!(Cli::try_parse_from(["concord", "--stream-share-percent", "101"]).is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`Config`], [`Server`]: start a server on an address with a data folder; stop it.
 //! - [`auth`]: bearer tokens with scopes, checked on every endpoint (off by default).
-//! - [`limits`]: document size, connections, slow clients; the serve loop.
+//! - [`limits`]: document size, connections, live streams' share of them, slow clients;
+//!   the serve loop.
 //! - [`api`]: the axum routes of the HTTP API (v1), [`app`] builds the router; live sync
 //!   (WebSocket, Server-Sent Events) is in `api::live`.
 //! - [`registry`]: documents in memory, one writer each, queued for storage in order.
@@ -106,8 +107,10 @@ pub struct Config {
     pub extra_routes: utoipa_axum::router::OpenApiRouter,
 }
 
-/// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`) and Server-Sent
-/// Events (`/v1/docs/{id}/events`, `/v1/events`).
+/// Limits and timers of live connections: WebSocket (`/v1/docs/{id}/ws`,
+/// `/v1/docs/{id}/sync`, `/v1/repo`) and Server-Sent Events (`/v1/docs/{id}/events`,
+/// `/v1/events`). How many may be open at once, and how long a write to one may wait for a
+/// client that does not read, are [`limits::Limits`]' (`stream_share`, `write_timeout`).
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     /// The largest WebSocket message processed, in bytes. A larger one is answered an
@@ -123,10 +126,13 @@ pub struct LiveConfig {
     /// A connection whose messages are refused this many times in a row is closed (1008):
     /// it is not listening to the errors.
     pub max_refused: u32,
-    /// How often the server pings an open WebSocket (keep-alive through proxies, and the
-    /// pongs prove the peer is alive).
+    /// How often the server pings an open WebSocket, of every kind (keep-alive through
+    /// proxies, and the pongs prove the peer is alive). At least twice per
+    /// [`idle_timeout`](Self::idle_timeout) whatever this says, so that a peer that answers
+    /// pings is never idle.
     pub ping_interval: Duration,
-    /// A WebSocket that sends nothing, not even a pong, for this long is closed (1001).
+    /// A WebSocket, of any kind, that sends nothing, not even a pong, for this long is
+    /// closed (1001).
     pub idle_timeout: Duration,
     /// How often an SSE stream sends a keep-alive comment.
     pub sse_keep_alive: Duration,
@@ -172,6 +178,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Keys of requests in flight.
     pub idempotency: Idempotency,
+    /// The live streams open, bounded by their share of the connections.
+    pub streams: limits::Streams,
     /// The configuration the server started with.
     pub config: Config,
 }
@@ -183,6 +191,7 @@ impl AppState {
             registry: Registry::with_tuning(store, config.tuning)
                 .with_document_limit(config.limits.max_document_bytes),
             idempotency: Idempotency::new(config.idempotency_ttl.as_millis() as i64),
+            streams: limits::Streams::new(&config.limits),
             config,
         })
     }

@@ -8,20 +8,36 @@
 //! | JSON nesting of a body or message | 127 levels | fixed (the JSON parser's limit) | `400` `invalid-json` (`error` over WebSocket) |
 //! | nesting of a document | 120 levels | fixed (`concord_core::value::MAX_DEPTH`) | `422` `invalid-value`; unchanged |
 //! | WebSocket message size and rate | 8 MiB; 200 at once, 100/s | `LiveConfig` | `error` (413, 429), then close |
+//! | WebSocket silence (any kind: `/ws`, `/sync`, `/v1/repo`) | pinged every 20 s, closed after 60 s | `LiveConfig` | closed (1001) |
 //! | open connections | 512 | [`Limits::max_connections`] | `503` `too-many-connections`, closed at once |
+//! | live streams (WebSocket and Server-Sent Events) | 75 % of the connections (384) | [`Limits::stream_share`] | `503` `too-many-streams` |
 //! | request headers (and idle keep-alive) | 30 s | [`Limits::header_timeout`] | the connection is closed |
 //! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` |
+//! | a write the client does not read | 30 s without progress | [`Limits::write_timeout`] | the connection is dropped (reset) |
 //!
 //! Excess connections are *refused*, not queued: a client learns at once that the server is
 //! full (`Retry-After: 1`) instead of waiting in the kernel's backlog for an unknown time.
 //! Every open connection counts, WebSocket connections included, for as long as they stay
 //! open.
 //!
+//! Live streams stay open for long, so they may hold only a share of the connections
+//! ([`Streams`], taken by each stream's handler when it accepts the stream): the rest stay
+//! for plain requests, which a crowd of streams (or of clients that open them and never
+//! read) cannot then starve.
+//!
 //! The handling timeout covers the time until the response *head* is ready. A WebSocket
 //! answers its upgrade at once and a Server-Sent Events stream its head at once, so live
 //! streams are not cut by it; they have their own keep-alive and idle rules (`LiveConfig`).
 //! The default (90 s) is above the longest lock wait a request may ask for (60 s).
+//!
+//! The write timeout is the connection's, whatever it carries: a response, an event stream
+//! or a WebSocket. A write that the client leaves waiting (its buffers full because it does
+//! not read) that long without a byte taken fails, and the connection is reset (not closed
+//! gracefully, which would leave the kernel holding the unsent bytes for a peer that does
+//! not read them). It is what ends a stream whose client stopped reading while events flow
+//! to it; one that receives nothing costs only its place among the streams.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,9 +56,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::problem::{problem_body, ApiError, PROBLEM_JSON};
+
+mod streams;
+
+pub use streams::{StreamSlot, Streams};
 
 /// How deep arrays and objects may nest in a request body or WebSocket message: the JSON
 /// parser (`serde_json`, recursion limit 128) refuses the 128th level before anything is
@@ -68,6 +89,16 @@ pub struct Limits {
     /// A request whose response is not ready this long after its headers arrived is
     /// answered `408` if its body was still arriving, else `503`.
     pub request_timeout: Duration,
+    /// A connection whose write has waited this long without the client taking a byte (it
+    /// does not read) is reset, whatever it carries: buffers full of unread events or
+    /// responses cost memory, and the connection holds a place. Zero: no write timeout.
+    pub write_timeout: Duration,
+    /// The share of [`max_connections`](Self::max_connections), in percent, that live
+    /// streams (WebSocket and Server-Sent Events) may hold at once; more are answered `503`
+    /// `too-many-streams`. They stay open for long: without a share of their own they could
+    /// take every place and leave none for requests. At least one stream is allowed unless
+    /// this is 0 (no streams); over 100 counts as 100.
+    pub stream_share: u8,
 }
 
 impl Default for Limits {
@@ -77,7 +108,22 @@ impl Default for Limits {
             max_connections: 512,
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(30),
+            // A quarter of the places stays for requests.
+            stream_share: 75,
         }
+    }
+}
+
+impl Limits {
+    /// How many live streams may be open at once: [`stream_share`](Self::stream_share) of
+    /// the connection limit, rounded down, but at least one unless the share is 0.
+    pub fn max_streams(&self) -> usize {
+        let share = usize::from(self.stream_share.min(100));
+        if share == 0 {
+            return 0;
+        }
+        (self.max_connections.max(1).saturating_mul(share) / 100).max(1)
     }
 }
 
@@ -156,13 +202,79 @@ const REFUSALS_AT_ONCE: usize = 64;
 const REFUSAL_TIME: Duration = Duration::from_secs(5);
 
 /// A connection's socket, holding its place among the open connections until it is shut
-/// down or dropped (for a WebSocket: when the socket closes). The place is given back
-/// before the socket closes, so a client that saw its connection end can count on it.
+/// down or dropped (for a WebSocket: when the socket closes), and failing a write that the
+/// client has left waiting past the write timeout. The place is given back before the
+/// socket closes, so a client that saw its connection end can count on it.
 struct Counted {
     place: Option<OwnedSemaphorePermit>,
     stream: TcpStream,
+    /// How long a write may wait for the client to take a byte.
+    write_timeout: Duration,
+    /// Ends the current wait of a write: armed when a write waits, disarmed when one makes
+    /// progress. Allocated at the first wait (most connections never wait).
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether a write is waiting (`stall` is armed).
+    stalled: bool,
+    /// Set once a write timed out: the connection is dead both ways, and is reset when
+    /// dropped.
+    timed_out: bool,
     /// Counts it in `concord_connections` while it lives.
     _held: crate::metrics::Held,
+}
+
+impl Counted {
+    fn new(stream: TcpStream, place: OwnedSemaphorePermit, write_timeout: Duration) -> Self {
+        Counted {
+            place: Some(place),
+            stream,
+            write_timeout,
+            stall: None,
+            stalled: false,
+            timed_out: false,
+            _held: crate::metrics::Held::new(crate::metrics::CONNECTIONS),
+        }
+    }
+
+    /// The error every operation returns once a write timed out.
+    fn dead(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took nothing written to it for {} ms: connection dropped",
+                self.write_timeout.as_millis()
+            ),
+        )
+    }
+
+    /// A write's outcome, timed: a write that waits arms the timer (or keeps it running),
+    /// one that does anything else disarms it; the timer firing fails the write.
+    fn timed<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() || self.write_timeout.is_zero() {
+            self.stalled = false;
+            return poll;
+        }
+        if !self.stalled {
+            let deadline = Instant::now() + self.write_timeout;
+            match &mut self.stall {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.stalled = true;
+        }
+        let stall = self.stall.as_mut().expect("armed above");
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.timed_out = true;
+        // Reset rather than close: a graceful close would leave the kernel retrying the
+        // unsent bytes to a client that does not read them.
+        let _ = self.stream.set_zero_linger();
+        tracing::info!(
+            timeout_ms = self.write_timeout.as_millis() as u64,
+            "dropping a connection whose client does not read"
+        );
+        Poll::Ready(Err(self.dead()))
+    }
 }
 
 impl AsyncRead for Counted {
@@ -171,7 +283,11 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(this.dead()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -181,7 +297,12 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(this.dead()));
+        }
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.timed(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -189,7 +310,12 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(this.dead()));
+        }
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.timed(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -197,12 +323,21 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(this.dead()));
+        }
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.timed(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.place = None;
+        if this.timed_out {
+            // No FIN after the unsent bytes: the drop resets the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
@@ -259,11 +394,7 @@ pub(crate) async fn serve(
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 router.clone().oneshot(request.map(Body::new))
             });
-        let io = TokioIo::new(Counted {
-            place: Some(place),
-            stream,
-            _held: crate::metrics::Held::new(crate::metrics::CONNECTIONS),
-        });
+        let io = TokioIo::new(Counted::new(stream, place, limits.write_timeout));
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut stop = stop.clone();
         let open = open.clone();

@@ -2,7 +2,7 @@
 
 mod branches;
 mod docs;
-mod live;
+pub(crate) mod live;
 mod mcp;
 mod media;
 mod sync;

@@ -5,10 +5,13 @@
 //! - `GET /v1/repo`: the automerge-repo protocol (see [`crate::repo`]).
 //!
 //! An unknown document, or one whose strategy is not `crdt` (sync changes would bypass its
-//! write policy, as raw changes would), is refused before the upgrade with problem+json. On an
-//! open connection, a text frame, bytes that are not a sync message, or the document's
-//! deletion end the connection with a close frame that says why (close codes in
-//! [`Closing`]); the document is unchanged by a refused message, and other connections go on.
+//! write policy, as raw changes would), is refused before the upgrade with problem+json, and
+//! so is a connection over the live streams' share (`503` `too-many-streams`). On an open
+//! connection, a text frame, bytes that are not a sync message, or the document's deletion
+//! end the connection with a close frame that says why (close codes in [`Closing`]); the
+//! document is unchanged by a refused message, and other connections go on. Both endpoints
+//! are kept alive and ended as every WebSocket is ([`LiveSocket`]): pings, the idle timeout
+//! (1001), shutdown (1001), a text frame that is not UTF-8 (1007).
 //!
 //! Each message that carries changes is checked against the [`Caller`] before they are
 //! written: from a token that may read the document but not write it, or (without admin)
@@ -16,7 +19,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{close_code, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, Message as Frame, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -25,6 +28,7 @@ use concord_core::WriteMeta;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use super::live::{LiveSocket, Received};
 use super::{agent, doc_id, now_ms};
 use crate::auth::Caller;
 use crate::policy::{base_for, WriteKind};
@@ -63,6 +67,7 @@ fn sync_agent(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>, Ap
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
         (status = 404, description = "No such document."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
@@ -88,13 +93,15 @@ pub(super) async fn sync(
         })
         .await?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/docs/{id}/sync", r))?;
+    let slot = state.streams.admit()?;
     let limit = state.config.body_limit;
     Ok(upgrade
         .max_message_size(limit)
-        .on_upgrade(move |mut socket| async move {
+        .on_upgrade(move |socket| async move {
+            let mut socket = LiveSocket::new(socket, &state, slot);
             if let Err(closing) = run(&state, id, &agent, &caller, &mut socket).await {
                 tracing::info!(doc = %id, code = closing.code, reason = %closing.reason, "closing a sync connection");
-                let _ = socket.send(closing.frame()).await;
+                socket.close(closing.code, &closing.reason).await;
             }
         }))
 }
@@ -106,6 +113,7 @@ pub(super) async fn sync(
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(super) async fn repo(
     State(hub): State<Arc<Hub>>,
@@ -115,10 +123,12 @@ pub(super) async fn repo(
 ) -> Result<Response, ApiError> {
     let agent = sync_agent(&caller, &headers)?;
     let upgrade = upgrade.map_err(|r| not_websocket("/v1/repo", r))?;
+    let slot = hub.app().streams.admit()?;
     let limit = hub.app().config.body_limit;
-    Ok(upgrade
-        .max_message_size(limit)
-        .on_upgrade(move |socket| crate::repo::serve(hub, socket, agent, caller)))
+    Ok(upgrade.max_message_size(limit).on_upgrade(move |socket| {
+        let socket = LiveSocket::new(socket, hub.app(), slot);
+        crate::repo::serve(hub, socket, agent, caller)
+    }))
 }
 
 /// Syncs one document with one peer until the peer leaves (`Ok`) or must be closed.
@@ -127,7 +137,7 @@ async fn run(
     id: Uuid,
     agent: &str,
     caller: &Caller,
-    socket: &mut WebSocket,
+    socket: &mut LiveSocket,
 ) -> Result<(), Closing> {
     let registry = &state.registry;
     let api = |e: ApiError| Closing::from_api(&e);
@@ -140,9 +150,10 @@ async fn run(
     send_next(state, id, &mut peer, socket).await?;
     loop {
         tokio::select! {
-            frame = socket.recv() => match frame {
-                None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => return Ok(()),
-                Some(Ok(Frame::Binary(bytes))) => {
+            received = socket.recv() => match received {
+                Received::Gone => return Ok(()),
+                Received::Close(code, reason) => return Err(Closing::new(code, reason)),
+                Received::Binary(bytes) => {
                     let message = SyncMessage::decode(&bytes)
                         .map_err(|e| Closing::new(close_code::INVALID, e.to_string()))?;
                     // Changes write; a message without any only tells what the peer has.
@@ -156,13 +167,12 @@ async fn run(
                     receive(registry, id, &meta, &mut peer, message).await.map_err(api)?;
                     send_next(state, id, &mut peer, socket).await?;
                 }
-                Some(Ok(Frame::Text(_))) => {
+                Received::Text(_) => {
                     return Err(Closing::new(
                         close_code::UNSUPPORTED,
                         "text frames are not part of the sync protocol: send binary Automerge sync messages",
                     ))
                 }
-                Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
             },
             change = changes.recv() => match change {
                 // Falling behind loses nothing: the next message covers every change.
@@ -188,7 +198,7 @@ async fn send_next(
     state: &AppState,
     id: Uuid,
     peer: &mut SyncState,
-    socket: &mut WebSocket,
+    socket: &mut LiveSocket,
 ) -> Result<(), Closing> {
     let next = match next_message(&state.registry, id, peer).await {
         Ok(next) => next,

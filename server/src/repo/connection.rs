@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{close_code, Message as Frame, WebSocket};
+use axum::extract::ws::{close_code, Message as Frame};
 use axum::http::StatusCode;
 use concord_core::storage::DocMeta;
 use concord_core::sync::{SyncMessage, SyncState};
@@ -17,6 +17,7 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use uuid::Uuid;
 
 use super::{next_message, receive, Closing, Hub, Relayed};
+use crate::api::live::{LiveSocket, Received};
 use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::problem::ApiError;
@@ -63,8 +64,14 @@ struct Connection<'a> {
     relays: StreamMap<Uuid, Events>,
 }
 
-/// Serves one repo connection until the peer leaves or breaks the protocol.
-pub async fn serve(hub: Arc<Hub>, mut socket: WebSocket, agent: Option<String>, caller: Caller) {
+/// Serves one repo connection until the peer leaves or breaks the protocol (or is silent
+/// too long, or the server shuts down: see [`LiveSocket`]).
+pub(crate) async fn serve(
+    hub: Arc<Hub>,
+    mut socket: LiveSocket,
+    agent: Option<String>,
+    caller: Caller,
+) {
     let number = hub
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -92,28 +99,28 @@ pub async fn serve(hub: Arc<Hub>, mut socket: WebSocket, agent: Option<String>, 
                 .send(Frame::Binary(error.encode(&hub.peer_id, peer).into()))
                 .await;
         }
-        let _ = socket.send(closing.frame()).await;
+        socket.close(closing.code, &closing.reason).await;
     }
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, socket: &mut WebSocket) -> Result<(), Closing> {
+    async fn run(&mut self, socket: &mut LiveSocket) -> Result<(), Closing> {
         loop {
             tokio::select! {
-                frame = socket.recv() => match frame {
-                    None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => return Ok(()),
-                    Some(Ok(Frame::Binary(bytes))) => {
+                received = socket.recv() => match received {
+                    Received::Gone => return Ok(()),
+                    Received::Close(code, reason) => return Err(Closing::new(code, reason)),
+                    Received::Binary(bytes) => {
                         let message = Incoming::decode(&bytes)
                             .map_err(|e| Closing::new(close_code::INVALID, e.to_string()))?;
                         self.receive(socket, message).await?;
                     }
-                    Some(Ok(Frame::Text(_))) => {
+                    Received::Text(_) => {
                         return Err(Closing::new(
                             close_code::UNSUPPORTED,
                             "text frames are not part of the automerge-repo protocol: send CBOR messages in binary frames",
                         ))
                     }
-                    Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
                 },
                 Some((id, event)) = self.events.next() => self.on_event(socket, id, event).await?,
                 Some((id, event)) = self.relays.next() => self.on_event(socket, id, event).await?,
@@ -121,7 +128,11 @@ impl Connection<'_> {
         }
     }
 
-    async fn send(&mut self, socket: &mut WebSocket, message: Outgoing<'_>) -> Result<(), Closing> {
+    async fn send(
+        &mut self,
+        socket: &mut LiveSocket,
+        message: Outgoing<'_>,
+    ) -> Result<(), Closing> {
         let peer = self.peer.as_deref().unwrap_or_default();
         socket
             .send(Frame::Binary(
@@ -132,7 +143,7 @@ impl Connection<'_> {
             .map_err(|_| Closing::new(close_code::AWAY, "the peer is gone"))
     }
 
-    async fn receive(&mut self, socket: &mut WebSocket, message: Incoming) -> Result<(), Closing> {
+    async fn receive(&mut self, socket: &mut LiveSocket, message: Incoming) -> Result<(), Closing> {
         let policy = close_code::POLICY;
         match message {
             Incoming::Join { sender, versions } => {
@@ -210,7 +221,7 @@ impl Connection<'_> {
     /// Handles a sync message for a document the token may read (`data`: its bytes).
     async fn sync(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut LiveSocket,
         id: Uuid,
         document: &str,
         request: bool,
@@ -385,7 +396,7 @@ impl Connection<'_> {
 
     async fn on_event(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut LiveSocket,
         id: Uuid,
         event: Event,
     ) -> Result<(), Closing> {
@@ -428,7 +439,7 @@ impl Connection<'_> {
     /// Sends the peer what changed in a document it has open, if anything.
     async fn push(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut LiveSocket,
         id: Uuid,
         document: &str,
     ) -> Result<(), Closing> {

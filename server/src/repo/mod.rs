@@ -46,6 +46,13 @@
 //! frame, or an invalid sync message get an `error` message and a close frame with the
 //! reason; other connections are unaffected.
 //!
+//! # Keep-alive and limits
+//! A connection is kept alive and ended as every WebSocket is
+//! (`api::live::LiveSocket`): pinged, closed after the idle timeout
+//! without a frame (1001) and at shutdown (1001); a text frame that is not UTF-8 closes
+//! it 1007. It holds a place among the live streams (`503` `too-many-streams` at the upgrade
+//! when their share of the connections is taken).
+//!
 //! # Permissions
 //! Each message is checked against the connection's [`Caller`] (see [`crate::auth`]): a
 //! document it may not read is `doc-unavailable`, as one that does not exist, and its
@@ -57,7 +64,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::ws::{close_code, CloseFrame, Message as Frame, Utf8Bytes};
+use axum::extract::ws::close_code;
 use axum::http::StatusCode;
 use concord_core::sync::{SyncMessage, SyncState};
 use concord_core::WriteMeta;
@@ -71,7 +78,7 @@ use crate::AppState;
 
 mod connection;
 
-pub use connection::serve;
+pub(crate) use connection::serve;
 
 /// Why a connection is being closed: a WebSocket close code and a reason for the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,18 +108,6 @@ impl Closing {
             _ => close_code::ERROR,
         };
         Closing::new(code, error.detail.clone())
-    }
-
-    /// The close frame; the reason is cut to the 123 bytes a frame can carry.
-    pub fn frame(&self) -> Frame {
-        let mut end = self.reason.len().min(123);
-        while !self.reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        Frame::Close(Some(CloseFrame {
-            code: self.code,
-            reason: Utf8Bytes::from(&self.reason[..end]),
-        }))
     }
 }
 
@@ -244,18 +239,4 @@ pub(crate) async fn next_message(
     registry
         .read(id, |loaded| Ok(loaded.doc.generate_sync_message(state)))
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit_a_frame() {
-        let long = "é".repeat(200);
-        let Frame::Close(Some(frame)) = Closing::new(1007, long).frame() else {
-            panic!("a close frame");
-        };
-        assert!(frame.reason.as_str().len() <= 123);
-    }
 }

@@ -2,6 +2,8 @@
 //! `ws.rs`), its Server-Sent Events (`GET /v1/docs/{id}/events`) and the global feed
 //! (`GET /v1/events`, both in `sse.rs`). Here: what a subscriber of a document is handed
 //! ([`DocFeed`]), shared by the WebSocket and the event stream, and their common wording.
+//! [`LiveSocket`] (`socket.rs`) keeps every WebSocket alive and ends it, the sync endpoints'
+//! (`api::sync`, [`crate::repo`]) too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,10 +22,13 @@ use crate::AppState;
 
 mod bucket;
 mod message;
+mod socket;
 mod sse;
 #[cfg(test)]
 mod tests;
 mod ws;
+
+pub(crate) use socket::{LiveSocket, Received};
 
 pub(super) use sse::{__path_doc_events, __path_feed, doc_events, feed};
 pub(super) use ws::{__path_ws, ws};

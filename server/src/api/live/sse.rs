@@ -7,6 +7,12 @@
 //!
 //! `/v1/events`: `created`, `changed` and `deleted` events for every document (data: a
 //! [`FeedEvent`]); `lagged` (`{missed}`) when a slow viewer lost some: re-read the list.
+//!
+//! Both send a keep-alive comment every [`LiveConfig::sse_keep_alive`](crate::LiveConfig)
+//! and end at shutdown. Each stream holds a place among the live streams while it is open
+//! (`503` `too-many-streams` when their share of the connections is taken); a client that
+//! stops reading while events flow is dropped by the connection's write timeout
+//! ([`crate::limits::Limits::write_timeout`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,6 +85,7 @@ fn doc_sse_event(doc: Uuid, item: Item) -> (SseEvent, bool) {
         (status = 200, description = "Server-Sent Events: `snapshot`, then `change` per write (each with the version as its id); `deleted` or `error` ends the stream.",
             content_type = "text/event-stream", body = String),
         (status = 404, description = "No such document or version."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(in crate::api) async fn doc_events(
     State(state): Shared,
@@ -99,12 +106,13 @@ pub(in crate::api) async fn doc_events(
         .filter(|s| !s.is_empty())
         .map(parse_version)
         .transpose()?;
+    let slot = state.streams.admit()?;
     let feed = DocFeed::start(Arc::clone(&state), id, since.as_ref()).await?;
     let closing = state.registry.closing();
     let keep_alive = state.config.live.sse_keep_alive;
     let stream = futures_util::stream::unfold(
-        (feed, closing, false),
-        move |(mut feed, mut closing, done)| async move {
+        (feed, closing, false, slot),
+        move |(mut feed, mut closing, done, slot)| async move {
             if done {
                 return None;
             }
@@ -113,7 +121,7 @@ pub(in crate::api) async fn doc_events(
                 () = closed(&mut closing) => return None,
             };
             let (event, done) = doc_sse_event(id, item);
-            Some((Ok::<_, Infallible>(event), (feed, closing, done)))
+            Some((Ok::<_, Infallible>(event), (feed, closing, done, slot)))
         },
     );
     Ok(Sse::new(stream)
@@ -126,13 +134,15 @@ pub(in crate::api) async fn doc_events(
     responses(
         (status = 200, description = "Server-Sent Events: `created`, `changed` and `deleted`, for every document.",
             content_type = "text/event-stream", body = String),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
-pub(in crate::api) async fn feed(State(state): Shared) -> Response {
+pub(in crate::api) async fn feed(State(state): Shared) -> Result<Response, ApiError> {
+    let slot = state.streams.admit()?;
     let receiver = state.registry.feed();
     let closing = state.registry.closing();
     let stream = futures_util::stream::unfold(
-        (receiver, closing),
-        |(mut receiver, mut closing)| async move {
+        (receiver, closing, slot),
+        |(mut receiver, mut closing, slot)| async move {
             let event = tokio::select! {
                 received = receiver.recv() => match received {
                     Ok(event) => {
@@ -150,10 +160,10 @@ pub(in crate::api) async fn feed(State(state): Shared) -> Response {
                 },
                 () = closed(&mut closing) => return None,
             };
-            Some((Ok::<_, Infallible>(event), (receiver, closing)))
+            Some((Ok::<_, Infallible>(event), (receiver, closing, slot)))
         },
     );
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(state.config.live.sse_keep_alive))
-        .into_response()
+        .into_response())
 }

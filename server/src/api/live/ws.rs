@@ -30,15 +30,15 @@
 //! `subscribe` is answered an `error` (403) and not applied. The connection is closed,
 //! with a reason, when the document does not exist (4404) or is deleted (4410), after
 //! [`LiveConfig::max_refused`] rate-limited messages in a row, or as many writes refused to
-//! a token that may only read (1008), for a message over twice [`LiveConfig::max_message`]
+//! a token that may only read (1008); and, as every WebSocket (see [`super::socket`]), for a
+//! text frame that is not UTF-8 (1007), a message over twice [`LiveConfig::max_message`]
 //! (1009), after [`LiveConfig::idle_timeout`] without a frame (1001), and at shutdown
-//! (1001).
+//! (1001). Each connection is a live stream: when their share of the connections is taken,
+//! the upgrade is answered `503` `too-many-streams`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -47,7 +47,6 @@ use concord_core::WriteMeta;
 use concord_protocol::live::{Ack, ClientMessage, ServerMessage};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -56,7 +55,8 @@ use super::message::{
     ack_record, check_id, fingerprint, for_ws, message_from, message_id, message_key,
     parse_json_message, valid_id, writes, WriteBody,
 };
-use super::{change_message, closed, error_message, DocFeed, Item, Shared};
+use super::socket::{LiveSocket, Received};
+use super::{change_message, error_message, DocFeed, Item, Shared};
 use crate::api::{agent, doc_id, now_ms, parse_version, valid_agent};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
@@ -99,6 +99,7 @@ fn ws_agent(headers: &HeaderMap, query: Option<&str>) -> Result<String, ApiError
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed id or agent."),
+        (status = 503, description = "The live streams' share of the connections is taken (`too-many-streams`): retry after `Retry-After`."),
     ))]
 pub(in crate::api) async fn ws(
     State(state): Shared,
@@ -113,6 +114,7 @@ pub(in crate::api) async fn ws(
         Some(agent) => agent.to_owned(),
         None => ws_agent(&headers, query.agent.as_deref())?,
     };
+    let slot = state.streams.admit()?;
     let limits = state.config.live.clone();
     // Messages up to twice the limit are read and answered an error; larger ones are
     // refused while being read, which ends the connection.
@@ -123,11 +125,11 @@ pub(in crate::api) async fn ws(
         .on_upgrade(move |socket| async move {
             Session {
                 bucket: TokenBucket::new(&limits, Instant::now()),
+                socket: LiveSocket::new(socket, &state, slot),
                 state,
                 doc: id,
                 agent,
                 caller,
-                socket,
                 feed: None,
                 refused_in_row: 0,
                 forbidden_in_row: 0,
@@ -154,7 +156,8 @@ struct Session {
     agent: String,
     /// What the token may do: each message that writes is checked against it.
     caller: Caller,
-    socket: WebSocket,
+    /// Pings the peer, and ends the connection when it is silent too long.
+    socket: LiveSocket,
     /// Present once the client subscribed.
     feed: Option<DocFeed>,
     bucket: TokenBucket,
@@ -188,39 +191,20 @@ impl Session {
             };
             let reason = e.detail.clone();
             if self.send(&error_message(&e, None)).await.is_ok() {
-                self.close(code, &reason).await;
+                self.socket.close(code, &reason).await;
             }
             return;
         }
-        let ping_every = self.limits.ping_interval;
-        let idle_after = self.limits.idle_timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let idle = tokio::time::sleep(idle_after);
-        tokio::pin!(idle);
-        let mut closing: watch::Receiver<bool> = self.state.registry.closing();
         let flow = loop {
             let flow = tokio::select! {
-                frame = self.socket.recv() => {
-                    idle.as_mut().reset(Instant::now() + idle_after);
-                    match frame {
-                        Some(Ok(frame)) => self.on_frame(frame).await,
-                        // Ended, or broke: there is nobody to tell.
-                        None | Some(Err(_)) => Flow::Gone,
-                    }
-                }
-                item = next_item(&mut self.feed) => self.on_item(item).await,
-                _ = ping.tick() => match self.socket.send(Message::Ping(Bytes::new())).await {
-                    Ok(()) => Flow::Continue,
-                    Err(_) => Flow::Gone,
+                received = self.socket.recv() => match received {
+                    Received::Text(text) => self.on_text(text).await,
+                    Received::Binary(_) => self.on_binary().await,
+                    Received::Close(code, reason) => Flow::Close(code, reason),
+                    // Ended, or broke: there is nobody to tell.
+                    Received::Gone => Flow::Gone,
                 },
-                () = &mut idle => Flow::Close(
-                    1001,
-                    format!("idle: no frame (nor pong) for {} ms", idle_after.as_millis()),
-                ),
-                () = closed(&mut closing) => {
-                    Flow::Close(1001, "the server is shutting down".into())
-                }
+                item = next_item(&mut self.feed) => self.on_item(item).await,
             };
             match flow {
                 Flow::Continue => {}
@@ -228,8 +212,8 @@ impl Session {
             }
         };
         match flow {
-            Flow::Close(code, reason) => self.close(code, &reason).await,
-            _ => self.drain().await,
+            Flow::Close(code, reason) => self.socket.close(code, &reason).await,
+            _ => self.socket.drain().await,
         }
     }
 
@@ -249,47 +233,20 @@ impl Session {
         }
     }
 
-    /// Sends a close frame, then reads until the peer answers it: closing the socket with
-    /// unread input would reset the connection and could lose the close frame.
-    async fn close(&mut self, code: u16, reason: &str) {
-        let mut reason = reason.to_owned();
-        // A close reason is at most 123 bytes.
-        while reason.len() > 123 {
-            reason.pop();
+    /// A binary message: not this protocol's.
+    async fn on_binary(&mut self) -> Flow {
+        if !self.bucket.take(Instant::now()) {
+            return self.refuse(None).await;
         }
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
-            self.drain().await;
-        }
+        let e = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-message",
+            "this endpoint speaks JSON text messages; binary Automerge sync is at /v1/docs/{id}/sync",
+        );
+        self.fail(&e, None).await
     }
 
-    async fn drain(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = self.socket.recv().await {}
-        })
-        .await;
-    }
-
-    async fn on_frame(&mut self, frame: Message) -> Flow {
-        let text = match frame {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                if !self.bucket.take(Instant::now()) {
-                    return self.refuse(None).await;
-                }
-                let e = ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported-message",
-                    "this endpoint speaks JSON text messages; binary Automerge sync is at /v1/docs/{id}/sync",
-                );
-                return self.fail(&e, None).await;
-            }
-            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
-            Message::Close(_) => return Flow::Gone,
-        };
+    async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
         if !self.bucket.take(Instant::now()) {
             let id = message_id(text.as_str());
             return self.refuse(id).await;
