@@ -359,17 +359,21 @@ async fn a_damaged_page_fails_its_reads_not_the_server() {
     }
 }
 
-#[tokio::test]
-async fn a_damaged_snapshot_fails_its_document_only() {
-    let data = tempfile::tempdir().unwrap();
-    let (id, other) = prepare(data.path(), 3).await;
-    let conn = Connection::open(data.path().join(DB_FILE)).unwrap();
+/// Gives document `id` a snapshot that does not load.
+fn damage_snapshot(data: &Path, id: &str) {
+    let conn = Connection::open(data.join(DB_FILE)).unwrap();
     conn.execute(
         "INSERT INTO snapshots (doc, bytes) VALUES (?1, ?2)",
         params![id, b"\x85\x6f\x4a\x83not a snapshot".to_vec()],
     )
     .unwrap();
-    drop(conn);
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_fails_its_document_only() {
+    let data = tempfile::tempdir().unwrap();
+    let (id, other) = prepare(data.path(), 3).await;
+    damage_snapshot(data.path(), &id);
 
     let server = Binary::start(data.path(), &[]);
     let http = Http::new(&server);
@@ -388,13 +392,7 @@ async fn a_damaged_snapshot_fails_its_document_only() {
 async fn a_document_that_does_not_load_can_still_be_deleted() {
     let data = tempfile::tempdir().unwrap();
     let (id, other) = prepare(data.path(), 3).await;
-    let conn = Connection::open(data.path().join(DB_FILE)).unwrap();
-    conn.execute(
-        "INSERT INTO snapshots (doc, bytes) VALUES (?1, ?2)",
-        params![id, b"\x85\x6f\x4a\x83not a snapshot".to_vec()],
-    )
-    .unwrap();
-    drop(conn);
+    damage_snapshot(data.path(), &id);
 
     let server = Binary::start(data.path(), &[]);
     let http = Http::new(&server);
