@@ -26,7 +26,8 @@ cargo test --workspace --locked "$@"
 # The suites outside Cargo start the real binary: the Python client's (python/) and the
 # API conformance run (schemathesis against /openapi.json). Each makes its own virtual
 # environment under target/; without python3 they say they were skipped (CI: a failure).
-echo "==> cargo build -p concord"
-cargo build -p concord --locked
+# They run `concord-e2e`, the real `cli/src/main.rs` that the test build above made, so
+# that nothing is compiled twice.
+export CONCORD_BIN="${CONCORD_BIN:-$PWD/target/debug/concord-e2e}"
 ./scripts/python-tests.sh
 ./scripts/api-conformance.sh
