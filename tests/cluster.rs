@@ -415,6 +415,126 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     writer.stop().await;
 }
 
+/// A stored change whose dependency is not stored (written by hand here, as a damaged or
+/// half-copied database would hold it) is skipped by a node catching up and reported, as a
+/// load reports it: not applied, not kept aside in memory. A fresh load that finds the
+/// dependency later takes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_skips_and_reports_a_change_with_a_missing_dependency() {
+    let Some(db) = Db::new() else { return };
+    let writer = Node::start_with(&db, manual_maintenance()).await;
+    let doc = writer
+        .create_doc(CreateOptions {
+            value: Some(json!({"n": 1})),
+            ..Default::default()
+        })
+        .await;
+    let id = doc.id;
+    type E = concord_server::registry::Error;
+    let store =
+        || async { Arc::new(PostgresStore::open(&db.url()).await.unwrap()) as Arc<dyn Store> };
+    let behind = Registry::new(store().await);
+    /// Version, value, and how many missing dependencies changes kept aside wait for.
+    async fn state(registry: &Registry, id: Uuid) -> (String, Value, usize) {
+        registry
+            .read::<_, concord_server::registry::Error>(id, |l| {
+                Ok((
+                    l.doc.version().to_string(),
+                    l.value.clone(),
+                    l.doc.missing_dependencies(),
+                ))
+            })
+            .await
+            .unwrap()
+    }
+    let (version, _, waiting) = state(&behind, id).await;
+    assert_eq!(waiting, 0);
+
+    // Two changes by another client, the second built on the first; only the second is
+    // stored.
+    let admin = db.admin().await;
+    let stored: Vec<u8> = admin
+        .query(
+            &format!(
+                "SELECT bytes FROM {}.changes WHERE doc = $1 ORDER BY seq",
+                db.schema
+            ),
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.get::<_, Vec<u8>>(0))
+        .collect();
+    let first = foreign_change(&stored, Some("first"), 1_700_000_000);
+    let second = foreign_change(
+        &[stored, first.clone()].concat(),
+        Some("second"),
+        1_700_000_001,
+    );
+    let insert = |bytes: Vec<u8>| {
+        let admin = &admin;
+        let schema = &db.schema;
+        async move {
+            let hash = concord_core::doc::parse_changes(&bytes).unwrap()[0]
+                .hash()
+                .0
+                .to_vec();
+            admin
+                .execute(
+                    &format!("INSERT INTO {schema}.changes (doc, hash, bytes) VALUES ($1, $2, $3)"),
+                    &[&id, &hash, &bytes],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    insert(second).await;
+
+    let (after, value, waiting) = state(&behind, id).await;
+    assert_eq!(
+        after, version,
+        "the change without its dependency was not applied"
+    );
+    assert_eq!(value, json!({"n": 1}));
+    assert_eq!(waiting, 0, "nothing is kept aside in memory");
+    let damage = behind.damage_of(id);
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert!(damage[0].contains("depends on change"), "{damage:?}");
+    assert_eq!(behind.damage_summary(), (1, 1));
+
+    // The node still catches up what comes next, and reads keep working.
+    let client = writer.client("writer");
+    let written = client
+        .patch(
+            id,
+            None,
+            &json!([{"op": "replace", "path": "/n", "value": 2}]),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (after, value, _) = state(&behind, id).await;
+    assert_eq!(after, written.version);
+    assert_eq!(value, json!({"n": 2}));
+
+    // Once the dependency is stored too, a fresh load has both: nothing was lost.
+    insert(first).await;
+    let fresh = Registry::new(store().await);
+    let (_, value, waiting) = state(&fresh, id).await;
+    assert_eq!((value, waiting), (json!({"n": 2}), 0));
+    let changes = fresh
+        .read::<_, E>(id, |l| Ok(l.doc.change_count()))
+        .await
+        .unwrap();
+    assert_eq!(
+        changes, 4,
+        "create, the write, and both hand-stored changes"
+    );
+    assert!(fresh.damage_of(id).is_empty());
+    writer.stop().await;
+}
+
 /// A document's history as a registry shows it: hash, agent, time, whether recorded, the
 /// claimed agent and time.
 async fn history(

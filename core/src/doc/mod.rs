@@ -58,6 +58,10 @@ pub fn stored(change: &Change) -> StoredChange {
 }
 
 /// A JSON document kept as an Automerge CRDT.
+///
+/// A clone is the same document under the same actor (for a copy that writes as another,
+/// see [`Document::fork`]).
+#[derive(Clone)]
 pub struct Document {
     pub(crate) doc: Automerge,
     pub(crate) schema: Schema,
@@ -168,6 +172,12 @@ impl Document {
     /// How many changes the document holds.
     pub fn change_count(&self) -> usize {
         self.change_count
+    }
+
+    /// How many changes this document lacks that changes it keeps aside build on (changes
+    /// a sync peer sent before what they depend on): 0 when nothing waits.
+    pub fn missing_dependencies(&self) -> usize {
+        self.doc.get_missing_deps(&[]).len()
     }
 
     /// The underlying Automerge document, read-only.

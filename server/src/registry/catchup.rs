@@ -8,12 +8,17 @@ const REPLAYED_ONE_BY_ONE: usize = 32;
 
 /// Applies records another node stored and publishes one event for what they changed,
 /// attributed as the last new change was received (its receipt, which the delta brought;
-/// without one, what its note claims). A record that does not apply (corrupt) is skipped,
-/// as a load skips it.
-fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) {
+/// without one, what its note claims).
+///
+/// Records are decoded as strictly as `POST …/changes`: one that does not decode, or holds a
+/// change whose dependencies are neither here nor in the record, is skipped whole, logged
+/// and returned, as a load reports what it skips. (Automerge would otherwise keep such a
+/// change aside in memory, unapplied and unannounced.)
+fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) -> Vec<String> {
     let mut last = None;
+    let mut skipped = Vec::new();
     for record in records {
-        match loaded.doc.apply_changes(record) {
+        match loaded.doc.apply_complete_changes(record) {
             Ok(outcome) => {
                 if let Some(change) = outcome.changes.last() {
                     last = Some(match loaded.receipts.get(&change.hash()) {
@@ -27,11 +32,12 @@ fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) {
             }
             Err(e) => {
                 tracing::warn!(doc = %loaded.meta.id, error = %e, "skipped a stored record that does not apply");
+                skipped.push(format!("caught-up change record: {e}"));
             }
         }
     }
     let Some((agent, time_ms)) = last else {
-        return;
+        return skipped;
     };
     match loaded.doc.read(None) {
         Ok(value) => {
@@ -42,6 +48,7 @@ fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) {
             tracing::warn!(doc = %loaded.meta.id, error = %e, "a caught-up document cannot be read")
         }
     }
+    skipped
 }
 
 impl Registry {
@@ -164,13 +171,16 @@ impl Registry {
         loaded.unsnapshotted += delta.changes.len();
         // One event per record, as if each were written here; a long backlog (a node that
         // was away) becomes one event, so that catching up stays linear.
-        if records.len() <= REPLAYED_ONE_BY_ONE {
-            for record in records {
-                apply_remote(slot, loaded, &[record]);
-            }
+        let skipped: Vec<String> = if records.len() <= REPLAYED_ONE_BY_ONE {
+            records
+                .into_iter()
+                .flat_map(|record| apply_remote(slot, loaded, &[record]))
+                .collect()
         } else {
-            apply_remote(slot, loaded, &records);
-        }
+            apply_remote(slot, loaded, &records)
+        };
+        // Shown as a load's damage is: in the document's reads and in `/healthz`.
+        self.add_damage(id, skipped);
         loaded.synced = delta.seq;
         if loaded.doc.version() != before {
             loaded.last_agent.clone_from(&delta.state.last_agent);

@@ -354,7 +354,16 @@ impl Registry {
         }
     }
 
-    /// What the last load of `id` skipped, one line per stored record (empty: nothing).
+    /// Adds what catching `id` up skipped to what its load skipped.
+    pub(super) fn add_damage(&self, id: Uuid, skipped: Vec<String>) {
+        if !skipped.is_empty() {
+            let mut damage = self.damage.lock().unwrap_or_else(PoisonError::into_inner);
+            damage.entry(id).or_default().extend(skipped);
+        }
+    }
+
+    /// What the last load of `id` skipped, and catching it up since, one line per stored
+    /// record (empty: nothing).
     pub fn damage_of(&self, id: Uuid) -> Vec<String> {
         self.damage
             .lock()
