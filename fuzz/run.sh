@@ -3,6 +3,7 @@
 # each one executed. See TESTING.md, "Fuzzing".
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds, every target
+#   fuzz/run.sh --runs N [TARGET...]      N executions of each, however long they take
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain is stable: libFuzzer's
 # nightly-only flags are allowed with RUSTC_BOOTSTRAP=1. Builds without a sanitizer (safe
@@ -11,8 +12,16 @@
 # tests/fuzz-regressions/<target>/ so that `cargo test` replays it.
 set -euo pipefail
 cd "$(dirname "$0")"
-seconds="${1:-60}"
-shift || true
+if [ "${1:-}" = "--runs" ]; then
+  [ -n "${2:-}" ] || { echo "fuzz/run.sh: --runs needs a count" >&2; exit 2; }
+  budget=(-runs="$2")
+  what="$2 executions"
+  shift 2
+else
+  budget=(-max_total_time="${1:-60}")
+  what="${1:-60}s"
+  shift || true
+fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(json_patch reconcile ws_message sync_message repo_message stored_bytes)
@@ -23,11 +32,12 @@ status=0
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target" "artifacts/$target"
   log="artifacts/$target/last-run.log"
-  echo "==> $target for ${seconds}s"
+  echo "==> $target for $what"
+  started=$SECONDS
   if "$bin/$target" "corpus/$target" "seeds/$target" \
-      -artifact_prefix="artifacts/$target/" -max_total_time="$seconds" \
+      -artifact_prefix="artifacts/$target/" "${budget[@]}" \
       -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 >"$log" 2>&1; then
-    echo "    ok: $(sed -n 's/^stat::number_of_executed_units: *//p' "$log") executions"
+    echo "    ok: $(sed -n 's/^stat::number_of_executed_units: *//p' "$log") executions in $((SECONDS - started)) s"
   else
     status=1
     echo "    FAILED: see $log"

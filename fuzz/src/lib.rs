@@ -46,8 +46,15 @@ fn schema() -> Schema {
 }
 
 /// A document with some of everything (a list of objects, text, a counter, a nested map, a
-/// conflict) and an older version `v1` to write against.
+/// conflict) and an older version `v1` to write against: built once per process, and
+/// cloned for each input (a clone is the same document under the same actor, so every
+/// input meets exactly the same fixture).
 fn fixture() -> (Document, Version) {
+    static FIXTURE: std::sync::OnceLock<(Document, Version)> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(build_fixture).clone()
+}
+
+fn build_fixture() -> (Document, Version) {
     let (mut doc, _) = Document::create(
         &json!({
             "l": [{"t": "ab", "n": 1}, "x", 2.5, null, [true]],
