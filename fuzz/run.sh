@@ -6,8 +6,9 @@
 #   fuzz/run.sh --runs N [TARGET...]      N executions of each, however long they take
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain is stable: libFuzzer's
-# nightly-only flags are allowed with RUSTC_BOOTSTRAP=1. Builds without a sanitizer (safe
-# Rust; the fuzzers look for panics and broken invariants), with debug assertions.
+# nightly-only flags are allowed with RUSTC_BOOTSTRAP=1. Builds optimized, without a
+# sanitizer (safe Rust; the fuzzers look for panics and broken invariants), with debug
+# assertions and overflow checks as fuzz/Cargo.toml's release profile sets them.
 # New crashers land in fuzz/artifacts/<target>/; once fixed, copy each one to
 # tests/fuzz-regressions/<target>/ so that `cargo test` replays it.
 set -euo pipefail
@@ -26,7 +27,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(json_patch reconcile ws_message sync_message repo_message stored_bytes)
 fi
-RUSTC_BOOTSTRAP=1 cargo fuzz build -s none
+RUSTC_BOOTSTRAP=1 cargo fuzz build -O -s none
 bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 status=0
 for target in "${targets[@]}"; do
