@@ -379,7 +379,7 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     let behind =
         Registry::new(Arc::new(PostgresStore::open(&db.url()).await.unwrap()) as Arc<dyn Store>);
     let first = behind
-        .read::<_, concord_server::registry::Error>(doc.id, |l| Ok(l.value.clone()))
+        .read::<_, concord_server::registry::Error>(doc.id, |l| Ok(Value::clone(&l.value)))
         .await
         .unwrap();
     assert_eq!(first, json!({"items": []}));
@@ -405,7 +405,7 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
 
     let (value, version) = behind
         .read::<_, concord_server::registry::Error>(doc.id, |l| {
-            Ok((l.value.clone(), l.doc.version().to_string()))
+            Ok((Value::clone(&l.value), l.doc.version().to_string()))
         })
         .await
         .unwrap();
@@ -440,7 +440,7 @@ async fn catching_up_skips_and_reports_a_change_with_a_missing_dependency() {
             .read::<_, concord_server::registry::Error>(id, |l| {
                 Ok((
                     l.doc.version().to_string(),
-                    l.value.clone(),
+                    Value::clone(&l.value),
                     l.doc.missing_dependencies(),
                 ))
             })
@@ -782,7 +782,11 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     // Memory holds the winner's state, not the refused change.
     let (value, version, changes) = registry
         .read::<_, concord_server::registry::Error>(id, |l| {
-            Ok((l.value.clone(), l.doc.version(), l.doc.change_count()))
+            Ok((
+                Value::clone(&l.value),
+                l.doc.version(),
+                l.doc.change_count(),
+            ))
         })
         .await
         .unwrap();

@@ -41,7 +41,7 @@ fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) -> Vec<Stri
     };
     match loaded.doc.read(None) {
         Ok(value) => {
-            let previous = std::mem::replace(&mut loaded.value, value);
+            let previous = std::mem::replace(&mut loaded.value, Arc::new(value));
             publish(slot, loaded, &previous, agent, time_ms);
         }
         Err(e) => {
@@ -95,7 +95,7 @@ impl Registry {
         if loaded.doc.version() != loaded.value_version {
             loaded.last_agent.clone_from(&stored.state.last_agent);
             loaded.updated_at_ms = stored.state.updated_at_ms;
-            let previous = std::mem::replace(&mut loaded.value, value);
+            let previous = std::mem::replace(&mut loaded.value, Arc::new(value));
             publish(
                 &slot,
                 loaded,

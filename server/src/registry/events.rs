@@ -167,7 +167,7 @@ impl Registry {
             let catchup = match since {
                 None => Catchup::Snapshot {
                     version: current.to_string(),
-                    value: loaded.value.clone(),
+                    value: Value::clone(&loaded.value),
                 },
                 Some(since) => {
                     loaded
@@ -193,7 +193,7 @@ impl Registry {
                         // Too old to replay change by change: start over from a snapshot.
                         Catchup::Snapshot {
                             version: current.to_string(),
-                            value: loaded.value.clone(),
+                            value: Value::clone(&loaded.value),
                         }
                     }
                 }

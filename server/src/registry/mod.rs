@@ -81,8 +81,9 @@ pub struct Loaded {
     pub meta: DocMeta,
     /// The CRDT.
     pub doc: Document,
-    /// The current value as JSON, kept so that reads and change events need no conversion.
-    pub value: Value,
+    /// The current value as JSON, kept so that reads and change events need no conversion;
+    /// shared, so that a write's answer takes it without a copy.
+    pub value: Arc<Value>,
     /// The version `value` is the value of.
     pub value_version: Version,
     /// Agent of the last write.
@@ -115,7 +116,7 @@ impl Loaded {
         last_agent: Option<String>,
         updated_at_ms: i64,
     ) -> Result<Loaded, Error> {
-        let value = doc.read(None)?;
+        let value = Arc::new(doc.read(None)?);
         Ok(Loaded {
             meta,
             value_version: doc.version(),

@@ -139,7 +139,7 @@ async fn create(registry: &Registry, value: serde_json::Value) -> Uuid {
 
 async fn value(registry: &Registry, id: Uuid) -> serde_json::Value {
     registry
-        .read::<_, Error>(id, |l| Ok(l.value.clone()))
+        .read::<_, Error>(id, |l| Ok(Value::clone(&l.value)))
         .await
         .unwrap()
 }
@@ -199,7 +199,7 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
         .await
         .unwrap()
         .expect("the first write is acknowledged");
-    assert_eq!(written.value, json!({"n": 1}));
+    assert_eq!(*written.value, json!({"n": 1}));
     // Acknowledged: every later read shows it.
     assert_eq!(value(&registry, id).await, json!({"n": 1}));
 }

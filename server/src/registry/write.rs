@@ -11,8 +11,8 @@ pub struct Written {
     pub id: Uuid,
     /// Its version after the write.
     pub version: Version,
-    /// Its value after the write (the merged present).
-    pub value: Value,
+    /// Its value after the write (the merged present), shared with the document in memory.
+    pub value: Arc<Value>,
     /// Its strategy.
     pub strategy: concord_core::Strategy,
     /// How many new changes the write made.
@@ -88,7 +88,7 @@ impl Received {
 /// A checked write on its way to [`Registry::commit_checked`].
 struct CheckedWrite<'a> {
     received: Received,
-    new_value: Option<Value>,
+    new_value: Option<Arc<Value>>,
     write: &'a WriteMeta,
     idempotency: Option<(IdempotencyDraft, Responder)>,
     expect: Expect,
@@ -230,7 +230,9 @@ impl Registry {
             let value = if outcome.changes.is_empty() {
                 None
             } else {
-                Some(guard.loaded().doc.read(None).map_err(Error::from)?)
+                Some(Arc::new(
+                    guard.loaded().doc.read(None).map_err(Error::from)?,
+                ))
             };
             // Refuse a write that makes the document too large.
             if let Some(value) = &value {
@@ -275,7 +277,7 @@ impl Registry {
         &self,
         slot: &Slot,
         loaded: &mut Loaded,
-        value: Value,
+        value: Arc<Value>,
         write: &WriteMeta,
         new_changes: usize,
         announce: bool,
@@ -353,7 +355,9 @@ impl Registry {
         let written = Written {
             id,
             version: outcome.version.clone(),
-            value: new_value.clone().unwrap_or_else(|| loaded.value.clone()),
+            value: new_value
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&loaded.value)),
             strategy: loaded.meta.strategy,
             new_changes,
         };
@@ -444,7 +448,7 @@ impl Registry {
         mut guard: WriteGuard,
         create: Option<DocMeta>,
         received: Received,
-        new_value: Option<Value>,
+        new_value: Option<Arc<Value>>,
         write: &WriteMeta,
         idempotency: Option<(IdempotencyDraft, Responder)>,
     ) -> Result<Written, Error> {
@@ -467,7 +471,7 @@ impl Registry {
         let written = Written {
             id: loaded.meta.id,
             version: outcome.version.clone(),
-            value: loaded.value.clone(),
+            value: Arc::clone(&loaded.value),
             strategy: loaded.meta.strategy,
             new_changes,
         };
