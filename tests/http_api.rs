@@ -1275,3 +1275,156 @@ async fn conflicts_name_who_sent_each_value() {
     pairs.sort();
     assert_eq!(pairs, [("X's", "agent-x"), ("Y's", "agent-y")]);
 }
+
+/// `Prefer: return=minimal` (RFC 7240) on every kind of write: the answer is the version,
+/// strategy and `new_changes` with `Preference-Applied`, never the value, and the version
+/// is the next write's base; other preferences get the whole answer; a retry with the same
+/// `Idempotency-Key` replays the first answer, whatever it prefers.
+#[tokio::test]
+async fn prefer_return_minimal_answers_every_write_without_its_value() {
+    let s = TestServer::start().await;
+    let minimal =
+        |method: Method, path: &str| s.request(method, path).header("prefer", "return=minimal");
+    let check = |reply: &concord_tests::Reply, status: StatusCode, new_changes: u64| {
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.bytes)
+        );
+        let body = reply.json();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "new_changes", "strategy", "version"], "{body}");
+        assert_eq!(body["new_changes"], new_changes, "{body}");
+        assert_eq!(
+            reply.header("preference-applied").as_deref(),
+            Some("return=minimal")
+        );
+        assert_eq!(Some(reply.etag().as_str()), body["version"].as_str());
+        body["version"].as_str().unwrap().to_owned()
+    };
+
+    let created = s
+        .send(minimal(Method::POST, "/v1/docs").json(&json!({"value": {"items": []}})))
+        .await;
+    check(&created, StatusCode::CREATED, 1);
+    assert!(created.header("location").is_some());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let doc = format!("/v1/docs/{id}");
+
+    let patched = s
+        .send(
+            minimal(Method::PATCH, &doc)
+                .header("content-type", "application/json-patch+json")
+                .body(json!([{"op": "add", "path": "/items/-", "value": "a"}]).to_string()),
+        )
+        .await;
+    let version = check(&patched, StatusCode::OK, 1);
+    let merged = s
+        .send(
+            minimal(Method::PATCH, &doc)
+                .header("content-type", "application/merge-patch+json")
+                .header("if-match", format!("\"{version}\""))
+                .body(json!({"title": "t"}).to_string()),
+        )
+        .await;
+    let version = check(&merged, StatusCode::OK, 1);
+    let put = s
+        .send(
+            minimal(Method::PUT, &doc)
+                .header("if-match", format!("\"{version}\""))
+                .json(&json!({"items": ["a", "b"], "title": "t"})),
+        )
+        .await;
+    let version = check(&put, StatusCode::OK, 1);
+    let nothing = s
+        .send(
+            minimal(Method::PATCH, &doc)
+                .header("content-type", "application/json-patch+json")
+                .body("[]"),
+        )
+        .await;
+    assert_eq!(check(&nothing, StatusCode::OK, 0), version);
+    let raw = foreign_change(&s.raw(&id).await, None, 1_700_000_000);
+    let posted = s
+        .send(
+            minimal(Method::POST, &format!("{doc}/changes"))
+                .header("content-type", "application/octet-stream")
+                .body(raw),
+        )
+        .await;
+    check(&posted, StatusCode::OK, 1);
+    assert_eq!(
+        s.get(&id).await.0,
+        json!({"items": ["a", "b"], "title": "t"})
+    );
+
+    // Forks and merges.
+    let (branches, _) = s
+        .create(json!({"value": {"notes": []}, "strategy": "branches"}))
+        .await;
+    let forked = s
+        .send(minimal(Method::POST, &format!("/v1/docs/{branches}/fork")))
+        .await;
+    check(
+        &forked,
+        StatusCode::CREATED,
+        forked.json()["new_changes"].as_u64().unwrap(),
+    );
+    let fork = forked.json()["id"].as_str().unwrap().to_owned();
+    let (_, v) = s.get(&fork).await;
+    assert_eq!(
+        s.put(&fork, "f", &v, &json!({"notes": ["n"]})).await.status,
+        StatusCode::OK
+    );
+    let merge = s
+        .send(
+            minimal(Method::POST, &format!("/v1/docs/{branches}/merge"))
+                .json(&json!({"fork": fork})),
+        )
+        .await;
+    check(&merge, StatusCode::OK, 1);
+    assert_eq!(s.get(&branches).await.0, json!({"notes": ["n"]}));
+
+    // Without the preference, or with another, the answer is whole.
+    let append = |prefer: Option<&str>, key: Option<&str>| {
+        let mut request = s
+            .request(Method::PATCH, &doc)
+            .header("content-type", "application/json-patch+json")
+            .body(json!([{"op": "add", "path": "/items/-", "value": "c"}]).to_string());
+        if let Some(prefer) = prefer {
+            request = request.header("prefer", prefer);
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        s.send(request)
+    };
+    for prefer in [
+        None,
+        Some("return=representation"),
+        Some("wait=1"),
+        Some("return"),
+    ] {
+        let whole = append(prefer, None).await;
+        assert_eq!(whole.status, StatusCode::OK);
+        assert!(whole.json()["value"]["items"].is_array(), "{prefer:?}");
+        assert_eq!(whole.header("preference-applied"), None);
+    }
+    // A retry replays the first answer, minimal or whole.
+    let first = append(Some("return=minimal"), Some("minimal-key")).await;
+    check(&first, StatusCode::OK, 1);
+    let retry = append(None, Some("minimal-key")).await;
+    assert_eq!(retry.bytes, first.bytes);
+    assert_eq!(retry.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(
+        retry.header("preference-applied").as_deref(),
+        Some("return=minimal")
+    );
+}

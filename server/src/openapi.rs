@@ -59,6 +59,11 @@ pub(crate) struct WriteHeaders {
         pattern = "^[!-~]([ -~]*[!-~])?$"
     )]
     concord_agent: Option<String>,
+    /// RFC 7240 preferences. `return=minimal` answers without the document's value (the
+    /// version, strategy and `new_changes` only, with `Preference-Applied: return=minimal`):
+    /// cheaper for a large document. Other preferences are ignored.
+    #[param(rename = "Prefer", max_length = 1024)]
+    prefer: Option<String>,
 }
 
 /// The headers of a write that names the version it was made from and its lease, besides

@@ -67,9 +67,11 @@ pub(super) struct WriteAnswer<'a> {
     version: String,
     /// Its write strategy.
     strategy: Strategy,
-    /// Its value after the write: the merged present.
-    #[schema(value_type = Value)]
-    value: &'a Value,
+    /// Its value after the write: the merged present. Left out when the request said
+    /// `Prefer: return=minimal`.
+    #[schema(value_type = Option<Value>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a Value>,
     /// How many changes the write made (0: it changed nothing).
     new_changes: usize,
 }
@@ -80,15 +82,35 @@ impl<'a> From<&'a Written> for WriteAnswer<'a> {
             id: written.id,
             version: written.version.to_string(),
             strategy: written.strategy,
-            value: &written.value,
+            value: Some(&written.value),
             new_changes: written.new_changes,
         }
     }
 }
 
-/// The answer to every write: `{"id","version","strategy","value"}` with `ETag` (and
-/// `Location` on create).
+/// The answer to every write: `{"id","version","strategy","value","new_changes"}` with
+/// `ETag` (and `Location` on create).
 fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u8>) {
+    let headers = write_headers(written, status);
+    let body = WriteAnswer::from(written);
+    (headers, serde_json::to_vec(&body).expect("JSON serializes"))
+}
+
+/// [`doc_response`] without the value, for `Prefer: return=minimal`.
+fn minimal_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut headers = write_headers(written, status);
+    headers.push((
+        super::prefer::PREFERENCE_APPLIED.to_owned(),
+        "return=minimal".to_owned(),
+    ));
+    let body = WriteAnswer {
+        value: None,
+        ..WriteAnswer::from(written)
+    };
+    (headers, serde_json::to_vec(&body).expect("JSON serializes"))
+}
+
+fn write_headers(written: &Written, status: u16) -> Vec<(String, String)> {
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         ("etag".to_owned(), format!("\"{}\"", written.version)),
@@ -96,12 +118,22 @@ fn doc_response(written: &Written, status: u16) -> (Vec<(String, String)>, Vec<u
     if status == StatusCode::CREATED.as_u16() {
         headers.push(("location".to_owned(), format!("/v1/docs/{}", written.id)));
     }
-    let body = WriteAnswer::from(written);
-    (headers, serde_json::to_vec(&body).expect("JSON serializes"))
+    headers
 }
 
 /// What an idempotent write records, for HTTP to replay (and the MCP tools to read back).
 pub(super) const DOC_RESPONSE: Responder = doc_response;
+
+/// The answer a write's request asks for: [`DOC_RESPONSE`], or without the value if it
+/// said `Prefer: return=minimal`. A retry with the same `Idempotency-Key` replays what the
+/// first request was answered.
+fn responder(headers: &HeaderMap) -> Responder {
+    if super::prefer::wants_minimal(headers) {
+        minimal_response
+    } else {
+        DOC_RESPONSE
+    }
+}
 
 /// Runs a write with `Idempotency-Key` handling around it.
 #[allow(clippy::too_many_arguments)]
@@ -121,17 +153,18 @@ where
     ApiError: From<E>,
 {
     let store = state.registry.store().as_ref();
+    let responder = responder(headers);
     match state
         .idempotency
         .begin(store, headers, method, path, body, status, now)
         .await?
     {
         Begin::Replay(response) => Ok(response),
-        Begin::Plain => Ok(respond(&run(None).await?, status, DOC_RESPONSE)),
+        Begin::Plain => Ok(respond(&run(None).await?, status, responder)),
         Begin::Record(in_flight, draft) => {
-            let written = run(Some((draft, DOC_RESPONSE))).await;
+            let written = run(Some((draft, responder))).await;
             drop(in_flight);
-            Ok(respond(&written?, status, DOC_RESPONSE))
+            Ok(respond(&written?, status, responder))
         }
     }
 }
@@ -505,7 +538,7 @@ pub(super) async fn read_doc(
             let current = at.is_none() && loaded.value_version == version;
             let value = match &pointer {
                 // The present is kept as JSON: no conversion from Automerge.
-                None if current => loaded.value.clone(),
+                None if current => Value::clone(&loaded.value),
                 Some(p) if current && loaded.value.pointer(&p.to_string()).is_some() => loaded
                     .value
                     .pointer(&p.to_string())

@@ -5,6 +5,7 @@ mod docs;
 pub(crate) mod live;
 mod mcp;
 mod media;
+mod prefer;
 mod sync;
 
 use std::sync::Arc;
