@@ -801,6 +801,36 @@ async fn client_library_round_trip() {
         .changes
         .iter()
         .all(|h| h.agent.as_deref() == Some("agent-c")));
+    assert_eq!(merged.new_changes, Some(1));
+    assert_eq!(read.new_changes, None, "reads say nothing of changes");
+
+    // A minimal answer: the version and the count, not the value.
+    let minimal = c
+        .patch(
+            doc.id,
+            Some(&merged.version),
+            &json!([{"op": "replace", "path": "/title", "value": "U"}]),
+            &WriteOptions::default().minimal_answer(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&minimal.value, minimal.new_changes),
+        (&Value::Null, Some(1))
+    );
+    let now = c.get(doc.id).await.unwrap();
+    assert_eq!(now.version, minimal.version);
+    assert_eq!(now.value["title"], "U");
+    let created = c
+        .create(&CreateOptions {
+            value: Some(json!({"big": "x".repeat(1000)})),
+            minimal: true,
+            ..CreateOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.value, Value::Null);
+    assert_eq!(c.get(created.id).await.unwrap().version, created.version);
 
     // A stale base on an optimistic document: 412 with the current version.
     let opt = c

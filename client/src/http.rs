@@ -17,10 +17,15 @@ pub struct Doc {
     pub id: Uuid,
     /// Its version (the `ETag`): the base to write against.
     pub version: String,
-    /// Its value (after a write: the merged present).
+    /// Its value (after a write: the merged present). `Null` after a write made with
+    /// [`WriteOptions::minimal`], whose answer leaves the value out.
+    #[serde(default)]
     pub value: Value,
     /// Its write strategy.
     pub strategy: Strategy,
+    /// After a write: how many changes it made (0: it changed nothing). `None` on reads.
+    #[serde(default)]
+    pub new_changes: Option<u64>,
 }
 
 /// What [`Client::create`] sends; every field optional.
@@ -38,6 +43,8 @@ pub struct CreateOptions {
     pub counters: Vec<String>,
     /// An `Idempotency-Key`: a retried create is applied once.
     pub idempotency_key: Option<String>,
+    /// Ask for a minimal answer, as [`WriteOptions::minimal`] does.
+    pub minimal: bool,
 }
 
 /// Optional headers of a write.
@@ -47,6 +54,10 @@ pub struct WriteOptions {
     pub idempotency_key: Option<String>,
     /// A lease token (`Concord-Lock`), for documents of the lock strategy.
     pub lock: Option<String>,
+    /// Ask for the version only (`Prefer: return=minimal`): the answer's [`Doc::value`] is
+    /// `Null`, and the server neither serializes nor sends the document, which for a large
+    /// one is most of a small write's cost.
+    pub minimal: bool,
 }
 
 impl WriteOptions {
@@ -54,8 +65,14 @@ impl WriteOptions {
     pub fn key(key: impl Into<String>) -> Self {
         WriteOptions {
             idempotency_key: Some(key.into()),
-            lock: None,
+            ..WriteOptions::default()
         }
+    }
+
+    /// These options asking for a minimal answer (see [`WriteOptions::minimal`]).
+    pub fn minimal_answer(mut self) -> Self {
+        self.minimal = true;
+        self
     }
 
     /// These options with a lease token.
@@ -235,6 +252,9 @@ impl Client {
         if let Some(lock) = &options.lock {
             request = request.header("concord-lock", lock);
         }
+        if options.minimal {
+            request = request.header("prefer", "return=minimal");
+        }
         request
     }
 
@@ -258,7 +278,8 @@ impl Client {
         }
         let write = WriteOptions {
             idempotency_key: options.idempotency_key.clone(),
-            lock: None,
+            minimal: options.minimal,
+            ..WriteOptions::default()
         };
         let request = self
             .write_request(Method::POST, "/v1/docs", None, &write)
