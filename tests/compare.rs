@@ -564,3 +564,32 @@ async fn bad_options_are_422_problems() {
     .await
     .assert_problem(415);
 }
+
+/// The runs' agents only need to know whether a write took: their client asks for minimal
+/// answers (`Prefer: return=minimal`), and what it writes is the same as with whole ones.
+#[tokio::test]
+async fn run_writes_ask_for_minimal_answers() {
+    let s = TestServer::start().await;
+    let (id, version) = s.create(json!({"value": {"items": []}})).await;
+    let whole = Wire::new(&s.url(""));
+    let minimal = Wire::new(&s.url("")).minimal_answers();
+    let ops = json!([{"op": "add", "path": "/items/-", "value": "a"}]);
+    let reply = minimal.patch(&id, "m", &ops).await;
+    assert!(reply.is_done(), "{}", reply.summary());
+    assert_eq!(
+        reply.value(),
+        Some(&Value::Null),
+        "no value in a minimal answer"
+    );
+    let written = reply.version().expect("the version is in the answer");
+    assert_ne!(written, version);
+    let reply = minimal
+        .put(&id, "m", &written, None, &json!({"items": ["a", "b"]}))
+        .await;
+    assert_eq!(reply.value(), Some(&Value::Null));
+    let read = whole.read(&id, "w").await;
+    assert_eq!(read.value(), Some(&json!({"items": ["a", "b"]})));
+    assert_eq!(read.version(), reply.version());
+    let reply = whole.patch(&id, "w", &ops).await;
+    assert_eq!(reply.value(), Some(&json!({"items": ["a", "b", "a"]})));
+}

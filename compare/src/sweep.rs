@@ -144,7 +144,7 @@ pub async fn sweep(
     let grid = opts.points();
     let total = grid.iter().map(Options::total_writes).sum();
     let tracker = Tracker::new(total, progress);
-    let wire = Wire::new(url);
+    let wire = Wire::new(url).minimal_answers();
     let mut points = Vec::new();
     for point in &grid {
         let runs = run_strategies(&wire, point, &tracker).await?;

@@ -84,6 +84,8 @@ impl Reply {
 pub struct Wire {
     http: reqwest::Client,
     base: String,
+    /// Writes ask `Prefer: return=minimal`: the answer is the version, not the value.
+    minimal: bool,
 }
 
 /// Longer than the longest lock wait the agents ask for, so that a wait is not mistaken
@@ -100,13 +102,33 @@ impl Wire {
         Wire {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            minimal: false,
         }
+    }
+
+    /// This client with writes that ask for minimal answers (`Prefer: return=minimal`):
+    /// the version, strategy and `new_changes`, never the value. For agents that only
+    /// need to know whether a write took, as the comparison's runs do; the step-by-step
+    /// scenario shows each write's merged value, so it asks for whole answers.
+    pub fn minimal_answers(mut self) -> Wire {
+        self.minimal = true;
+        self
     }
 
     fn request(&self, method: Method, path: &str, agent: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .header("concord-agent", agent)
+    }
+
+    /// [`Wire::request`] for a write: asks for a minimal answer if this client does.
+    fn write(&self, method: Method, path: &str, agent: &str) -> RequestBuilder {
+        let request = self.request(method, path, agent);
+        if self.minimal {
+            request.header("prefer", "return=minimal")
+        } else {
+            request
+        }
     }
 
     async fn send(request: RequestBuilder) -> Reply {
@@ -176,7 +198,7 @@ impl Wire {
         value: &Value,
     ) -> Reply {
         let mut request = self
-            .request(Method::PUT, &format!("/v1/docs/{id}"), agent)
+            .write(Method::PUT, &format!("/v1/docs/{id}"), agent)
             .header("if-match", format!("\"{base}\""))
             .json(value);
         if let Some(token) = lock {
@@ -188,7 +210,7 @@ impl Wire {
     /// `PATCH /v1/docs/{id}` with JSON Patch and no `If-Match`: an intent.
     pub async fn patch(&self, id: &str, agent: &str, ops: &Value) -> Reply {
         let request = self
-            .request(Method::PATCH, &format!("/v1/docs/{id}"), agent)
+            .write(Method::PATCH, &format!("/v1/docs/{id}"), agent)
             .header("content-type", "application/json-patch+json")
             .body(ops.to_string());
         Self::send(request).await
@@ -213,14 +235,14 @@ impl Wire {
 
     /// `POST /v1/docs/{id}/fork`; the fork's id is in `body["id"]`.
     pub async fn fork(&self, id: &str, agent: &str) -> Reply {
-        Self::send(self.request(Method::POST, &format!("/v1/docs/{id}/fork"), agent)).await
+        Self::send(self.write(Method::POST, &format!("/v1/docs/{id}/fork"), agent)).await
     }
 
     /// `POST /v1/docs/{id}/merge` `{"fork": fork}`.
     pub async fn merge(&self, id: &str, fork: &str, agent: &str) -> Reply {
         let path = format!("/v1/docs/{id}/merge");
         Self::send(
-            self.request(Method::POST, &path, agent)
+            self.write(Method::POST, &path, agent)
                 .json(&json!({"fork": fork})),
         )
         .await

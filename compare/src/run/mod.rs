@@ -118,7 +118,7 @@ pub async fn compare(
     progress: ProgressFn,
 ) -> Result<Report, CompareError> {
     let tracker = Tracker::new(opts.total_writes(), progress);
-    let runs = run_strategies(&Wire::new(url), opts, &tracker).await?;
+    let runs = run_strategies(&Wire::new(url).minimal_answers(), opts, &tracker).await?;
     Ok(Report::new(opts, runs.into_iter().map(|r| r.row).collect()))
 }
 
