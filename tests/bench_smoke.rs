@@ -45,6 +45,15 @@ async fn every_section_runs_and_reports() {
         report.stale.iter().map(|r| r.age).collect::<Vec<_>>(),
         [1, 10, 100]
     );
+    // Whole and minimal answers for each size; a minimal answer is small whatever the size.
+    assert_eq!(report.answer.len(), 4);
+    for r in &report.answer {
+        assert_eq!(r.writes, 5);
+        match r.answer {
+            "whole" => assert!(r.answer_bytes > r.doc_bytes, "{r:?}"),
+            _ => assert!(r.answer_bytes < 400, "{r:?}"),
+        }
+    }
     assert_eq!(report.fanout.len(), 1);
     let scale = report.scale.as_ref().expect("scale section");
     assert!(scale.in_process && scale.rows[0].docs == 50);

@@ -6,6 +6,7 @@
 //! - [`textput`]: whole-text PUTs (a replacement, a one-line edit) against `update_text`.
 //! - [`http`]: loopback HTTP writes, crdt against lww against a no-op endpoint.
 //! - [`stale`]: whole-document writes from bases 1, 10 and 100 versions old.
+//! - [`answer`]: small writes on growing documents, answered whole and minimal.
 //! - [`fanout`]: one writer, many WebSocket subscribers.
 //! - [`scale`]: memory with many idle documents, per open document, cold reads.
 //! - [`cluster`]: one node against two nodes on PostgreSQL (when a database is given).
@@ -24,6 +25,7 @@
 //! the peer section.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod answer;
 pub mod cluster;
 pub mod fanout;
 pub mod http;
@@ -65,8 +67,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, textput, http, stale, fanout, scale, peer,
-    /// cluster.
+    /// Sections to run (all when empty): trace, textput, http, stale, answer, fanout, scale,
+    /// peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -75,8 +77,8 @@ pub struct BenchOptions {
 }
 
 /// Every section, by the name [`BenchOptions::only`] gives it.
-pub const SECTIONS: [&str; 8] = [
-    "trace", "textput", "http", "stale", "fanout", "scale", "peer", "cluster",
+pub const SECTIONS: [&str; 9] = [
+    "trace", "textput", "http", "stale", "answer", "fanout", "scale", "peer", "cluster",
 ];
 
 impl BenchOptions {
@@ -98,6 +100,8 @@ pub struct BenchReport {
     pub http: Vec<http::HttpRow>,
     /// Stale-base merges.
     pub stale: Vec<stale::StaleRow>,
+    /// Whole against minimal write answers.
+    pub answer: Vec<answer::AnswerRow>,
     /// Fan-out.
     pub fanout: Vec<fanout::FanoutRow>,
     /// Scale of documents.
@@ -253,7 +257,9 @@ pub async fn run(
         },
         ..Tuning::default()
     };
-    let needs_local = ["http", "stale", "fanout"].iter().any(|s| options.wants(s))
+    let needs_local = ["http", "stale", "answer", "fanout"]
+        .iter()
+        .any(|s| options.wants(s))
         || (options.wants("scale") && options.exe.is_none());
     if needs_local {
         let concord = LocalConcord::start(tuning).await?;
@@ -269,6 +275,15 @@ pub async fn run(
             progress("stale: merging from old bases");
             let writes = if options.smoke { 5 } else { 200 };
             report.stale = stale::run(&concord, &[1, 10, 100], writes).await?;
+        }
+        if options.wants("answer") {
+            progress("answer: small writes answered whole and minimal");
+            let (sizes, writes): (&[usize], usize) = if options.smoke {
+                (&[1024, 16 * 1024], 5)
+            } else {
+                (&[1024, 100 * 1024, 1024 * 1024], 200)
+            };
+            report.answer = answer::run(&concord, sizes, writes).await?;
         }
         if options.wants("fanout") {
             progress("fanout: one writer, many subscribers");

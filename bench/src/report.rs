@@ -131,6 +131,29 @@ pub fn table(report: &BenchReport) -> String {
             );
         }
     }
+    if !report.answer.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWrite answers (PATCH one field; whole value against Prefer: return=minimal)"
+        );
+        for r in &report.answer {
+            let whole = report
+                .answer
+                .iter()
+                .find(|w| w.doc_bytes == r.doc_bytes && w.answer == "whole");
+            let ratio = match whole {
+                Some(w) if r.answer == "minimal" && w.per_sec > 0.0 => {
+                    format!(", {:.2}x the writes/s of whole", r.per_sec / w.per_sec)
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:>8} B doc, {:<7}: {:>7.0} PATCH/s, p50 {:.2} ms, answer {} B{ratio}",
+                r.doc_bytes, r.answer, r.per_sec, r.p50_ms, r.answer_bytes
+            );
+        }
+    }
     if !report.fanout.is_empty() {
         let _ = writeln!(
             out,
