@@ -229,3 +229,35 @@ fn changes_waiting_for_their_dependencies_are_bounded() {
     assert_eq!(outcome.changes.len(), 13);
     assert!(server.missing_deps().is_empty());
 }
+
+/// A peer's change whose operation counter does not fit 32 bits: Automerge 0.12's change
+/// decoder panics on it (found by fuzzing). It is refused as malformed, from a sync message
+/// and as raw change bytes alike, and the document is unchanged.
+#[test]
+fn a_change_whose_op_counter_overflows_is_refused() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../tests/fuzz-regressions/sync_message/op-counter-past-u32-panics-the-change-decoder",
+    );
+    let bytes = std::fs::read(path).expect("the saved input");
+    let decoded = Message::decode(&bytes).expect("the message itself decodes");
+    let bad: Vec<&[u8]> = decoded
+        .changes
+        .iter()
+        .filter(|chunk| {
+            concord_core::doc::parse_changes(chunk)
+                .is_err_and(|e| e.to_string().contains("the Automerge decoder failed"))
+        })
+        .collect();
+    assert!(
+        !bad.is_empty(),
+        "a change in the message is the one the decoder fails on"
+    );
+    match serve(&bytes) {
+        Err(SyncError::Malformed(why)) => assert!(why.contains("decoder failed"), "{why}"),
+        other => panic!("expected a malformed message, got {other:?}"),
+    }
+    let mut doc = server_doc();
+    let before = doc.version();
+    assert!(doc.apply_changes(bad[0]).is_err());
+    assert_eq!(doc.version(), before);
+}

@@ -1,6 +1,8 @@
 //! The strict decoder of Automerge chunks (changes and saved documents) that loading, raw
 //! changes and sync messages share: every byte must belong to a valid chunk.
 
+use std::panic::{catch_unwind, UnwindSafe};
+
 use automerge::{Automerge, Change, LoadOptions};
 
 use crate::error::{Error, Result};
@@ -36,8 +38,8 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
         let chunk = &rest[..end];
         match chunk_type {
             1 | 2 => {
-                let change =
-                    Change::try_from(chunk).map_err(|e| invalid(offset, &e.to_string()))?;
+                let change = guarded(|| Change::try_from(chunk).map_err(|e| e.to_string()))
+                    .map_err(|e| invalid(offset, &e))?;
                 // `Change::try_from` does not check the chunk's checksum (Automerge checks it
                 // only when loading a document), so damaged bytes would decode as another
                 // change. The checksum is the first four bytes of the change's hash.
@@ -47,9 +49,11 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
                 out.push(change)
             }
             0 => {
-                let doc =
+                let doc = guarded(|| {
                     Automerge::load_with_options(chunk, LoadOptions::new().text_encoding(ENCODING))
-                        .map_err(|e| invalid(offset, &e.to_string()))?;
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| invalid(offset, &e))?;
                 out.extend(doc.get_changes(&[]));
             }
             other => return Err(invalid(offset, &format!("unsupported chunk type {other}"))),
@@ -57,6 +61,23 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>> {
         offset += end;
     }
     Ok(out)
+}
+
+/// Runs one of Automerge's decoders on untrusted bytes. They answer most malformed input
+/// with an error but panic on some: an operation counter past `u32::MAX` in a change's
+/// columns unwraps a failed conversion (found by fuzzing, see
+/// `tests/fuzz-regressions/sync_message/`). A decoder builds a new value from a byte slice
+/// and touches nothing else, so its panic is caught and answered as the malformed input it
+/// is.
+fn guarded<T>(decode: impl FnOnce() -> Result<T, String> + UnwindSafe) -> Result<T, String> {
+    catch_unwind(decode).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Err(format!("the Automerge decoder failed ({why})"))
+    })
 }
 
 /// An unsigned LEB128 number and how many bytes it took.
