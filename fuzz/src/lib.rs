@@ -16,6 +16,22 @@ use concord_protocol::live::ClientMessage;
 use concord_protocol::repo::{parse_document_id, Incoming, Outgoing};
 use serde_json::{json, Value};
 
+/// Called once before fuzzing, by every target. libFuzzer's panic hook aborts on any panic,
+/// even one that is caught; Concord catches Automerge's decoders panicking on hostile bytes
+/// on purpose (`concord_core::doc::parse_changes`, `SyncMessage::decode`) and answers them
+/// as malformed input, so this hook only prints the first few messages. A panic nobody
+/// catches still ends the run (libFuzzer aborts on it) and leaves its input to replay.
+pub fn init() {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::panic::set_hook(Box::new(|info| {
+        match SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0..10 => eprintln!("{info}"),
+            10 => eprintln!("(more panic messages are not shown)"),
+            _ => {}
+        }
+    }));
+}
+
 /// A harness: takes any bytes, panics if Concord mishandles them.
 pub type Harness = fn(&[u8]);
 
