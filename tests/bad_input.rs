@@ -122,6 +122,8 @@ fn catalogue() -> Vec<Case> {
         case("changes: garbage bytes", M::POST, "/v1/docs/{id}/changes", RAW, b"\x00\x01garbage".to_vec(), 400),
         case("changes: magic then garbage", M::POST, "/v1/docs/{id}/changes", RAW, vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 1, 0xff, 0xff], 400),
         case("changes: empty body", M::POST, "/v1/docs/{id}/changes", RAW, "", 400),
+        // Found by fuzzing: an op counter past 32 bits made Automerge's decoder panic (500).
+        case("changes: op counter past u32", M::POST, "/v1/docs/{id}/changes", RAW, include_bytes!("fuzz-regressions/stored_bytes/op-counter-past-u32").to_vec(), 400),
         case("changes: JSON body", M::POST, "/v1/docs/{id}/changes", &[("content-type", "application/json")], "{}", 415),
         case("changes: malformed since", M::GET, "/v1/docs/{id}/changes?since=abc", NONE, "", 400),
         case("changes: unknown since", M::GET, "/v1/docs/{id}/changes?since=3333333333333333333333333333333333333333333333333333333333333333", NONE, "", 404),
