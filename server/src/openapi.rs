@@ -62,7 +62,7 @@ pub(crate) struct WriteHeaders {
     /// RFC 7240 preferences. `return=minimal` answers without the document's value (the
     /// version, strategy and `new_changes` only, with `Preference-Applied: return=minimal`):
     /// cheaper for a large document. Other preferences are ignored.
-    #[param(rename = "Prefer", max_length = 1024)]
+    #[param(rename = "Prefer")]
     prefer: Option<String>,
 }
 
