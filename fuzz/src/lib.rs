@@ -19,15 +19,31 @@ use serde_json::{json, Value};
 /// Called once before fuzzing, by every target. libFuzzer's panic hook aborts on any panic,
 /// even one that is caught; Concord catches Automerge's decoders panicking on hostile bytes
 /// on purpose (`concord_core::doc::parse_changes`, `SyncMessage::decode`) and answers them
-/// as malformed input, so this hook only prints the first few messages. A panic nobody
-/// catches still ends the run (libFuzzer aborts on it) and leaves its input to replay.
+/// as malformed input, so this hook prints each panic's message (the first three from each
+/// place, so that a frequent caught one does not flood the log) and lets it unwind. A panic
+/// nobody catches still ends the run (libFuzzer aborts on it) and leaves its input to
+/// replay; its message is the last one printed.
 pub fn init() {
-    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static SEEN: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
     std::panic::set_hook(Box::new(|info| {
-        match SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
-            0..10 => eprintln!("{info}"),
-            10 => eprintln!("(more panic messages are not shown)"),
-            _ => {}
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+        let mut seen = SEEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = match seen.iter_mut().find(|(p, _)| *p == place) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                seen.push((place, 1));
+                1
+            }
+        };
+        if count <= 3 {
+            eprintln!("{info}");
         }
     }));
 }
