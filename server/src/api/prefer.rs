@@ -18,16 +18,14 @@ pub(super) fn wants_minimal(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|line| line.to_str().ok())
         .flat_map(|line| line.split(','))
-        .filter_map(|preference| {
-            // `token [ "=" word ] *( ";" parameter )`: parameters do not matter here.
-            let (name, value) = preference.split(';').next()?.split_once('=')?;
-            Some((
-                name.trim().to_owned(),
-                value.trim().trim_matches('"').to_owned(),
-            ))
-        })
+        // `token [ "=" word ] *( ";" parameter )`: parameters do not matter here.
+        .filter_map(|preference| preference.split(';').next()?.split_once('='))
         .any(|(name, value)| {
-            name.eq_ignore_ascii_case("return") && value.eq_ignore_ascii_case("minimal")
+            name.trim().eq_ignore_ascii_case("return")
+                && value
+                    .trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case("minimal")
         })
 }
 
