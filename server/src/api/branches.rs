@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::docs::{idempotent, write_meta, WriteAnswer, WriteHead};
+use super::answer::{idempotent, WriteAnswer};
+use super::docs::{write_meta, WriteHead};
 use super::{doc_id, json_body, now_ms};
 use crate::openapi::{DocPath, WriteHeaders};
 use crate::policy::LOCK_HEADER;

@@ -1,5 +1,6 @@
 //! The HTTP API (v1): routes and the pieces every handler shares.
 
+mod answer;
 mod branches;
 mod docs;
 pub(crate) mod live;

@@ -20,10 +20,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::super::answer::{written_body, DOC_RESPONSE};
 use super::super::branches::{acquire_lease, default_ttl, fork_doc, read_fork, LockBody};
-use super::super::docs::{
-    history_of, list_docs, read_doc, written_body, CreateBody, NewDocument, DOC_RESPONSE,
-};
+use super::super::docs::{history_of, list_docs, read_doc, CreateBody, NewDocument};
 use super::super::{agent, doc_id, now_ms, parse_version};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
