@@ -344,9 +344,12 @@ impl Server {
     }
 }
 
-/// Compacts long change logs and drops idle documents from memory, periodically.
+/// Compacts long change logs and drops idle documents from memory, periodically: first one
+/// period after start (nothing is loaded at start, and a maintenance pass racing the first
+/// requests would only get in their way).
 async fn maintain_documents(state: Arc<AppState>) {
-    let mut every = tokio::time::interval(state.registry.tuning().maintain_every);
+    let period = state.registry.tuning().maintain_every;
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
