@@ -216,28 +216,24 @@ async fn every_bad_input_is_refused_cleanly() {
 /// server. Such changes are refused and the document stays as it was.
 #[tokio::test]
 async fn raw_changes_nesting_too_deep_are_refused() {
-    use concord_core::{Document, Schema, WriteMeta};
+    use automerge::transaction::Transactable;
     let s = TestServer::start().await;
     let (id, version) = s.create(json!({"value": {"k": 1}})).await;
-    let mut deep = json!(1);
+    // A peer's copy of the document, nested past the limit by raw Automerge operations
+    // (Concord itself refuses to make such a document).
+    let mut peer = automerge::Automerge::load(&s.raw(&id).await).unwrap();
+    let start = peer.get_heads();
+    let mut tx = peer.transaction();
+    let mut obj = automerge::ROOT;
     for _ in 0..(concord_core::value::MAX_DEPTH + 10) {
-        deep = json!({ "d": deep });
+        obj = tx.put_object(&obj, "d", automerge::ObjType::Map).unwrap();
     }
-    let bytes = std::thread::Builder::new()
-        .stack_size(64 << 20)
-        .spawn(move || {
-            let meta = WriteMeta {
-                agent: "deep".into(),
-                time_ms: 0,
-                message: None,
-            };
-            let (doc, _) =
-                Document::create(&json!({"deep": deep}), Schema::default(), &meta).unwrap();
-            doc.changes_since(None).unwrap()
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    tx.commit();
+    let bytes: Vec<u8> = peer
+        .get_changes(&start)
+        .iter()
+        .flat_map(|c| c.raw_bytes().to_vec())
+        .collect();
     let before = s.raw(&id).await;
     let reply = s
         .send(

@@ -379,7 +379,7 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
     let behind =
         Registry::new(Arc::new(PostgresStore::open(&db.url()).await.unwrap()) as Arc<dyn Store>);
     let first = behind
-        .read::<_, concord_server::registry::Error>(doc.id, |l| Ok(Value::clone(&l.value)))
+        .read::<_, concord_server::registry::Error>(doc.id, |l| Ok(Value::clone(l.doc.value())))
         .await
         .unwrap();
     assert_eq!(first, json!({"items": []}));
@@ -405,7 +405,7 @@ async fn a_node_behind_a_compaction_catches_up_from_the_snapshot() {
 
     let (value, version) = behind
         .read::<_, concord_server::registry::Error>(doc.id, |l| {
-            Ok((Value::clone(&l.value), l.doc.version().to_string()))
+            Ok((Value::clone(l.doc.value()), l.doc.version().to_string()))
         })
         .await
         .unwrap();
@@ -440,7 +440,7 @@ async fn catching_up_skips_and_reports_a_change_with_a_missing_dependency() {
             .read::<_, concord_server::registry::Error>(id, |l| {
                 Ok((
                     l.doc.version().to_string(),
-                    Value::clone(&l.value),
+                    Value::clone(l.doc.value()),
                     l.doc.missing_dependencies(),
                 ))
             })
@@ -608,6 +608,7 @@ async fn every_node_shows_who_sent_a_change() {
         lock: None,
         edit: Edit::Changes(&claims_1970),
         idempotency: None,
+        answer: concord_server::registry::Answer::Minimal,
     })
     .await
     .unwrap();
@@ -758,17 +759,23 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     let ours = meta("node");
     let if_match = IfMatch::Version(v1.clone());
     let refused = registry
-        .write::<concord_server::problem::ApiError>(id, &ours, None, None, |loaded| {
-            // The node's own check passes: it has not seen the rival's write yet.
-            let base = base_for(
-                loaded.meta.strategy,
-                WriteKind::Put,
-                Some(&if_match),
-                &loaded.doc.version(),
-            )?;
-            assert_eq!(base, None, "admitted at the current version");
-            Ok(loaded.doc.put(None, &json!({"winner": "node"}), &ours)?)
-        })
+        .write::<concord_server::problem::ApiError>(
+            id,
+            &ours,
+            None,
+            (None, concord_server::registry::Answer::Whole),
+            |loaded| {
+                // The node's own check passes: it has not seen the rival's write yet.
+                let base = base_for(
+                    loaded.meta.strategy,
+                    WriteKind::Put,
+                    Some(&if_match),
+                    &loaded.doc.version(),
+                )?;
+                assert_eq!(base, None, "admitted at the current version");
+                Ok(loaded.doc.put(None, &json!({"winner": "node"}), &ours)?)
+            },
+        )
         .await
         .expect_err("the database refuses");
     assert_eq!(refused.status.as_u16(), 412);
@@ -783,7 +790,7 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
     let (value, version, changes) = registry
         .read::<_, concord_server::registry::Error>(id, |l| {
             Ok((
-                Value::clone(&l.value),
+                Value::clone(l.doc.value()),
                 l.doc.version(),
                 l.doc.change_count(),
             ))

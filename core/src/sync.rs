@@ -43,7 +43,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash, PatchLog, ReadDoc};
 
 use crate::doc::{parse_changes, read_uleb, Document, WriteOutcome};
 use crate::error::Result;
@@ -202,6 +202,7 @@ impl Document {
             change_count: 0,
             lost: crate::lost::LostLog::default(),
             waiting_bytes: 0,
+            mirror: crate::mirror::Mirror::new(serde_json::json!({})),
         })
     }
 
@@ -234,29 +235,24 @@ impl Document {
             return Err(SyncError::TooMuchWaiting { waiting });
         }
         let before = self.doc.get_heads();
+        let mut log = PatchLog::active();
         let received = catch_unwind(AssertUnwindSafe(|| {
-            self.doc.receive_sync_message(&mut state.0, message.0)
+            self.doc
+                .receive_sync_message_log_patches(&mut state.0, message.0, &mut log)
         }));
-        match received {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(SyncError::Refused(e.to_string())),
+        let applied = match received {
+            Ok(applied) => applied,
             Err(_) => return Err(SyncError::Refused("Automerge failed applying them".into())),
-        }
-        let changes = if self.doc.get_heads() == before {
-            Vec::new()
-        } else {
-            self.doc.get_changes(&before)
         };
-        self.took_in(&changes);
+        let outcome = self
+            .received(&before, &mut log, applied)
+            .map_err(|e| SyncError::Refused(e.to_string()))?;
         self.waiting_bytes = if self.doc.get_missing_deps(&[]).is_empty() {
             0
         } else {
             waiting
         };
-        Ok(WriteOutcome {
-            version: self.version(),
-            changes,
-        })
+        Ok(outcome)
     }
 
     /// The bytes of the changes among `incoming` that cannot be applied yet: one of the

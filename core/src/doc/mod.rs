@@ -10,17 +10,20 @@
 //! logic lives in `reconcile`, `listdiff`, `textdiff` and `lost`.
 
 use automerge::transaction::Transaction;
-use automerge::{Automerge, Change, ChangeHash, LoadOptions, PatchLog, ReadDoc};
-use serde_json::Value;
+use std::sync::Arc;
+
+use automerge::{Automerge, Change, ChangeHash, LoadOptions, Patch, PatchLog, ReadDoc};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::lost::{detect, LostEdit, LostLog};
+use crate::mirror::{Applied, Desync, Mirror};
 use crate::patch::{apply_merge_patch, apply_patch, PatchOp};
 use crate::pointer::Pointer;
 use crate::reconcile::{reconcile_prop, reconcile_root, write_new, Ctx, Present, Settle, ENCODING};
 use crate::schema::{CompiledSchema, Schema};
 use crate::storage::StoredChange;
-use crate::value::{conflicts, len, locate, read_pointer, Conflict};
+use crate::value::{conflicts, len, locate, read_pointer, root_to_json, Conflict, MAX_DEPTH};
 use crate::version::Version;
 
 mod chunks;
@@ -39,6 +42,9 @@ pub struct WriteOutcome {
     pub version: Version,
     /// The new changes to store (none if the write changed nothing).
     pub changes: Vec<Change>,
+    /// RFC 6902 operations that turn the value before the write into the value after it
+    /// (what subscribers are sent), derived from Automerge's patches.
+    pub patch: Vec<Value>,
 }
 
 impl WriteOutcome {
@@ -73,6 +79,8 @@ pub struct Document {
     /// Bytes of changes a sync peer sent that wait in Automerge's queue for dependencies
     /// not here yet (see [`crate::sync::MAX_WAITING_BYTES`]).
     pub(crate) waiting_bytes: usize,
+    /// The present value as JSON, moved forward by each change's patches.
+    pub(crate) mirror: Mirror,
 }
 
 impl std::fmt::Debug for Document {
@@ -102,12 +110,13 @@ impl Document {
             change_count: 0,
             lost: LostLog::default(),
             waiting_bytes: 0,
+            mirror: Mirror::new(json!({})),
         };
         let mut outcome = doc.write(None, meta, &[], |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
             // An empty object still gets a first change, so that every document has a version.
             let hash = doc.doc.empty_commit(commit_options(meta, Extra::default()));
-            outcome = doc.committed(&[hash]);
+            outcome = doc.committed(&[hash], None, Vec::new());
         }
         Ok((doc, outcome))
     }
@@ -146,6 +155,7 @@ impl Document {
         }
         let change_count = doc.get_changes_meta(&[]).len();
         let lost = LostLog::scan(&doc);
+        let mirror = Mirror::new(root_to_json(&doc, None)?);
         Ok((
             Document {
                 doc,
@@ -154,6 +164,7 @@ impl Document {
                 change_count,
                 lost,
                 waiting_bytes: 0,
+                mirror,
             },
             report,
         ))
@@ -197,7 +208,18 @@ impl Document {
         }
     }
 
-    /// The whole value, now or at `at`.
+    /// The present value, kept as JSON (no read of the document): shared, so that an answer
+    /// can hold it without a copy.
+    pub fn value(&self) -> &Arc<Value> {
+        self.mirror.value()
+    }
+
+    /// The present value's size as compact JSON, in bytes (kept, not measured).
+    pub fn json_bytes(&self) -> usize {
+        self.mirror.bytes()
+    }
+
+    /// The whole value, now or at `at`, read from the CRDT.
     pub fn read(&self, at: Option<&Version>) -> Result<Value> {
         self.read_path(at, &Pointer::root())?
             .ok_or_else(|| Error::PathNotFound {
@@ -293,17 +315,18 @@ impl Document {
             ..Present::default()
         };
         let mut passes = 0;
-        let (hash, report) = loop {
+        let present_heads = self.doc.get_heads();
+        let (hash, report, patches) = loop {
             passes += 1;
             // Only a stale base needs an isolated transaction; one at the current heads is a
             // plain transaction, which skips computing the isolation clock.
+            // A transaction at the present logs its patches for the mirror; one isolated at
+            // an old version sees the old state, so its patches would not fit the present.
             let mut tx = match &stale_heads {
-                Some(heads) => self
-                    .doc
-                    .transaction_at(PatchLog::inactive(), heads)
-                    .expect("an inactive patch log belongs to any document"),
-                None => self.doc.transaction(),
-            };
+                Some(heads) => self.doc.transaction_at(PatchLog::inactive(), heads),
+                None => self.doc.transaction_log_patches(PatchLog::active()),
+            }
+            .expect("a new patch log belongs to any document");
             let mut cx = Ctx::new(&self.compiled, &present);
             if let Err(e) = edit(&mut tx, &mut cx) {
                 tx.rollback();
@@ -323,6 +346,7 @@ impl Document {
                 return Ok(WriteOutcome {
                     version: self.version(),
                     changes: Vec::new(),
+                    patch: Vec::new(),
                 });
             }
             let moves = report
@@ -335,8 +359,11 @@ impl Document {
                 settles: settles.to_vec(),
                 ..Extra::default()
             };
-            let (hash, _) = tx.commit_with(commit_options(meta, extra));
-            break (hash, report);
+            let (hash, mut log) = tx.commit_with(commit_options(meta, extra));
+            let patches = stale_heads
+                .is_none()
+                .then(|| self.doc.make_patches(&mut log));
+            break (hash, report, patches);
         };
         let mut hashes: Vec<ChangeHash> = hash.into_iter().collect();
         if let Some(base) = &stale_heads {
@@ -369,7 +396,70 @@ impl Document {
                 hashes.push(self.doc.empty_commit(commit_options(meta, extra)));
             }
         }
-        Ok(self.committed(&hashes))
+        // A stale write's effect on the present: the difference between the heads.
+        let (patch, changes) = match patches {
+            Some(patches) => {
+                let patch = self.follow(&patches)?;
+                #[cfg(debug_assertions)]
+                self.check_mirror(&patches);
+                (patch, None)
+            }
+            None => {
+                let patches = self.doc.diff(&present_heads, &self.doc.get_heads());
+                let changes = self.new_changes(&hashes);
+                let mut patch = self.follow(&patches)?;
+                self.mirror.settle_counters(&self.doc, &changes, &mut patch);
+                #[cfg(debug_assertions)]
+                self.check_mirror(&patches);
+                (patch, Some(changes))
+            }
+        };
+        Ok(self.committed(&hashes, changes, patch))
+    }
+
+    /// Moves the mirror forward by `patches`; returns them as RFC 6902 operations.
+    ///
+    /// A change that nests values deeper than [`MAX_DEPTH`] is an error, with the change
+    /// still in the document and the mirror as it was: the caller puts the document back
+    /// (as the server does for every failed edit) or drops it. Should the mirror ever not
+    /// fit a patch (a bug), the value is read again whole.
+    fn follow(&mut self, patches: &[Patch]) -> Result<Vec<Value>> {
+        let ops = match self.mirror.apply(&self.doc, patches) {
+            Ok(Applied::Ops(ops)) => ops,
+            Ok(Applied::TooDeep) => {
+                return Err(Error::InvalidValue(format!(
+                    "objects nest deeper than {MAX_DEPTH} levels"
+                )))
+            }
+            Err(Desync(why)) => {
+                debug_assert!(false, "the JSON mirror does not fit a patch: {why}");
+                self.mirror = Mirror::new(root_to_json(&self.doc, None)?);
+                vec![json!({"op": "replace", "path": "", "value": **self.mirror.value()})]
+            }
+        };
+        Ok(ops)
+    }
+
+    /// Debug builds check the mirror against a fresh read after every change (of documents
+    /// small enough to read every time): what tests and fuzzers run exercises it.
+    #[cfg(debug_assertions)]
+    fn check_mirror(&self, patches: &[Patch]) {
+        const CHECKED_UP_TO: usize = 64 * 1024;
+        if self.mirror.bytes() > CHECKED_UP_TO {
+            return;
+        }
+        if let Ok(fresh) = root_to_json(&self.doc, None) {
+            assert_eq!(
+                **self.mirror.value(),
+                fresh,
+                "the JSON mirror went astray after {patches:?}"
+            );
+            assert_eq!(
+                self.mirror.bytes(),
+                crate::mirror::json_len(&fresh),
+                "the JSON mirror's size went astray"
+            );
+        }
     }
 
     /// Where an object sits now: its parent and its key or index there.
@@ -381,16 +471,27 @@ impl Document {
     }
 
     /// The outcome of the changes just committed locally, taken in.
-    fn committed(&mut self, hashes: &[ChangeHash]) -> WriteOutcome {
-        let changes: Vec<Change> = hashes
-            .iter()
-            .filter_map(|h| self.doc.get_change_by_hash(h))
-            .collect();
+    fn committed(
+        &mut self,
+        hashes: &[ChangeHash],
+        changes: Option<Vec<Change>>,
+        patch: Vec<Value>,
+    ) -> WriteOutcome {
+        let changes = changes.unwrap_or_else(|| self.new_changes(hashes));
         self.took_in(&changes);
         WriteOutcome {
             version: self.version(),
             changes,
+            patch,
         }
+    }
+
+    /// The changes just committed.
+    fn new_changes(&self, hashes: &[ChangeHash]) -> Vec<Change> {
+        hashes
+            .iter()
+            .filter_map(|h| self.doc.get_change_by_hash(h))
+            .collect()
     }
 
     /// Counts new changes and reads their notes.
@@ -419,7 +520,7 @@ impl Document {
                 ..Extra::default()
             },
         ));
-        Ok(self.committed(&[hash]))
+        Ok(self.committed(&[hash], None, Vec::new()))
     }
 
     /// Writes a lost value back where it was (a list element is inserted at its old index,
@@ -475,14 +576,36 @@ impl Document {
 
     fn apply_parsed(&mut self, incoming: Vec<Change>) -> Result<WriteOutcome> {
         let before = self.doc.get_heads();
-        self.doc
-            .apply_changes(incoming)
-            .map_err(|e| Error::InvalidChanges(e.to_string()))?;
-        let changes = self.doc.get_changes(&before);
+        let mut log = PatchLog::active();
+        let applied = self.doc.apply_changes_log_patches(incoming, &mut log);
+        self.received(&before, &mut log, applied)
+    }
+
+    /// The outcome of changes received from elsewhere (raw, synced or merged) and applied
+    /// with `log` recording their patches; `applied` is how applying them went.
+    pub(crate) fn received(
+        &mut self,
+        before: &[ChangeHash],
+        log: &mut PatchLog,
+        applied: std::result::Result<(), automerge::AutomergeError>,
+    ) -> Result<WriteOutcome> {
+        // Even a refusal may come after some changes were applied: the mirror follows them.
+        let patches = self.doc.make_patches(log);
+        let mut patch = self.follow(&patches)?;
+        let changes = if self.doc.get_heads() == before {
+            Vec::new()
+        } else {
+            self.doc.get_changes(before)
+        };
+        self.mirror.settle_counters(&self.doc, &changes, &mut patch);
+        #[cfg(debug_assertions)]
+        self.check_mirror(&patches);
+        applied.map_err(|e| Error::InvalidChanges(e.to_string()))?;
         self.took_in(&changes);
         Ok(WriteOutcome {
             version: self.version(),
             changes,
+            patch,
         })
     }
 
@@ -520,10 +643,12 @@ impl Document {
             change_count: self.change_count,
             lost: self.lost.clone(),
             waiting_bytes: self.waiting_bytes,
+            mirror: self.mirror.clone(),
         };
         let outcome = WriteOutcome {
             version: copy.version(),
             changes,
+            patch: Vec::new(),
         };
         (copy, outcome)
     }
@@ -544,15 +669,9 @@ impl Document {
     pub fn merge_from(&mut self, other: &Document) -> Result<WriteOutcome> {
         let before = self.doc.get_heads();
         let missing = self.doc.get_changes_added(&other.doc);
-        self.doc
-            .apply_changes(missing)
-            .map_err(|e| Error::InvalidChanges(e.to_string()))?;
-        let changes = self.doc.get_changes(&before);
-        self.took_in(&changes);
-        Ok(WriteOutcome {
-            version: self.version(),
-            changes,
-        })
+        let mut log = PatchLog::active();
+        let applied = self.doc.apply_changes_log_patches(missing, &mut log);
+        self.received(&before, &mut log, applied)
     }
 
     /// Hashes of changes that arrived but wait for dependencies this document lacks.

@@ -46,7 +46,7 @@ impl<'a> From<&'a Written> for WriteAnswer<'a> {
             id: written.id,
             version: written.version.to_string(),
             strategy: written.strategy,
-            value: Some(&written.value),
+            value: written.value.as_deref(),
             new_changes: written.new_changes,
         }
     }

@@ -138,6 +138,7 @@ impl WriteHead {
                     lock: self.lock,
                     edit,
                     idempotency,
+                    answer: super::prefer::answer(headers),
                 })
             },
         )
@@ -422,12 +423,15 @@ pub(super) async fn read_doc(
             let current = at.is_none() && loaded.value_version == version;
             let value = match &pointer {
                 // The present is kept as JSON: no conversion from Automerge.
-                None if current => Value::clone(&loaded.value),
-                Some(p) if current && loaded.value.pointer(&p.to_string()).is_some() => loaded
-                    .value
-                    .pointer(&p.to_string())
-                    .cloned()
-                    .unwrap_or_default(),
+                None if current => Value::clone(loaded.doc.value()),
+                Some(p) if current && loaded.doc.value().pointer(&p.to_string()).is_some() => {
+                    loaded
+                        .doc
+                        .value()
+                        .pointer(&p.to_string())
+                        .cloned()
+                        .unwrap_or_default()
+                }
                 None => doc.read(at.as_ref())?,
                 // Not in the cached value: the document says why (missing, or malformed).
                 Some(p) => doc.read_path(at.as_ref(), p)?.ok_or_else(|| {

@@ -12,6 +12,15 @@ pub(super) const PREFERENCE_APPLIED: &str = "preference-applied";
 /// True if the request asks `return=minimal` (in any of its `Prefer` lines, any case, the
 /// value quoted or not). Other preferences, `return=representation` and anything this
 /// server does not know, are ignored, as RFC 7240 says they may be: the answer is whole.
+/// What the request's answer carries: [`wants_minimal`] as the registry takes it.
+pub(super) fn answer(headers: &HeaderMap) -> crate::registry::Answer {
+    if wants_minimal(headers) {
+        crate::registry::Answer::Minimal
+    } else {
+        crate::registry::Answer::Whole
+    }
+}
+
 pub(super) fn wants_minimal(headers: &HeaderMap) -> bool {
     headers
         .get_all(PREFER)

@@ -17,9 +17,11 @@ const REPLAYED_ONE_BY_ONE: usize = 32;
 fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) -> Vec<String> {
     let mut last = None;
     let mut skipped = Vec::new();
+    let mut patch = Vec::new();
     for record in records {
         match loaded.doc.apply_complete_changes(record) {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                patch.append(&mut outcome.patch);
                 if let Some(change) = outcome.changes.last() {
                     last = Some(match loaded.receipts.get(&change.hash()) {
                         Some(receipt) => (Some(receipt.agent.clone()), receipt.at_ms),
@@ -39,16 +41,21 @@ fn apply_remote(slot: &Slot, loaded: &mut Loaded, records: &[&[u8]]) -> Vec<Stri
     let Some((agent, time_ms)) = last else {
         return skipped;
     };
-    match loaded.doc.read(None) {
-        Ok(value) => {
-            let previous = std::mem::replace(&mut loaded.value, Arc::new(value));
-            publish(slot, loaded, &previous, agent, time_ms);
-        }
-        Err(e) => {
-            tracing::warn!(doc = %loaded.meta.id, error = %e, "a caught-up document cannot be read")
-        }
-    }
+    publish(slot, loaded, patch, agent, time_ms);
     skipped
+}
+
+/// RFC 6902 operations from `old` as it was at `seen` to `new` as it is: read whole, as a
+/// reload is (failing that, one that replaces the whole value).
+fn published_to(old: &Document, seen: &Version, new: &Document) -> Vec<Value> {
+    let ops = old
+        .read(Some(seen))
+        .ok()
+        .and_then(|seen| serde_json::to_value(json_patch::diff(&seen, new.value())).ok());
+    match ops {
+        Some(Value::Array(ops)) => ops,
+        _ => vec![serde_json::json!({"op": "replace", "path": "", "value": **new.value()})],
+    }
 }
 
 impl Registry {
@@ -75,11 +82,8 @@ impl Registry {
             stored.snapshot.as_deref(),
             &stored.changes,
         );
-        let (doc, value) = match loaded_doc
-            .map_err(|e| Error::Unloadable(e.to_string()))
-            .and_then(|(doc, _)| Ok((doc.read(None)?, doc)))
-        {
-            Ok((value, doc)) => (doc, value),
+        let doc = match loaded_doc.map_err(|e| Error::Unloadable(e.to_string())) {
+            Ok((doc, _)) => doc,
             Err(e) => {
                 *guard.state = SlotState::Retired;
                 self.retire(id, &guard.slot);
@@ -88,6 +92,10 @@ impl Registry {
         };
         let slot = Arc::clone(&guard.slot);
         let loaded = guard.loaded();
+        // From what subscribers were last told of (a refused write was never published) to
+        // what the store holds.
+        let patch = (loaded.value_version != doc.version())
+            .then(|| published_to(&loaded.doc, &loaded.value_version, &doc));
         loaded.doc = doc;
         loaded.synced = stored.seq;
         loaded.unsnapshotted = stored.changes.len();
@@ -95,11 +103,10 @@ impl Registry {
         if loaded.doc.version() != loaded.value_version {
             loaded.last_agent.clone_from(&stored.state.last_agent);
             loaded.updated_at_ms = stored.state.updated_at_ms;
-            let previous = std::mem::replace(&mut loaded.value, Arc::new(value));
             publish(
                 &slot,
                 loaded,
-                &previous,
+                patch.unwrap_or_default(),
                 stored.state.last_agent.clone(),
                 stored.state.updated_at_ms,
             );

@@ -24,6 +24,18 @@ pub struct WriteCommand<'a> {
     pub edit: Edit<'a>,
     /// What a retry with the same key must replay, if the request is idempotent.
     pub idempotency: Option<(IdempotencyDraft, Responder)>,
+    /// Whether the answer carries the value.
+    pub answer: Answer,
+}
+
+/// Whether a write's answer carries the document's value ([`Written::value`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The version and the value.
+    Whole,
+    /// The version only (`Prefer: return=minimal`): the answer holds no reference to the
+    /// value, so the next write to the document changes it in place instead of copying it.
+    Minimal,
 }
 
 /// What a write changes.
@@ -115,6 +127,7 @@ impl Registry {
             lock,
             edit,
             idempotency,
+            answer,
         } = command;
         // Changes copied from a fork keep the receipts they have there.
         let inherited = match &edit {
@@ -122,7 +135,7 @@ impl Registry {
             _ => None,
         };
         let written = self
-            .write(doc, meta, inherited, idempotency, |loaded| {
+            .write(doc, meta, inherited, (idempotency, answer), |loaded| {
                 let current = loaded.doc.version();
                 let strategy = loaded.meta.strategy;
                 let base = policy::admit(

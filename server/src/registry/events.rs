@@ -87,16 +87,16 @@ pub enum Catchup {
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 pub const EVENT_BUFFER: usize = 256;
 
-/// Records and broadcasts the change that turned `previous` into `loaded.value`.
+/// Records and broadcasts a change of the document: `patch` is the RFC 6902 operations
+/// from the value subscribers were last told of to the present one.
 pub(super) fn publish(
     slot: &Slot,
     loaded: &mut Loaded,
-    previous: &Value,
+    patch: Vec<Value>,
     agent: Option<String>,
     time_ms: i64,
 ) {
-    let patch = serde_json::to_value(json_patch::diff(previous, &loaded.value))
-        .unwrap_or(Value::Array(Vec::new()));
+    let patch = Value::Array(patch);
     loaded.event_seq += 1;
     let version = loaded.doc.version();
     let previous_version = std::mem::replace(&mut loaded.value_version, version.clone());
@@ -167,7 +167,7 @@ impl Registry {
             let catchup = match since {
                 None => Catchup::Snapshot {
                     version: current.to_string(),
-                    value: Value::clone(&loaded.value),
+                    value: Value::clone(loaded.doc.value()),
                 },
                 Some(since) => {
                     loaded
@@ -193,7 +193,7 @@ impl Registry {
                         // Too old to replay change by change: start over from a snapshot.
                         Catchup::Snapshot {
                             version: current.to_string(),
-                            value: Value::clone(&loaded.value),
+                            value: Value::clone(loaded.doc.value()),
                         }
                     }
                 }

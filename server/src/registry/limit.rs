@@ -1,37 +1,19 @@
 //! What a write may do to a document in memory: stay within the document limit (its value
 //! as compact JSON, in bytes), and be undone in place when it fails after changing it.
 
-use std::io;
-
 use super::*;
 
 /// The document limit unless the server is told otherwise (`Limits::max_document_bytes`).
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
-/// Counts bytes, and stops the serializer once they pass `max`.
-struct Counter {
-    bytes: usize,
-    max: usize,
-}
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.bytes += buf.len();
-        if self.bytes > self.max {
-            return Err(io::Error::other("over the limit"));
-        }
-        Ok(buf.len())
+/// `Ok` if `doc`'s value is at most `max` bytes of compact JSON; else [`Error::TooLarge`].
+/// The size is kept by the document as it changes ([`Document::json_bytes`]): nothing is
+/// serialized to check it.
+pub(super) fn check_document(doc: &Document, max: usize) -> Result<(), Error> {
+    if doc.json_bytes() > max {
+        return Err(Error::TooLarge { limit: max });
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// `Ok` if `value` is at most `max` bytes of compact JSON; else [`Error::TooLarge`].
-pub(super) fn check_document(value: &Value, max: usize) -> Result<(), Error> {
-    let mut counter = Counter { bytes: 0, max };
-    serde_json::to_writer(&mut counter, value).map_err(|_| Error::TooLarge { limit: max })
+    Ok(())
 }
 
 /// Puts `doc` back at `to` (its version before a failed edit) without reloading it from
@@ -59,10 +41,16 @@ mod tests {
 
     #[test]
     fn document_size_is_counted_as_compact_json() {
-        let value = json!({"a": [1, 2, 3]});
+        let value = json!({"a": [1, 2, "é\"\n"], "b": {"c": null}});
         let size = serde_json::to_vec(&value).unwrap().len();
-        assert!(check_document(&value, size).is_ok());
-        let e = ApiError::from(check_document(&value, size - 1).unwrap_err());
+        let meta = WriteMeta {
+            agent: "a".into(),
+            time_ms: 0,
+            message: None,
+        };
+        let (doc, _) = Document::create(&value, Schema::default(), &meta).unwrap();
+        assert!(check_document(&doc, size).is_ok());
+        let e = ApiError::from(check_document(&doc, size - 1).unwrap_err());
         assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(e.kind, crate::limits::DOCUMENT_TOO_LARGE);
     }

@@ -46,7 +46,7 @@ mod maintain;
 mod receipts;
 mod write;
 
-pub use command::{Edit, WriteCommand};
+pub use command::{Answer, Edit, WriteCommand};
 pub use error::Error;
 pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS};
 pub use leases::Lease;
@@ -81,10 +81,8 @@ pub struct Loaded {
     pub meta: DocMeta,
     /// The CRDT.
     pub doc: Document,
-    /// The current value as JSON, kept so that reads and change events need no conversion;
-    /// shared, so that a write's answer takes it without a copy.
-    pub value: Arc<Value>,
-    /// The version `value` is the value of.
+    /// The version subscribers were last told of (the document's own, but during a write
+    /// not yet published).
     pub value_version: Version,
     /// Agent of the last write.
     pub last_agent: Option<String>,
@@ -110,18 +108,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn new(
-        meta: DocMeta,
-        doc: Document,
-        last_agent: Option<String>,
-        updated_at_ms: i64,
-    ) -> Result<Loaded, Error> {
-        let value = Arc::new(doc.read(None)?);
-        Ok(Loaded {
+    fn new(meta: DocMeta, doc: Document, last_agent: Option<String>, updated_at_ms: i64) -> Loaded {
+        Loaded {
             meta,
             value_version: doc.version(),
             doc,
-            value,
             last_agent,
             updated_at_ms,
             receipts: Receipts::default(),
@@ -133,7 +124,7 @@ impl Loaded {
             event_seq: 0,
             unsnapshotted: 0,
             synced: 0,
-        })
+        }
     }
 }
 
@@ -335,7 +326,7 @@ impl Registry {
             doc,
             stored.state.last_agent,
             stored.state.updated_at_ms,
-        )?;
+        );
         loaded.unsnapshotted = stored.changes.len();
         loaded.synced = stored.seq;
         loaded.receipts = Receipts::from_stored(stored.receipts);

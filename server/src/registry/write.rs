@@ -11,8 +11,10 @@ pub struct Written {
     pub id: Uuid,
     /// Its version after the write.
     pub version: Version,
-    /// Its value after the write (the merged present), shared with the document in memory.
-    pub value: Arc<Value>,
+    /// Its value after the write (the merged present), shared with the document in memory;
+    /// `None` if the request asked for no value in its answer ([`Answer::Minimal`]), so
+    /// that the next write need not copy the value this answer would otherwise hold.
+    pub value: Option<Arc<Value>>,
     /// Its strategy.
     pub strategy: concord_core::Strategy,
     /// How many new changes the write made.
@@ -85,12 +87,17 @@ impl Received {
     }
 }
 
+/// How a write is answered: what an idempotent retry replays, and whether the answer
+/// holds the value.
+pub(super) type Reply = (Option<(IdempotencyDraft, Responder)>, Answer);
+
 /// A checked write on its way to [`Registry::commit_checked`].
 struct CheckedWrite<'a> {
     received: Received,
-    new_value: Option<Arc<Value>>,
+    /// The write's RFC 6902 operations, if it changed the value.
+    patch: Option<Vec<Value>>,
     write: &'a WriteMeta,
-    idempotency: Option<(IdempotencyDraft, Responder)>,
+    reply: Reply,
     expect: Expect,
     /// The queue's cluster-wide writer lock, released once the write is durable.
     writer_lock: Option<WriterLock>,
@@ -163,10 +170,10 @@ impl Registry {
             return Err(exists());
         }
         let (doc, outcome) = make()?;
-        let received = Received::new(outcome, write, inherited);
-        let loaded = Loaded::new(meta.clone(), doc, Some(write.agent.clone()), write.time_ms)?;
         // limits.rs: no document larger than the document limit.
-        limit::check_document(&loaded.value, self.max_document_bytes)?;
+        limit::check_document(&doc, self.max_document_bytes)?;
+        let received = Received::new(outcome, write, inherited);
+        let loaded = Loaded::new(meta.clone(), doc, Some(write.agent.clone()), write.time_ms);
         let slot = Slot::new(loaded);
         let mut guard = WriteGuard {
             state: Arc::clone(&slot.state)
@@ -192,7 +199,14 @@ impl Registry {
             changes: loaded.doc.change_count() as u64,
         });
         let result = self
-            .commit(guard, Some(meta), received, None, write, idempotency)
+            .commit(
+                guard,
+                Some(meta),
+                received,
+                None,
+                write,
+                (idempotency, Answer::Whole),
+            )
             .await
             .map_err(E::from);
         if result.is_err() {
@@ -218,29 +232,25 @@ impl Registry {
         id: Uuid,
         write: &WriteMeta,
         inherited: Option<&Receipts>,
-        idempotency: Option<(IdempotencyDraft, Responder)>,
+        reply: Reply,
         edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, E>,
     ) -> Result<Written, E> {
         let mut guard = self.lock(id).await?;
         let writer_lock = self.coordinator.prepare_write(self, id, &mut guard).await?;
         let before = guard.loaded().doc.version();
-        // The new value is read here, with the edit, so that a change that cannot be read
-        // back (nested too deep, say) is treated as a failed edit.
-        let edited = edit(guard.loaded()).and_then(|outcome| {
-            let value = if outcome.changes.is_empty() {
+        // The document keeps its value as JSON, moved forward by the edit's own patches (a
+        // change that nests too deep fails the edit there); its size is kept too.
+        let edited = edit(guard.loaded()).and_then(|mut outcome| {
+            let patch = if outcome.changes.is_empty() {
                 None
             } else {
-                Some(Arc::new(
-                    guard.loaded().doc.read(None).map_err(Error::from)?,
-                ))
+                // Refuse a write that makes the document too large.
+                limit::check_document(&guard.loaded().doc, self.max_document_bytes)?;
+                Some(std::mem::take(&mut outcome.patch))
             };
-            // Refuse a write that makes the document too large.
-            if let Some(value) = &value {
-                limit::check_document(value, self.max_document_bytes)?;
-            }
-            Ok((outcome, value))
+            Ok((outcome, patch))
         });
-        let (outcome, value) = match edited {
+        let (outcome, patch) = match edited {
             Ok(edited) => edited,
             Err(e) => {
                 if guard.loaded().doc.version() != before {
@@ -253,15 +263,15 @@ impl Registry {
         let received = Received::new(outcome, write, inherited);
         let written = match self.coordinator.expectation(guard.loaded(), &before) {
             None => {
-                self.commit(guard, None, received, value, write, idempotency)
+                self.commit(guard, None, received, patch, write, reply)
                     .await
             }
             Some(expect) => {
                 let write = CheckedWrite {
                     received,
-                    new_value: value,
+                    patch,
                     write,
-                    idempotency,
+                    reply,
                     expect,
                     writer_lock,
                 };
@@ -271,22 +281,22 @@ impl Registry {
         written.map_err(E::from)
     }
 
-    /// Makes `value` the document's present and tells its subscribers, and (if `announce`)
-    /// the feed: called under the document's lock, so that events keep the writes' order.
+    /// Tells the document's subscribers what a write changed (`patch`), and (if
+    /// `announce`) the feed: called under the document's lock, so that events keep the
+    /// writes' order.
     fn publish_write(
         &self,
         slot: &Slot,
         loaded: &mut Loaded,
-        value: Arc<Value>,
+        patch: Vec<Value>,
         write: &WriteMeta,
         new_changes: usize,
         announce: bool,
     ) {
-        let previous = std::mem::replace(&mut loaded.value, value);
         publish(
             slot,
             loaded,
-            &previous,
+            patch,
             Some(write.agent.clone()),
             write.time_ms,
         );
@@ -337,9 +347,9 @@ impl Registry {
     ) -> Result<Written, Error> {
         let CheckedWrite {
             received: Received { outcome, changes },
-            new_value,
+            patch,
             write,
-            idempotency,
+            reply: (idempotency, answer),
             expect,
             writer_lock,
         } = checked;
@@ -355,9 +365,7 @@ impl Registry {
         let written = Written {
             id,
             version: outcome.version.clone(),
-            value: new_value
-                .clone()
-                .unwrap_or_else(|| Arc::clone(&loaded.value)),
+            value: (answer == Answer::Whole).then(|| Arc::clone(loaded.doc.value())),
             strategy: loaded.meta.strategy,
             new_changes,
         };
@@ -407,8 +415,8 @@ impl Registry {
                 loaded.last_agent = last_agent;
                 loaded.updated_at_ms = updated_at_ms;
                 loaded.receipts.record(&changes);
-                if let Some(value) = new_value {
-                    self.publish_write(&slot, loaded, value, write, new_changes, true);
+                if let Some(patch) = patch {
+                    self.publish_write(&slot, loaded, patch, write, new_changes, true);
                 }
                 settling.guard.take();
                 Ok(written)
@@ -448,9 +456,9 @@ impl Registry {
         mut guard: WriteGuard,
         create: Option<DocMeta>,
         received: Received,
-        new_value: Option<Arc<Value>>,
+        patch: Option<Vec<Value>>,
         write: &WriteMeta,
-        idempotency: Option<(IdempotencyDraft, Responder)>,
+        (idempotency, answer): Reply,
     ) -> Result<Written, Error> {
         let Received { outcome, changes } = received;
         let slot = Arc::clone(&guard.slot);
@@ -463,15 +471,15 @@ impl Registry {
             loaded.last_agent = Some(write.agent.clone());
             loaded.updated_at_ms = write.time_ms;
         }
-        if let Some(value) = new_value {
+        if let Some(patch) = patch {
             // A create was announced already, as created.
             let announce = create.is_none();
-            self.publish_write(&slot, loaded, value, write, new_changes, announce);
+            self.publish_write(&slot, loaded, patch, write, new_changes, announce);
         }
         let written = Written {
             id: loaded.meta.id,
             version: outcome.version.clone(),
-            value: Arc::clone(&loaded.value),
+            value: (answer == Answer::Whole).then(|| Arc::clone(loaded.doc.value())),
             strategy: loaded.meta.strategy,
             new_changes,
         };

@@ -21,7 +21,7 @@ use crate::api::live::{LiveSocket, Received};
 use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::problem::ApiError;
-use crate::registry::{Edit, WriteCommand};
+use crate::registry::{Answer, Edit, WriteCommand};
 
 /// One document a connection syncs.
 enum Session {
@@ -385,6 +385,7 @@ impl Connection<'_> {
                         lock: None,
                         edit: Edit::Copy(scratch),
                         idempotency: None,
+                        answer: Answer::Minimal,
                     })
                     .await?;
             }
@@ -474,6 +475,7 @@ fn copy(doc: &Document) -> Result<(Document, WriteOutcome), ApiError> {
     let outcome = WriteOutcome {
         version: copy.version(),
         changes,
+        patch: Vec::new(),
     };
     Ok((copy, outcome))
 }

@@ -73,7 +73,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
-use crate::registry::{Edit, WriteCommand};
+use crate::registry::{Answer, Edit, WriteCommand};
 use crate::AppState;
 
 mod connection;
@@ -213,6 +213,7 @@ pub(crate) async fn receive(
                 lock: None,
                 edit: Edit::Sync { state, message },
                 idempotency: None,
+                answer: Answer::Minimal,
             })
             .await
             .map(drop)

@@ -59,6 +59,7 @@ async fn set(state: &AppState, id: Uuid, n: usize) {
             lock: None,
             edit: Edit::Put(&json!({ "n": n })),
             idempotency: None,
+            answer: crate::registry::Answer::Minimal,
         })
         .await
         .unwrap();

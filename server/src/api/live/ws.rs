@@ -61,7 +61,7 @@ use crate::api::{agent, doc_id, now_ms, parse_version, valid_agent};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
 use crate::problem::ApiError;
-use crate::registry::{Edit, WriteCommand};
+use crate::registry::{Answer, Edit, WriteCommand};
 use crate::{AppState, LiveConfig};
 
 /// Who connects, for a browser that cannot send headers.
@@ -485,6 +485,8 @@ impl Session {
                     WriteBody::Patch(_) => Edit::Patch(&ops),
                 },
                 idempotency: Some((draft, ack_record)),
+                // The acknowledgement carries the version; subscribers get the change.
+                answer: Answer::Minimal,
             })
             .await
             .map_err(for_ws);

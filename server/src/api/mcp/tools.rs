@@ -28,7 +28,7 @@ use crate::auth::Caller;
 use crate::idempotency::Keyed;
 use crate::policy::{parse_base, IfMatch};
 use crate::problem::{in_fields, ApiError, Fields};
-use crate::registry::{Edit, IdempotencyDraft, Responder, WriteCommand, Written};
+use crate::registry::{Answer, Edit, IdempotencyDraft, Responder, WriteCommand, Written};
 use crate::AppState;
 
 /// What the tools call the fields HTTP carries in headers, for the refusals that name them.
@@ -420,6 +420,7 @@ impl Tools {
                         lock,
                         edit,
                         idempotency,
+                        answer: Answer::Whole,
                     })
                     .await
                     .map_err(|e| in_fields(e, &FIELDS))
