@@ -7,6 +7,8 @@
 //! - [`http`]: loopback HTTP writes, crdt against lww against a no-op endpoint.
 //! - [`stale`]: whole-document writes from bases 1, 10 and 100 versions old.
 //! - [`answer`]: small writes on growing documents, answered whole and minimal.
+//! - [`growth`]: small writes of four kinds as a document grows in size and in history, at
+//!   1 and 64 agents.
 //! - [`fanout`]: one writer, many WebSocket subscribers.
 //! - [`scale`]: memory with many idle documents, per open document, cold reads.
 //! - [`cluster`]: one node against two nodes on PostgreSQL (when a database is given).
@@ -28,6 +30,7 @@
 pub mod answer;
 pub mod cluster;
 pub mod fanout;
+pub mod growth;
 pub mod http;
 pub mod peer;
 pub mod report;
@@ -67,8 +70,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, textput, http, stale, answer, fanout, scale,
-    /// peer, cluster.
+    /// Sections to run (all when empty): trace, textput, http, stale, answer, growth,
+    /// fanout, scale, peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -77,8 +80,8 @@ pub struct BenchOptions {
 }
 
 /// Every section, by the name [`BenchOptions::only`] gives it.
-pub const SECTIONS: [&str; 9] = [
-    "trace", "textput", "http", "stale", "answer", "fanout", "scale", "peer", "cluster",
+pub const SECTIONS: [&str; 10] = [
+    "trace", "textput", "http", "stale", "answer", "growth", "fanout", "scale", "peer", "cluster",
 ];
 
 impl BenchOptions {
@@ -102,6 +105,8 @@ pub struct BenchReport {
     pub stale: Vec<stale::StaleRow>,
     /// Whole against minimal write answers.
     pub answer: Vec<answer::AnswerRow>,
+    /// Small writes as documents grow.
+    pub growth: Vec<growth::GrowthRow>,
     /// Fan-out.
     pub fanout: Vec<fanout::FanoutRow>,
     /// Scale of documents.
@@ -257,7 +262,7 @@ pub async fn run(
         },
         ..Tuning::default()
     };
-    let needs_local = ["http", "stale", "answer", "fanout"]
+    let needs_local = ["http", "stale", "answer", "growth", "fanout"]
         .iter()
         .any(|s| options.wants(s))
         || (options.wants("scale") && options.exe.is_none());
@@ -284,6 +289,26 @@ pub async fn run(
                 (&[1024, 100 * 1024, 1024 * 1024], 200)
             };
             report.answer = answer::run(&concord, sizes, writes).await?;
+        }
+        if options.wants("growth") {
+            let growth = if options.smoke {
+                growth::GrowthOptions {
+                    sizes: vec![1024, 16 * 1024],
+                    histories: vec![10, 100],
+                    agents: vec![1, 4],
+                    writes: 8,
+                    min_per_agent: 2,
+                }
+            } else {
+                growth::GrowthOptions {
+                    sizes: vec![1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024],
+                    histories: vec![100, 10_000, 100_000],
+                    agents: vec![1, 64],
+                    writes: 1000,
+                    min_per_agent: 8,
+                }
+            };
+            report.growth = growth::run(&concord, &growth, &mut progress).await?;
         }
         if options.wants("fanout") {
             progress("fanout: one writer, many subscribers");

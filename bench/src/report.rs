@@ -154,6 +154,20 @@ pub fn table(report: &BenchReport) -> String {
             );
         }
     }
+    if !report.growth.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nGrowth (small PATCHes answered minimal; ratio: writes/s against the row's smallest)"
+        );
+        for r in &report.growth {
+            let first = report
+                .growth
+                .iter()
+                .find(|f| f.axis == r.axis && f.edit == r.edit && f.agents == r.agents);
+            let ratio = first.map_or(0.0, |f| r.per_sec / f.per_sec.max(1e-9));
+            let _ = writeln!(out, "  {}, {ratio:.2}x", r.line());
+        }
+    }
     if !report.fanout.is_empty() {
         let _ = writeln!(
             out,
