@@ -17,6 +17,7 @@
 //! | `concord_store_commits_total` | counter | `store` |
 //! | `concord_store_group_batches` | histogram | `store`: writes per group commit |
 //! | `concord_store_commit_seconds` | histogram | `store`: the COMMIT, fsync included |
+//! | `concord_store_stopped_total` | counter | `store`: the writer stopped after a failed write (fail-stop) |
 //! | `concord_documents_in_memory` | gauge | |
 //! | `concord_connections` | gauge | open TCP connections |
 //! | `concord_live_subscribers` | gauge | WebSocket and SSE subscriptions to a document |
@@ -50,6 +51,9 @@ pub const STORE_COMMITS: &str = "concord_store_commits_total";
 pub const STORE_GROUP: &str = "concord_store_group_batches";
 /// Time of a group's COMMIT (the fsync included), by store.
 pub const STORE_COMMIT_SECONDS: &str = "concord_store_commit_seconds";
+/// Times a store's writer stopped after a failed write (it then refuses every write until
+/// the server restarts), by store.
+pub const STORE_STOPPED: &str = "concord_store_stopped_total";
 /// Documents held in memory.
 pub const DOCUMENTS: &str = "concord_documents_in_memory";
 /// Open TCP connections.

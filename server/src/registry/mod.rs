@@ -8,9 +8,12 @@
 //! So writes to one document are ordered by its lock, writes to different documents proceed
 //! in parallel, and many writes (to one document or many) share one fsync.
 //!
-//! A batch carries every change of its document that is not yet known to be durable, not
-//! only its own: if an earlier batch failed, a later acknowledged change can never be
-//! stored without the changes it depends on. Storing a change twice is harmless.
+//! A batch carries only its own changes. A later batch of the same document may be queued
+//! before an earlier one is answered; were the earlier one to fail, the later one would be
+//! stored without a change it depends on. The store rules that out by failing stop: after
+//! a failed write it refuses every later one until the server restarts and documents load
+//! from what is stored (`store/queue.rs`). (Carrying every unconfirmed change instead, as
+//! before, copied O(writers²) changes per group on one hot document.)
 //!
 //! Readers may see a change a moment before it is acknowledged (while its batch syncs).
 //!
@@ -134,36 +137,34 @@ enum SlotState {
     Retired,
 }
 
-/// Changes queued for storage but not yet confirmed durable, numbered in queue order.
+/// Changes queued for storage but not yet confirmed durable, by their numbers in queue
+/// order (a document with any is not evicted).
 #[derive(Default)]
 struct Pending {
     last: u64,
-    queue: VecDeque<(u64, StoredChange)>,
+    queue: VecDeque<u64>,
 }
 
 impl Pending {
-    /// Adds new changes; returns the number of the last one and every unconfirmed change.
-    fn push(&mut self, changes: Vec<StoredChange>) -> (u64, Vec<StoredChange>) {
-        for change in changes {
+    /// Numbers `count` new changes; returns the number of the last one.
+    fn push(&mut self, count: usize) -> u64 {
+        for _ in 0..count {
             self.last += 1;
-            self.queue.push_back((self.last, change));
+            self.queue.push_back(self.last);
         }
-        (
-            self.last,
-            self.queue.iter().map(|(_, c)| c.clone()).collect(),
-        )
+        self.last
     }
 
     /// Everything up to `upto` is durable.
     fn confirm(&mut self, upto: u64) {
-        while self.queue.front().is_some_and(|(n, _)| *n <= upto) {
+        while self.queue.front().is_some_and(|n| *n <= upto) {
             self.queue.pop_front();
         }
     }
 
-    /// The changes numbered `first` and after were refused: they must never be stored.
+    /// The changes numbered `first` and after were refused: they are not stored.
     fn discard_from(&mut self, first: u64) {
-        self.queue.retain(|(n, _)| *n < first);
+        self.queue.retain(|n| *n < first);
     }
 }
 

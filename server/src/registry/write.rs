@@ -370,16 +370,14 @@ impl Registry {
             new_changes,
         };
         let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
-        let (first, upto, unconfirmed) = {
+        let (first, upto) = {
             let mut pending = slot.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let first = pending.last + 1;
-            let (upto, unconfirmed) = pending.push(changes.clone());
-            (first, upto, unconfirmed)
+            (pending.last + 1, pending.push(changes.len()))
         };
         let batch = WriteBatch {
             doc: id,
             create: None,
-            changes: unconfirmed,
+            changes: changes.clone(),
             state: DocState {
                 version: written.version.to_string(),
                 change_count: loaded.doc.change_count() as u64,
@@ -484,11 +482,11 @@ impl Registry {
             new_changes,
         };
         let record = idempotency.map(|(draft, respond)| draft.record(respond, &written));
-        let (upto, changes) = slot
+        let upto = slot
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(changes);
+            .push(changes.len());
         let batch = WriteBatch {
             doc: written.id,
             create,

@@ -25,6 +25,16 @@
 //! Closing the queue ([`Queue::close`]) refuses later operations; the writer still runs
 //! and answers every job queued before, then [`serve`] returns.
 //!
+//! # Fail-stop
+//! A write that failed (its group as a whole, or the write alone with a backend error) is
+//! not stored, but the document in memory has its change; a later write of that document
+//! builds on it, and its batch carries only its own changes. So after such a failure the
+//! writer *stops*: it refuses every later job, until the server restarts and documents
+//! load from what is stored (as PostgreSQL stops after a failed fsync). Nothing
+//! acknowledged can then depend on a change that was not stored. A refused write (its
+//! [`Expect`] did not hold) and a write to a document deleted or created meanwhile are
+//! answers, not failures.
+//!
 //! [`Store::write_checked`]: concord_core::storage::Store::write_checked
 //! [`Store::delete`]: concord_core::storage::Store::delete
 
@@ -136,6 +146,23 @@ impl Job {
                 reply.keep(writer.compact(compaction).await, |_| true)
             }
             Job::Purge { before_ms, reply } => reply.keep(writer.purge(*before_ms).await, |_| true),
+        }
+    }
+
+    /// A write that failed on its own with a backend error (not a refusal, and not a
+    /// document deleted or created meanwhile): why the writer must stop.
+    fn write_failure(&self) -> Option<String> {
+        match self {
+            Job::Write {
+                batch,
+                reply:
+                    Reply {
+                        result: Some(Err(StoreError::Backend(error))),
+                        ..
+                    },
+                ..
+            } => Some(format!("a write of document {} failed: {error}", batch.doc)),
+            _ => None,
         }
     }
 
@@ -350,21 +377,53 @@ impl Queue {
 /// job queued before has been answered.
 pub(crate) async fn serve<W: Writer>(writer: &mut W, mut jobs: Jobs, counters: &GroupCounters) {
     let mut group = Vec::new();
+    // Why the writer stopped (see the module docs), once it has.
+    let mut stopped: Option<String> = None;
     // `recv_many` waits for one job, then takes those queued behind it; it answers 0 only
     // once the queue is closed and drained.
     while jobs.recv_many(&mut group, writer.max_group()).await > 0 {
-        run_group(writer, std::mem::take(&mut group), counters).await;
+        let group = std::mem::take(&mut group);
+        match &stopped {
+            Some(why) => fail_all(group, &stopped_message(why)),
+            None => {
+                stopped = run_group(writer, group, counters).await;
+                if let Some(why) = &stopped {
+                    tracing::error!(store = writer.name(), reason = %why, "the store stopped after a failed write: every later write is refused until the server restarts");
+                    metrics::counter!(crate::metrics::STORE_STOPPED, "store" => writer.name())
+                        .increment(1);
+                }
+            }
+        }
     }
     tracing::debug!(store = writer.name(), "writer exiting");
 }
 
-/// Runs one group and answers every job of it, only after its transaction ended.
-async fn run_group<W: Writer>(writer: &mut W, mut group: Vec<Job>, counters: &GroupCounters) {
+/// What every job after the writer stopped is answered.
+fn stopped_message(why: &str) -> String {
+    format!(
+        "nothing stored: the store stopped after a failed write ({why}); restart the server \
+         to load what is stored"
+    )
+}
+
+/// True if the group holds a write: its failure stops the writer.
+fn has_write(group: &[Job]) -> bool {
+    group.iter().any(|job| matches!(job, Job::Write { .. }))
+}
+
+/// Runs one group and answers every job of it, only after its transaction ended. Returns
+/// why the writer must stop, if a write failed (see the module docs).
+async fn run_group<W: Writer>(
+    writer: &mut W,
+    mut group: Vec<Job>,
+    counters: &GroupCounters,
+) -> Option<String> {
     let store = writer.name();
     if let Err(e) = writer.connect().await {
         tracing::error!(store, error = %e, "writer cannot connect");
+        let stop = has_write(&group).then(|| format!("cannot connect: {e}"));
         fail_all(group, &format!("nothing stored: {e}"));
-        return;
+        return stop;
     }
     if writer.in_document_order() {
         group.sort_by_key(Job::doc);
@@ -378,8 +437,9 @@ async fn run_group<W: Writer>(writer: &mut W, mut group: Vec<Job>, counters: &Gr
                     counters.batches.fetch_add(stored, Ordering::Relaxed);
                 }
                 tracing::trace!(store, size = group.len(), stored, "group done");
+                let stop = group.iter().find_map(Job::write_failure);
                 group.into_iter().for_each(Job::answer);
-                return;
+                return stop;
             }
             Err(failure) => failure,
         };
@@ -396,8 +456,9 @@ async fn run_group<W: Writer>(writer: &mut W, mut group: Vec<Job>, counters: &Gr
                 Ok(false) => break GroupError::NothingStored(error),
                 Err(e) => {
                     tracing::error!(store, error = %e, "writer cannot connect again");
+                    let stop = has_write(&group).then(|| format!("cannot connect again: {e}"));
                     fail_all(group, &format!("nothing stored: {e}"));
-                    return;
+                    return stop;
                 }
             },
             failure => break failure,
@@ -408,10 +469,12 @@ async fn run_group<W: Writer>(writer: &mut W, mut group: Vec<Job>, counters: &Gr
         GroupError::InDoubt(error) => ("the write may or may not be stored", error),
     };
     tracing::error!(store, size = group.len(), %error, "group commit failed");
+    let stop = has_write(&group).then(|| format!("a group transaction failed, {outcome}: {error}"));
     fail_all(
         group,
         &format!("group transaction failed, {outcome}: {error}"),
     );
+    stop
 }
 
 fn fail_all(group: Vec<Job>, message: &str) {

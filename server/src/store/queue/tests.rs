@@ -55,6 +55,8 @@ struct Memory {
     reconnect: Option<Result<bool, String>>,
     /// `connect` fails with this.
     failing_connect: Option<String>,
+    /// Operations on this document fail with a backend error (a torn page, say).
+    broken: Option<Uuid>,
 }
 
 impl Memory {
@@ -69,8 +71,9 @@ impl Memory {
     fn effect(&mut self, id: Uuid, effect: String) -> Result<(), StoreError> {
         self.log.push(effect.clone());
         self.open.push(effect);
-        match self.failing {
-            Some(failing) if failing == id => Err(StoreError::NotFound(id)),
+        match (self.failing, self.broken) {
+            (Some(failing), _) if failing == id => Err(StoreError::NotFound(id)),
+            (_, Some(broken)) if broken == id => Err(backend("torn page")),
             _ => Ok(()),
         }
     }
@@ -390,6 +393,73 @@ fn a_group_that_failed_before_commit_runs_once_more_on_a_new_connection() {
     drain(&queue, jobs, &mut writer);
     assert!(block_on(answer).is_err());
     assert_eq!(count(&writer.log, "reconnect"), 0);
+}
+
+/// After a write failed, the writer refuses every later job without running it: a later
+/// batch of the same document carries only its own changes and must not be stored
+/// without the failed one. A refusal or a write to a deleted document is no failure.
+#[test]
+fn a_failed_write_stops_the_writer_until_restart() {
+    let stopped = |answer: Result<(), StoreError>| {
+        let err = answer.unwrap_err().to_string();
+        assert!(
+            err.contains("the store stopped after a failed write") && err.contains("restart"),
+            "{err}"
+        );
+    };
+    // A group that failed as a whole (its COMMIT), one job a group.
+    let (queue, jobs) = Queue::new("the writer");
+    let first = queue.write(batch(1), Expect::default());
+    let second = queue.write(batch(2), Expect::default());
+    let delete = queue.delete(doc(3));
+    let mut writer = Memory {
+        failing_commit: Some(|| GroupError::NothingStored(backend("disk full"))),
+        ..Memory::new(1)
+    };
+    drain(&queue, jobs, &mut writer);
+    let err = block_on(first).unwrap_err().to_string();
+    assert!(err.contains("disk full"), "{err}");
+    stopped(block_on(second).map(drop));
+    stopped(block_on(delete).map(drop));
+    assert_eq!(
+        count(&writer.log, "BEGIN"),
+        1,
+        "nothing ran after the failure"
+    );
+    assert!(writer.stored.is_empty());
+
+    // One write failing alone with a backend error: its group commits the others, and
+    // then the writer stops.
+    let (queue, jobs) = Queue::new("the writer");
+    let good = queue.write(batch(1), Expect::default());
+    let broken = queue.write(batch(2), Expect::default());
+    let later = queue.write(batch(1), Expect::default());
+    let mut writer = Memory {
+        broken: Some(doc(2)),
+        ..Memory::new(2)
+    };
+    drain(&queue, jobs, &mut writer);
+    assert_eq!(block_on(good).unwrap(), Ok(()));
+    assert!(block_on(broken)
+        .unwrap_err()
+        .to_string()
+        .contains("torn page"));
+    stopped(block_on(later).map(drop));
+    assert_eq!(count(&writer.log, "COMMIT"), 1);
+
+    // Refused, or written to a deleted document: answered, and the writer goes on.
+    let (queue, jobs) = Queue::new("the writer");
+    let refused = queue.write(batch(1), stale());
+    let gone = queue.write(batch(2), Expect::default());
+    let after = queue.write(batch(3), Expect::default());
+    let mut writer = Memory {
+        failing: Some(doc(2)),
+        ..Memory::new(1)
+    };
+    drain(&queue, jobs, &mut writer);
+    assert!(matches!(block_on(refused), Ok(Err(Refusal::Stale { .. }))));
+    assert!(matches!(block_on(gone), Err(StoreError::NotFound(_))));
+    assert_eq!(block_on(after).unwrap(), Ok(()));
 }
 
 #[test]
