@@ -49,7 +49,10 @@ fn stored_changes_are_the_changes_automerge_rebuilds() {
     }
     // A stale write that deletes what others changed since: its change, the copies' delete
     // and the lost-edit record.
-    keep(&doc.put(Some(&v1), &json!({"count": 5, "text": "b"}), &meta("b")).unwrap());
+    keep(
+        &doc.put(Some(&v1), &json!({"count": 5, "text": "b"}), &meta("b"))
+            .unwrap(),
+    );
     assert!(!doc.lost().is_empty(), "the stale write lost edits");
 
     let rebuilt: HashMap<String, Vec<u8>> = doc
