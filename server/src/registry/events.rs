@@ -6,6 +6,27 @@ use super::*;
 /// How many change events a document keeps for resuming subscribers.
 pub const RECENT_EVENTS: usize = 1024;
 
+/// How many bytes of operations (as JSON) the kept change events of one document may hold:
+/// a few whole-value PUTs of a large document would otherwise keep that many copies of it.
+/// A subscriber resuming from a version older than the kept events gets a snapshot.
+pub const RECENT_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The size of `value` as compact JSON.
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).map_or(usize::MAX, |()| counter.0)
+}
+
 /// One change, as subscribers see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeEvent {
@@ -108,10 +129,15 @@ pub(super) fn publish(
         time_ms,
         patch,
     });
-    if loaded.recent.len() == RECENT_EVENTS {
-        loaded.recent.pop_front();
+    let bytes = json_len(&event.patch);
+    loaded.recent.push_back((Arc::clone(&event), bytes));
+    loaded.recent_bytes = loaded.recent_bytes.saturating_add(bytes);
+    while loaded.recent.len() > RECENT_EVENTS || loaded.recent_bytes > RECENT_EVENT_BYTES {
+        let Some((_, dropped)) = loaded.recent.pop_front() else {
+            break;
+        };
+        loaded.recent_bytes -= dropped;
     }
-    loaded.recent.push_back(Arc::clone(&event));
     // No subscribers is not an error.
     if let Some(events) = slot.events.get() {
         let _ = events.send(event);
@@ -177,18 +203,27 @@ impl Registry {
                     let since_text = since.to_string();
                     if *since == current {
                         Catchup::Events(Vec::new())
-                    } else if let Some(i) =
-                        loaded.recent.iter().position(|e| e.version == since_text)
+                    } else if let Some(i) = loaded
+                        .recent
+                        .iter()
+                        .position(|(e, _)| e.version == since_text)
                     {
-                        Catchup::Events(loaded.recent.iter().skip(i + 1).cloned().collect())
+                        Catchup::Events(
+                            loaded
+                                .recent
+                                .iter()
+                                .skip(i + 1)
+                                .map(|(e, _)| Arc::clone(e))
+                                .collect(),
+                        )
                     } else if loaded
                         .recent
                         .front()
-                        .is_some_and(|e| e.previous == since_text)
+                        .is_some_and(|(e, _)| e.previous == since_text)
                     {
                         // The version the oldest kept event started from (the one a document
                         // was created or loaded at): every kept event is news.
-                        Catchup::Events(loaded.recent.iter().cloned().collect())
+                        Catchup::Events(loaded.recent.iter().map(|(e, _)| Arc::clone(e)).collect())
                     } else {
                         // Too old to replay change by change: start over from a snapshot.
                         Catchup::Snapshot {

@@ -51,7 +51,9 @@ mod write;
 
 pub use command::{Answer, Edit, WriteCommand};
 pub use error::Error;
-pub use events::{Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS};
+pub use events::{
+    Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS, RECENT_EVENT_BYTES,
+};
 pub use leases::Lease;
 pub use limit::DEFAULT_MAX_DOCUMENT_BYTES;
 pub use maintain::{Maintained, Tuning};
@@ -99,7 +101,11 @@ pub struct Loaded {
     /// (microseconds), so tokens keep growing across restarts.
     pub last_token: u64,
     /// Recent change events, for subscribers that resume from a version.
-    pub recent: VecDeque<Arc<ChangeEvent>>,
+    /// Each with the bytes of its operations; at most [`RECENT_EVENTS`] of them and
+    /// [`RECENT_EVENT_BYTES`] in all.
+    pub recent: VecDeque<(Arc<ChangeEvent>, usize)>,
+    /// The bytes of operations `recent` holds.
+    pub recent_bytes: usize,
     /// Number of the last change event.
     pub event_seq: u64,
     /// Stored change records not covered by a snapshot: when it passes
@@ -124,6 +130,7 @@ impl Loaded {
                 .unwrap_or(0)
                 .saturating_mul(1000),
             recent: VecDeque::new(),
+            recent_bytes: 0,
             event_seq: 0,
             unsnapshotted: 0,
             synced: 0,

@@ -350,6 +350,43 @@ async fn subscribers_see_every_write_in_order_and_resume_from_a_version() {
     );
 }
 
+/// Kept change events are bounded by the bytes of their operations, not only by count:
+/// whole-value PUTs of a 1 MB value keep at most the budget's worth, and a subscriber
+/// resuming from before them starts over from a snapshot.
+#[tokio::test]
+async fn kept_change_events_stay_within_their_byte_budget() {
+    let registry = registry();
+    let id = create_with(&registry, Strategy::Crdt, json!({"big": ""})).await;
+    let start: Version = registry
+        .read::<_, Error>(id, |l| Ok(l.doc.version()))
+        .await
+        .unwrap();
+    let write = meta("a");
+    let megabyte = 1024 * 1024;
+    for n in 0..12 {
+        let value = json!({ "big": format!("{n}").repeat(megabyte) });
+        registry
+            .execute(put(id, &write, Some(&IfMatch::Any), &value))
+            .await
+            .unwrap();
+    }
+    let (kept, bytes) = registry
+        .read::<_, Error>(id, |l| {
+            let sum: usize = l.recent.iter().map(|(_, b)| b).sum();
+            assert_eq!(sum, l.recent_bytes, "the count of bytes is the sum");
+            Ok((l.recent.len(), l.recent_bytes))
+        })
+        .await
+        .unwrap();
+    assert!(bytes <= RECENT_EVENT_BYTES, "{bytes}");
+    assert!((1..12).contains(&kept), "{kept} kept");
+    let (resumed, _) = registry.subscribe(id, Some(&start)).await.unwrap();
+    assert!(
+        matches!(resumed, Catchup::Snapshot { .. }),
+        "too old to replay: a snapshot"
+    );
+}
+
 #[tokio::test]
 async fn leases_fence_older_tokens_on_one_node() {
     let registry = registry();
