@@ -262,10 +262,9 @@ fn apply_one(
             replace_text(ops, pointer, text);
         }
         (PatchAction::DeleteSeq { index, length }, Value::String(text)) => {
-            let (Some(from), Some(to)) = (
-                byte_offset(text, *index),
-                byte_offset(text, index.saturating_add(*length)),
-            ) else {
+            let Some((from, to)) = byte_offset(text, *index)
+                .and_then(|from| byte_offset(&text[from..], *length).map(|len| (from, from + len)))
+            else {
                 return Err(desync(patch, "it deletes past the end of the text"));
             };
             size.sub(escaped_len(&text[from..to]));
@@ -405,9 +404,17 @@ fn push_token(pointer: &mut String, token: &str) {
 }
 
 /// The byte offset of character `index` in `text` (its length for `index` = its count).
+/// Text edits come one a write, so this runs on every splice: an ASCII prefix (checked a
+/// word at a time) is its own offset; only text with wider characters before `index` is
+/// walked character by character.
 fn byte_offset(text: &str, index: usize) -> Option<usize> {
     if index == 0 {
         return Some(0);
+    }
+    if let Some(prefix) = text.as_bytes().get(..index) {
+        if prefix.is_ascii() {
+            return Some(index);
+        }
     }
     match text.char_indices().nth(index) {
         Some((at, _)) => Some(at),
@@ -474,6 +481,10 @@ mod tests {
         assert_eq!(byte_offset("aé日", 2), Some(3));
         assert_eq!(byte_offset("aé日", 3), Some(6));
         assert_eq!(byte_offset("aé日", 4), None);
+        // An ASCII prefix is its own offset; a wide character after it is still walked.
+        assert_eq!(byte_offset("abcé", 3), Some(3));
+        assert_eq!(byte_offset("abcé", 4), Some(5));
+        assert_eq!(byte_offset("abc", 4), None);
     }
 
     #[test]
