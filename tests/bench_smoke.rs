@@ -54,6 +54,20 @@ async fn every_section_runs_and_reports() {
             _ => assert!(r.answer_bytes < 400, "{r:?}"),
         }
     }
+    // Growth: every size and history, every edit, at each agent count; a document grown
+    // to a history holds at least that many changes.
+    assert_eq!(report.growth.len(), (2 + 2) * 4 * 2);
+    for r in &report.growth {
+        assert!(r.writes >= 8 && r.per_sec > 0.0, "{r:?}");
+        match r.axis {
+            "size" => assert!(r.doc_bytes >= 1000, "{r:?}"),
+            _ => assert!(r.changes >= 10, "{r:?}"),
+        }
+    }
+    assert!(report
+        .growth
+        .iter()
+        .any(|r| r.axis == "history" && r.changes >= 100));
     assert_eq!(report.fanout.len(), 1);
     let scale = report.scale.as_ref().expect("scale section");
     assert!(scale.in_process && scale.rows[0].docs == 50);
