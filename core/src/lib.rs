@@ -12,7 +12,8 @@
 //! - `listdiff`: which old list element each new one is (identity, not position).
 //! - `textdiff`: the splices between two texts, lines first, then characters.
 //! - [`lost`]: edits a merge could not keep visible, recorded so none vanishes silently.
-//! - `mirror`: the present value as JSON, moved forward by each change's patches.
+//! - [`mirror`]: the present value as JSON, moved forward by each change's patches; and
+//!   [`mirror::json_len`], the size of a value as compact JSON.
 //! - [`patch`]: RFC 6902 JSON Patch (with `increment` and `splice`) and RFC 7396 merge patch.
 //! - [`policy`]: each strategy's rule for a write: the base version it applies at, or a
 //!   typed [`policy::Refusal`].
@@ -43,7 +44,7 @@ pub mod doc;
 pub mod error;
 mod listdiff;
 pub mod lost;
-mod mirror;
+pub mod mirror;
 mod note;
 pub mod patch;
 pub mod pointer;

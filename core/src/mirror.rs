@@ -147,26 +147,12 @@ impl Mirror {
         let new = scalar_to_json(&s);
         let root = Arc::make_mut(&mut self.value);
         let mut pointer = String::new();
-        let slot =
-            follow_path(root, &path, &mut pointer).and_then(|target| match (target, &prop) {
-                (Value::Object(map), Prop::Map(key)) => {
-                    push_token(&mut pointer, key);
-                    map.get_mut(key)
-                }
-                (Value::Array(items), Prop::Seq(i)) => {
-                    pointer.push('/');
-                    pointer.push_str(&i.to_string());
-                    items.get_mut(*i)
-                }
-                _ => None,
-            });
+        let slot = follow_path(root, &path, &mut pointer)
+            .and_then(|target| child_mut(target, &prop, &mut pointer));
         if let Some(slot) = slot.filter(|slot| **slot != new) {
             let mut size = Size(self.bytes);
-            size.sub(json_len(slot));
-            size.add(json_len(&new));
+            replace_scalar(slot, new, &mut size, ops, pointer);
             self.bytes = size.0;
-            *slot = new.clone();
-            ops.push(json!({"op": "replace", "path": pointer, "value": new}));
         }
     }
 }
@@ -274,12 +260,8 @@ fn apply_one(
         // A counter shows the sum of its concurrent values (`value::get`), which a patch does
         // not carry: it is read. A new conflict may be a concurrent counter to add in.
         (PatchAction::Increment { prop, .. } | PatchAction::Conflict { prop }, target) => {
-            let (slot, token) = match (target, prop) {
-                (Value::Object(map), Prop::Map(key)) => (map.get_mut(key), key.clone()),
-                (Value::Array(items), Prop::Seq(i)) => (items.get_mut(*i), i.to_string()),
-                _ => (None, String::new()),
-            };
-            let slot = slot.ok_or_else(|| desync(patch, "its property is not in the value"))?;
+            let slot = child_mut(target, prop, &mut pointer)
+                .ok_or_else(|| desync(patch, "its property is not in the value"))?;
             let is_increment = matches!(patch.action, PatchAction::Increment { .. });
             let Some(new) = scalar_now(doc, patch, prop.clone())? else {
                 // A conflict over objects: the winner shown is unchanged.
@@ -289,11 +271,7 @@ fn apply_one(
                 };
             };
             if is_increment || *slot != new {
-                size.sub(json_len(slot));
-                size.add(json_len(&new));
-                *slot = new.clone();
-                push_token(&mut pointer, &token);
-                ops.push(json!({"op": "replace", "path": pointer, "value": new}));
+                replace_scalar(slot, new, &mut size, ops, pointer);
             }
         }
         // Marks are not part of the JSON.
@@ -313,20 +291,44 @@ fn follow_path<'v>(
 ) -> Option<&'v mut Value> {
     let mut target = root;
     for (_, prop) in path {
-        target = match (target, prop) {
-            (Value::Object(map), Prop::Map(key)) => {
-                push_token(pointer, key);
-                map.get_mut(key)
-            }
-            (Value::Array(items), Prop::Seq(index)) => {
-                pointer.push('/');
-                pointer.push_str(&index.to_string());
-                items.get_mut(*index)
-            }
-            _ => None,
-        }?;
+        target = child_mut(target, prop, pointer)?;
     }
     Some(target)
+}
+
+/// The value at `prop` of `target` (a key of an object, an index of a list), with its
+/// token appended to `pointer`.
+fn child_mut<'v>(
+    target: &'v mut Value,
+    prop: &Prop,
+    pointer: &mut String,
+) -> Option<&'v mut Value> {
+    match (target, prop) {
+        (Value::Object(map), Prop::Map(key)) => {
+            push_token(pointer, key);
+            map.get_mut(key)
+        }
+        (Value::Array(items), Prop::Seq(index)) => {
+            pointer.push('/');
+            pointer.push_str(&index.to_string());
+            items.get_mut(*index)
+        }
+        _ => None,
+    }
+}
+
+/// Puts `new` in `slot` (at `pointer`), with its size and its `replace` operation.
+fn replace_scalar(
+    slot: &mut Value,
+    new: Value,
+    size: &mut Size,
+    ops: &mut Vec<Value>,
+    pointer: String,
+) {
+    size.sub(json_len(slot));
+    size.add(json_len(&new));
+    *slot = new.clone();
+    ops.push(json!({"op": "replace", "path": pointer, "value": new}));
 }
 
 /// A byte count moved by additions and subtractions whose order may dip below zero.
@@ -435,8 +437,8 @@ impl io::Write for Counter {
     }
 }
 
-/// The size of `value` as compact JSON.
-pub(crate) fn json_len(value: &Value) -> usize {
+/// The size of `value` as compact JSON, in bytes, counted without building the text.
+pub fn json_len(value: &Value) -> usize {
     let mut counter = Counter(0);
     serde_json::to_writer(&mut counter, value).expect("a JSON value serializes");
     counter.0

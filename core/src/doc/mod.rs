@@ -301,10 +301,12 @@ impl Document {
         settles: &[String],
         edit: impl Fn(&mut Transaction<'_>, &mut Ctx<'_>) -> Result<()>,
     ) -> Result<WriteOutcome> {
+        // The present's heads, which a stale write's effect is measured from.
+        let present_heads = self.doc.get_heads();
         let stale_heads = match base {
             Some(v) => {
                 self.check_version(v)?;
-                let mut current = self.doc.get_heads();
+                let mut current = present_heads.clone();
                 current.sort();
                 (v.heads() != current.as_slice()).then(|| v.heads().to_vec())
             }
@@ -315,7 +317,6 @@ impl Document {
             ..Present::default()
         };
         let mut passes = 0;
-        let present_heads = self.doc.get_heads();
         let (hash, report, patches) = loop {
             passes += 1;
             // Only a stale base needs an isolated transaction; one at the current heads is a

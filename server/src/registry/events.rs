@@ -11,22 +11,6 @@ pub const RECENT_EVENTS: usize = 1024;
 /// A subscriber resuming from a version older than the kept events gets a snapshot.
 pub const RECENT_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
-/// The size of `value` as compact JSON.
-fn json_len(value: &Value) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, value).map_or(usize::MAX, |()| counter.0)
-}
-
 /// One change, as subscribers see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeEvent {
@@ -129,7 +113,7 @@ pub(super) fn publish(
         time_ms,
         patch,
     });
-    let bytes = json_len(&event.patch);
+    let bytes = concord_core::mirror::json_len(&event.patch);
     loaded.recent.push_back((Arc::clone(&event), bytes));
     loaded.recent_bytes = loaded.recent_bytes.saturating_add(bytes);
     while loaded.recent.len() > RECENT_EVENTS || loaded.recent_bytes > RECENT_EVENT_BYTES {
