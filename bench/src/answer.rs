@@ -2,12 +2,12 @@
 //! answered whole (the value comes back) and with `Prefer: return=minimal` (the version
 //! only), one after the other on one keep-alive connection.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{percentile, BenchError, LocalConcord};
+use super::{percentile, timed_write, BenchError, LocalConcord};
 
 /// One document size, answered one way.
 #[derive(Debug, Clone, Serialize)]
@@ -58,26 +58,10 @@ pub async fn run(
                 if answer == "minimal" {
                     request = request.header("prefer", "return=minimal");
                 }
-                let started = Instant::now();
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| BenchError::Io(e.to_string()))?;
-                let status = response.status();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| BenchError::Io(e.to_string()))?;
-                let elapsed = started.elapsed();
-                if !status.is_success() {
-                    return Err(BenchError::Invalid(format!(
-                        "PATCH got {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    )));
-                }
+                let (elapsed, bytes) = timed_write(request).await?;
                 total += elapsed;
                 latencies.push(elapsed.as_secs_f64() * 1000.0);
-                answer_bytes = body.len();
+                answer_bytes = bytes;
             }
             rows.push(AnswerRow {
                 doc_bytes,

@@ -18,7 +18,7 @@ use concord_core::{Document, Schema, WriteMeta};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{fetch_json, percentile, BenchError, LocalConcord};
+use super::{fetch_json, percentile, timed_write, BenchError, LocalConcord};
 
 /// One measured cell.
 #[derive(Debug, Clone, Serialize)]
@@ -231,28 +231,13 @@ async fn create(
 
 /// One PATCH, answered minimal; its latency.
 async fn patch(client: &reqwest::Client, url: &str, ops: &Value) -> Result<Duration, BenchError> {
-    let started = Instant::now();
-    let response = client
+    let request = client
         .patch(url)
         .header("content-type", "application/json-patch+json")
         .header("concord-agent", "growth")
         .header("prefer", "return=minimal")
-        .body(ops.to_string())
-        .send()
-        .await
-        .map_err(|e| BenchError::Io(e.to_string()))?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| BenchError::Io(e.to_string()))?;
-    if !status.is_success() {
-        return Err(BenchError::Invalid(format!(
-            "PATCH got {status}: {}",
-            String::from_utf8_lossy(&body)
-        )));
-    }
-    Ok(started.elapsed())
+        .body(ops.to_string());
+    Ok(timed_write(request).await?.0)
 }
 
 async fn cell(

@@ -202,6 +202,31 @@ pub(crate) async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value
         .map_err(|e| BenchError::Io(e.to_string()))
 }
 
+/// Sends a write and reads its answer whole; its latency (send to the answer's last byte)
+/// and the answer's size in bytes. An error status is an error, with the body's text.
+pub(crate) async fn timed_write(
+    request: reqwest::RequestBuilder,
+) -> Result<(Duration, usize), BenchError> {
+    let started = std::time::Instant::now();
+    let response = request
+        .send()
+        .await
+        .map_err(|e| BenchError::Io(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| BenchError::Io(e.to_string()))?;
+    let elapsed = started.elapsed();
+    if !status.is_success() {
+        return Err(BenchError::Invalid(format!(
+            "write got {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok((elapsed, body.len()))
+}
+
 /// The `q` quantile of `values` (nearest rank), 0 for none.
 pub fn percentile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
