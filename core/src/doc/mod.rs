@@ -5,7 +5,9 @@
 //! The change records the agent (in its message, as `{"agent": …}`) and the time.
 //!
 //! One file for `Document`'s methods, as they are one type's API around one private
-//! `write`: creating and loading, reads, the write forms, lost edits, raw changes, forks.
+//! `write`: creating and loading, reads, the write forms, lost edits, raw changes, forks,
+//! and `follow`, which moves the kept JSON value by each change's patches (the patch
+//! arithmetic itself is `mirror.rs`).
 //! What a change records is in `note.rs`, the strict chunk decoder in `chunks.rs`; the merge
 //! logic lives in `reconcile`, `listdiff`, `textdiff` and `lost`.
 
