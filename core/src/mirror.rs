@@ -131,17 +131,29 @@ impl Mirror {
             }
             Key::Seq(ElementId::Head) => return,
         };
+        self.settle_counter_at(doc, &obj, prop, ops);
+    }
+
+    /// Reads the counter at `prop` of `obj` again, if one is there, adding an operation if
+    /// it moved.
+    pub(crate) fn settle_counter_at(
+        &mut self,
+        doc: &Automerge,
+        obj: &automerge::ObjId,
+        prop: Prop,
+        ops: &mut Vec<Value>,
+    ) {
         let is_counter = matches!(
-            doc.get(&obj, prop.clone()),
+            doc.get(obj, prop.clone()),
             Ok(Some((automerge::Value::Scalar(s), _))) if s.is_counter()
         );
         let Some(path) = is_counter
-            .then(|| doc.parents(&obj).ok()?.visible_path())
+            .then(|| doc.parents(obj).ok()?.visible_path())
             .flatten()
         else {
             return;
         };
-        let Ok(Some((automerge::Value::Scalar(s), _))) = get(doc, &obj, prop.clone(), None) else {
+        let Ok(Some((automerge::Value::Scalar(s), _))) = get(doc, obj, prop.clone(), None) else {
             return;
         };
         let new = scalar_to_json(&s);

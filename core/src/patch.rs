@@ -355,7 +355,8 @@ fn increment<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, by: i
         let total = sum
             .checked_add(by)
             .ok_or_else(|| Error::InvalidValue(format!("counter at {pointer} overflows")))?;
-        tx.put(&place.parent, prop, ScalarValue::counter(total))?;
+        tx.put(&place.parent, prop.clone(), ScalarValue::counter(total))?;
+        cx.report.folded.push((place.parent.clone(), prop));
         return Ok(());
     }
     match all.into_iter().last() {

@@ -62,6 +62,10 @@ pub(crate) struct Report {
     pub(crate) moved: HashSet<ObjId>,
     /// The moved objects and their copies: `(old, new)`.
     pub(crate) moves: Vec<(ObjId, ObjId)>,
+    /// Places where concurrent counters were folded into one. Automerge's patches follow
+    /// only the winning counter, so a fold that leaves the winner's value as it was shows
+    /// no patch, though the sum shown changed: the mirror reads these places again.
+    pub(crate) folded: Vec<(ObjId, Prop)>,
     seen: HashSet<ObjId>,
 }
 
@@ -176,7 +180,8 @@ pub(crate) fn reconcile_prop<T: Transactable>(
                 return Ok(());
             }
             cx.touch(obj, &obj_path);
-            tx.put(obj, prop, ScalarValue::counter(target))?;
+            tx.put(obj, prop.clone(), ScalarValue::counter(target))?;
+            cx.report.folded.push((obj.clone(), prop));
             return Ok(());
         }
         cx.deleting(tx, obj, prop.clone(), path);

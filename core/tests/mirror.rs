@@ -175,6 +175,42 @@ fn a_stale_increment_of_a_concurrent_counter_shows_in_the_sum() {
     assert_ne!(before, **doc.value());
 }
 
+/// Two writers create the counter at once, as 1 and 0: it shows 1, their sum.
+fn concurrent_counters() -> Document {
+    let (mut doc, _) = Document::create(&json!({}), schema(), &meta("s")).unwrap();
+    let v0 = doc.version();
+    doc.put(Some(&v0), &json!({"count": 1}), &meta("a"))
+        .unwrap();
+    doc.put(Some(&v0), &json!({"count": 0}), &meta("b"))
+        .unwrap();
+    assert_eq!(**doc.value(), json!({"count": 1}));
+    doc
+}
+
+#[test]
+fn folding_concurrent_counters_at_the_present_shows_the_new_sum() {
+    // A write at the present folds concurrent counters into one. When the new value is the
+    // one the winning counter already held, Automerge's patches say nothing, yet the sum
+    // shown changes: the place is read again.
+    let mut doc = concurrent_counters();
+    let out = doc.put(None, &json!({"count": 0}), &meta("c")).unwrap();
+    assert_eq!(**doc.value(), json!({"count": 0}));
+    assert_eq!(
+        out.patch,
+        vec![json!({"op": "replace", "path": "/count", "value": 0})]
+    );
+    // The same through JSON Patch increments, landing on either concurrent value.
+    for (by, shown) in [(-1, 0), (0, 1)] {
+        let mut doc = concurrent_counters();
+        let ops: Vec<PatchOp> =
+            serde_json::from_value(json!([{"op": "increment", "path": "/count", "value": by}]))
+                .unwrap();
+        doc.patch(None, &ops, &meta("c")).unwrap();
+        assert_eq!(**doc.value(), json!({"count": shown}), "increment by {by}");
+        assert_eq!(**doc.value(), doc.read(None).unwrap());
+    }
+}
+
 #[test]
 fn a_change_that_nests_too_deep_is_refused_and_the_kept_value_stays() {
     use automerge::transaction::Transactable;

@@ -402,7 +402,11 @@ impl Document {
         // A stale write's effect on the present: the difference between the heads.
         let (patch, changes) = match patches {
             Some(patches) => {
-                let patch = self.follow(&patches)?;
+                let mut patch = self.follow(&patches)?;
+                for (obj, prop) in report.folded {
+                    self.mirror
+                        .settle_counter_at(&self.doc, &obj, prop, &mut patch);
+                }
                 #[cfg(debug_assertions)]
                 self.check_mirror(&patches);
                 (patch, None)
