@@ -44,6 +44,12 @@ const RAW: &[(&str, &str)] = &[("content-type", "application/octet-stream")];
 const NONE: &[(&str, &str)] = &[];
 const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
 
+/// One operation more than a JSON Patch may hold, each of which alone would apply.
+fn too_long_patch() -> Vec<u8> {
+    let op = json!({"op": "add", "path": "/l/-", "value": 1});
+    serde_json::to_vec(&vec![op; concord_core::patch::MAX_PATCH_OPS + 1]).unwrap()
+}
+
 fn catalogue() -> Vec<Case> {
     use Method as M;
     let deep = format!("{}1{}", "[".repeat(200_000), "]".repeat(200_000));
@@ -70,6 +76,8 @@ fn catalogue() -> Vec<Case> {
         case("create: counter not an integer", M::POST, "/v1/docs", JSON, r#"{"value": {"n": 1.5}, "counters": ["/n"]}"#, 422),
         case("create: deep nesting", M::POST, "/v1/docs", JSON, deep.clone(), 400),
         case("create: body over the limit", M::POST, "/v1/docs", JSON, huge, 413),
+        // Edit: a patch longer than one write may make (concord_core::patch::MAX_PATCH_OPS).
+        case("patch: more operations than the limit", M::PATCH, "/v1/docs/{id}", PATCH, too_long_patch(), 413),
         // Read.
         case("read: malformed id", M::GET, "/v1/docs/not-a-uuid", NONE, "", 400),
         case("read: path trick in id", M::GET, "/v1/docs/..%2F..%2Fetc%2Fpasswd", NONE, "", 400),

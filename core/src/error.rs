@@ -43,6 +43,14 @@ pub enum Error {
     /// A patch document is malformed (not an array of operations, unknown op, missing field).
     #[error("invalid patch: {0}")]
     InvalidPatch(String),
+    /// A JSON Patch holds more operations than one write may make.
+    #[error("the patch holds {ops} operations, more than the {max} one write may make; send it as several patches")]
+    PatchTooLarge {
+        /// How many it holds.
+        ops: usize,
+        /// [`crate::patch::MAX_PATCH_OPS`].
+        max: usize,
+    },
     /// A value cannot be stored: the root is not an object, a counter is not an integer, ...
     #[error("invalid value: {0}")]
     InvalidValue(String),

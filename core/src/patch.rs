@@ -134,6 +134,12 @@ where
         .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }
 
+/// The most operations one JSON Patch may hold. A write runs to its end once begun (an
+/// Automerge transaction cannot be cut short), and inserts into one list cost more the more
+/// of them a patch makes: this bounds the time one request can take. Larger edits are sent
+/// as several patches, or as one whole value.
+pub const MAX_PATCH_OPS: usize = 10_000;
+
 /// Parses a JSON Patch document: an array of operations.
 pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
     let Value::Array(ops) = doc else {
@@ -141,6 +147,12 @@ pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
             "a JSON Patch is an array of operations".into(),
         ));
     };
+    if ops.len() > MAX_PATCH_OPS {
+        return Err(Error::PatchTooLarge {
+            ops: ops.len(),
+            max: MAX_PATCH_OPS,
+        });
+    }
     ops.iter()
         .enumerate()
         .map(|(i, op)| {

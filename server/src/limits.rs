@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | request body | 8 MiB | `Config::body_limit` | `413` problem |
 //! | document size (compact JSON of its value) | 16 MiB | [`Limits::max_document_bytes`] | `413` `document-too-large`; the document is unchanged |
+//! | operations in one JSON Patch | 10,000 | fixed (`concord_core::patch::MAX_PATCH_OPS`) | `413` `patch-too-large`; unchanged |
 //! | JSON nesting of a body or message | 127 levels | fixed (the JSON parser's limit) | `400` `invalid-json` (`error` over WebSocket) |
 //! | nesting of a document | 120 levels | fixed (`concord_core::value::MAX_DEPTH`) | `422` `invalid-value`; unchanged |
 //! | WebSocket message size and rate | 8 MiB; 200 at once, 100/s | `LiveConfig` | `error` (413, 429), then close |

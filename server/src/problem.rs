@@ -166,6 +166,9 @@ impl From<concord_core::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong-type", detail)
             }
             E::InvalidPatch(_) => ApiError::bad_request("invalid-patch", detail),
+            E::PatchTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "patch-too-large", detail)
+            }
             E::InvalidValue(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", detail)
             }

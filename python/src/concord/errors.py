@@ -135,8 +135,9 @@ class PreconditionFailed(ConcordError):
 
 
 class TooLarge(ConcordError):
-    """413: the body (``body-too-large``) or the document it would make
-    (``document-too-large``) is over the limit."""
+    """413: the body (``body-too-large``), the document it would make
+    (``document-too-large``) or a JSON Patch's number of operations
+    (``patch-too-large``) is over the limit."""
 
 
 class UnsupportedMediaType(ConcordError):
