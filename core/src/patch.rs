@@ -367,9 +367,7 @@ fn increment<T: Transactable>(tx: &mut T, cx: &mut Ctx, pointer: &Pointer, by: i
         let total = sum
             .checked_add(by)
             .ok_or_else(|| Error::InvalidValue(format!("counter at {pointer} overflows")))?;
-        tx.put(&place.parent, prop.clone(), ScalarValue::counter(total))?;
-        cx.report.folded.push((place.parent.clone(), prop));
-        return Ok(());
+        return cx.fold_counters(tx, &place.parent, prop, total);
     }
     match all.into_iter().last() {
         Some((automerge::Value::Scalar(s), _)) if s.is_counter() => {

@@ -85,6 +85,20 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Replaces concurrent counters at `prop` of `obj` with one holding `total`, and
+    /// reports the place ([`Report::folded`]).
+    pub(crate) fn fold_counters<T: Transactable>(
+        &mut self,
+        tx: &mut T,
+        obj: &ObjId,
+        prop: Prop,
+        total: i64,
+    ) -> Result<()> {
+        tx.put(obj, prop.clone(), ScalarValue::counter(total))?;
+        self.report.folded.push((obj.clone(), prop));
+        Ok(())
+    }
+
     /// Notes that the write puts an operation into `obj` (at `path`).
     pub(crate) fn touch(&mut self, obj: &ObjId, path: &[String]) {
         if self.report.seen.insert(obj.clone()) {
@@ -180,9 +194,7 @@ pub(crate) fn reconcile_prop<T: Transactable>(
                 return Ok(());
             }
             cx.touch(obj, &obj_path);
-            tx.put(obj, prop.clone(), ScalarValue::counter(target))?;
-            cx.report.folded.push((obj.clone(), prop));
-            return Ok(());
+            return cx.fold_counters(tx, obj, prop, target);
         }
         cx.deleting(tx, obj, prop.clone(), path);
         cx.touch(obj, &obj_path);
