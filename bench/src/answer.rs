@@ -61,7 +61,7 @@ pub async fn run(
                 let (elapsed, bytes) = timed_write(request).await?;
                 total += elapsed;
                 latencies.push(elapsed.as_secs_f64() * 1000.0);
-                answer_bytes = bytes;
+                answer_bytes = bytes.len();
             }
             rows.push(AnswerRow {
                 doc_bytes,

@@ -203,10 +203,10 @@ pub(crate) async fn fetch_json(request: reqwest::RequestBuilder) -> Result<Value
 }
 
 /// Sends a write and reads its answer whole; its latency (send to the answer's last byte)
-/// and the answer's size in bytes. An error status is an error, with the body's text.
+/// and the answer's body. An error status is an error, with the body's text.
 pub(crate) async fn timed_write(
     request: reqwest::RequestBuilder,
-) -> Result<(Duration, usize), BenchError> {
+) -> Result<(Duration, axum::body::Bytes), BenchError> {
     let started = std::time::Instant::now();
     let response = request
         .send()
@@ -224,7 +224,7 @@ pub(crate) async fn timed_write(
             String::from_utf8_lossy(&body)
         )));
     }
-    Ok((elapsed, body.len()))
+    Ok((elapsed, body))
 }
 
 /// The `q` quantile of `values` (nearest rank), 0 for none.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{fetch_json, percentile, BenchError, LocalConcord};
+use super::{fetch_json, percentile, timed_write, BenchError, LocalConcord};
 
 /// One measured age.
 #[derive(Debug, Clone, Serialize)]
@@ -51,26 +51,14 @@ pub async fn run(
                 items[k] = json!(format!("edited {w}"));
                 items.push(json!(format!("added {w}")));
             }
-            let started = std::time::Instant::now();
-            let response = client
+            let request = client
                 .put(&url)
                 .header("if-match", format!("\"{base}\""))
                 .header("concord-agent", "stale")
-                .json(&value)
-                .send()
-                .await
-                .map_err(|e| BenchError::Io(e.to_string()))?;
-            let status = response.status();
-            let body: Value = response
-                .json()
-                .await
-                .map_err(|e| BenchError::Io(e.to_string()))?;
-            let elapsed = started.elapsed();
-            if !status.is_success() {
-                return Err(BenchError::Invalid(format!(
-                    "stale PUT got {status}: {body}"
-                )));
-            }
+                .json(&value);
+            let (elapsed, body) = timed_write(request).await?;
+            let body: Value =
+                serde_json::from_slice(&body).map_err(|e| BenchError::Invalid(e.to_string()))?;
             total += elapsed;
             latencies.push(elapsed.as_secs_f64() * 1000.0);
             versions.push(body["version"].as_str().unwrap_or_default().to_owned());
