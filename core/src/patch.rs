@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::pointer::Pointer;
 use crate::reconcile::{
-    json_equal, merge3, reconcile_prop, reconcile_root, write_new, Ctx, Settle,
+    json_equal, merge3, reconcile_prop, reconcile_root, to_hydrate, write_new, Ctx, Settle,
 };
 use crate::value::{counter_sum, get, len, locate, parse_index, prop_for, read_pointer, Place};
 
@@ -162,15 +162,99 @@ pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
 }
 
 /// Applies every operation in order; the caller rolls back on error.
+///
+/// A run of `add`s that insert side by side into one list (`/items/-` again and again, or
+/// `/items/4`, `/items/5`, …) is one Automerge splice: each insert on its own looks its
+/// place up again, which in a transaction isolated at an old version walks the list, so a
+/// stale patch of many appends would cost the square of its length.
 pub(crate) fn apply_patch<T: Transactable>(
     tx: &mut T,
     cx: &mut Ctx,
     ops: &[PatchOp],
 ) -> Result<()> {
-    for op in ops {
+    let mut rest = ops;
+    while let Some(op) = rest.first() {
+        if let Some(run) = insert_run(rest).filter(|run| run.len > 1) {
+            if splice_run(tx, cx, &run, &rest[..run.len])? {
+                rest = &rest[run.len..];
+                continue;
+            }
+        }
         apply_op(tx, cx, op)?;
+        rest = &rest[1..];
     }
     Ok(())
+}
+
+/// `add`s at the front of a patch that insert side by side into one parent.
+struct InsertRun {
+    /// The parent, as the pointers name it.
+    parent: Pointer,
+    /// The first index, or `None` for appends (`-`).
+    first: Option<usize>,
+    /// How many operations.
+    len: usize,
+}
+
+/// The longest run of side-by-side inserts that `ops` begins with, if it begins with an
+/// `add` that names a list position.
+fn insert_run(ops: &[PatchOp]) -> Option<InsertRun> {
+    let place = |op: &PatchOp| match op {
+        PatchOp::Add { path, .. } => {
+            let pointer = Pointer::parse(path).ok()?;
+            let (parent, token) = pointer.split_last()?;
+            let index = match token {
+                "-" => None,
+                token => Some(parse_index(token)?),
+            };
+            Some((parent, index))
+        }
+        _ => None,
+    };
+    let (parent, first) = ops.first().and_then(place)?;
+    let len = 1 + ops[1..]
+        .iter()
+        .enumerate()
+        .take_while(|(k, op)| {
+            place(op).is_some_and(|(p, index)| p == parent && index == first.map(|i| i + k + 1))
+        })
+        .count();
+    Some(InsertRun { parent, first, len })
+}
+
+/// Inserts a run's values with one splice. `Ok(false)` if the run is not one into a list at
+/// a position it has: then its operations are applied one by one, which says what is wrong.
+fn splice_run<T: Transactable>(
+    tx: &mut T,
+    cx: &mut Ctx,
+    run: &InsertRun,
+    ops: &[PatchOp],
+) -> Result<bool> {
+    let Ok(list) = crate::value::resolve_object(tx, &run.parent, None, &run.parent) else {
+        return Ok(false);
+    };
+    if tx.object_type(&list)? != ObjType::List {
+        return Ok(false);
+    }
+    let length = len(tx, &list, None);
+    let index = match run.first {
+        None => length,
+        Some(i) if i <= length => i,
+        Some(_) => return Ok(false),
+    };
+    let mut path = run.parent.tokens().to_vec();
+    let mut values = Vec::with_capacity(ops.len());
+    for (k, op) in ops.iter().enumerate() {
+        let PatchOp::Add { value, .. } = op else {
+            unreachable!("a run holds only adds");
+        };
+        path.push((index + k).to_string());
+        let value = to_hydrate(cx.schema, &mut path, value);
+        path.pop();
+        values.push(value?);
+    }
+    tx.splice(&list, index, 0, values)?;
+    Ok(true)
 }
 
 fn apply_op<T: Transactable>(tx: &mut T, cx: &mut Ctx, op: &PatchOp) -> Result<()> {

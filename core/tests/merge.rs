@@ -504,6 +504,124 @@ fn patch_paths_mean_what_they_meant_at_the_base() {
     assert_eq!(doc.read(None).unwrap(), json!({"l": ["z", "a", "c"]}));
 }
 
+/// Side-by-side inserts are applied as one splice; they must mean exactly what the same
+/// operations mean one at a time, at a stale base too, with schema types inside the run.
+#[test]
+fn runs_of_inserts_mean_what_their_operations_mean() {
+    let schema = || schema(&["/l/*/body"], &["/l/*/votes"]);
+    let start = json!({"l": [{"body": "x", "votes": 0}, {"body": "y", "votes": 0}], "m": {}});
+    let element = |i: usize| json!({"body": format!("e{i}"), "votes": i});
+    let appends: Vec<Value> = (0..50)
+        .map(|i| json!({"op": "add", "path": "/l/-", "value": element(i)}))
+        .collect();
+    let at_one: Vec<Value> = (0..50)
+        .map(|i| json!({"op": "add", "path": format!("/l/{}", 1 + i), "value": element(i)}))
+        .collect();
+    for run in [appends, at_one] {
+        // One patch against the same patch split into one-op patches, at the present.
+        let (mut whole, _) = Document::create(&start, schema(), &meta("s")).unwrap();
+        let (mut split, _) = Document::create(&start, schema(), &meta("s")).unwrap();
+        whole
+            .patch(
+                None,
+                &parse_patch(&Value::from(run.clone())).unwrap(),
+                &meta("w"),
+            )
+            .unwrap();
+        for op in &run {
+            split
+                .patch(None, &parse_patch(&json!([op])).unwrap(), &meta("w"))
+                .unwrap();
+        }
+        assert_eq!(whole.read(None).unwrap(), split.read(None).unwrap());
+        assert_eq!(&**whole.value(), &whole.read(None).unwrap());
+
+        // At a stale base, while someone edited the neighbours, inserted and appended.
+        let (mut doc, _) = Document::create(&start, schema(), &meta("s")).unwrap();
+        let v1 = doc.version();
+        let present = json!([
+            {"op": "replace", "path": "/l/0/body", "value": "X"},
+            {"op": "replace", "path": "/l/1/body", "value": "Y"},
+            {"op": "add", "path": "/l/1", "value": {"body": "mid", "votes": 0}},
+            {"op": "add", "path": "/l/-", "value": {"body": "end", "votes": 0}}
+        ]);
+        doc.patch(None, &parse_patch(&present).unwrap(), &meta("B"))
+            .unwrap();
+        let mut stale = run.clone();
+        // Schema types hold inside the run: a later op edits an inserted text and counter.
+        stale.push(json!({"op": "splice", "path": "/l/2/body", "pos": 0, "insert": "!"}));
+        stale.push(json!({"op": "increment", "path": "/l/2/votes", "value": 5}));
+        let before = doc.read(None).unwrap();
+        let outcome = doc
+            .patch(
+                Some(&v1),
+                &parse_patch(&Value::from(stale)).unwrap(),
+                &meta("A"),
+            )
+            .unwrap();
+        let now = doc.read(None).unwrap();
+        // The kept value and the change event follow the splice too.
+        assert_eq!(&**doc.value(), &now);
+        let ops: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch)).unwrap();
+        let mut replayed = before;
+        json_patch::patch(&mut replayed, &ops).unwrap();
+        assert_eq!(replayed, now);
+        let bodies: Vec<&str> = now["l"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["body"].as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = bodies
+            .iter()
+            .copied()
+            .filter(|b| !["X", "Y", "mid", "end"].contains(b))
+            .collect();
+        let mut expected: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+        let edited = if run[0]["path"] == "/l/-" { 0 } else { 1 };
+        expected[edited] = format!("!{}", expected[edited]);
+        assert_eq!(ours, expected, "the run keeps its order: {bodies:?}");
+        for kept in ["X", "Y", "mid", "end"] {
+            assert!(bodies.contains(&kept), "{kept} survives: {bodies:?}");
+        }
+        let votes = now["l"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["body"] == expected[edited])
+            .unwrap()["votes"]
+            .clone();
+        assert_eq!(votes, json!(edited + 5));
+        if run[0]["path"] == "/l/1" {
+            // Inserted where the writer saw them: between x and y.
+            let x = bodies.iter().position(|b| *b == "X").unwrap();
+            let y = bodies.iter().position(|b| *b == "Y").unwrap();
+            let first = bodies.iter().position(|b| *b == "e0").unwrap();
+            let last = bodies.iter().position(|b| *b == "e49").unwrap();
+            assert!(x < first && last < y, "{bodies:?}");
+        }
+    }
+
+    // A run that is not into a list, or past its end, means what its operations mean.
+    let (mut doc, _) = Document::create(&start, schema(), &meta("s")).unwrap();
+    let into_map = json!([
+        {"op": "add", "path": "/m/-", "value": 1},
+        {"op": "add", "path": "/m/-", "value": 2}
+    ]);
+    doc.patch(None, &parse_patch(&into_map).unwrap(), &meta("w"))
+        .unwrap();
+    assert_eq!(doc.read(None).unwrap()["m"], json!({"-": 2}));
+    let past_end = json!([
+        {"op": "add", "path": "/l/3", "value": 1},
+        {"op": "add", "path": "/l/4", "value": 2}
+    ]);
+    let err = doc
+        .patch(None, &parse_patch(&past_end).unwrap(), &meta("w"))
+        .unwrap_err();
+    assert!(err.to_string().contains("/l/3"), "{err}");
+    assert_eq!(doc.read(None).unwrap()["l"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn merge_patch() {
     let (mut doc, _) = Document::create(
