@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// How long a start may take before the test gives up (a bound, not an expectation).
@@ -31,7 +31,8 @@ pub struct Binary {
 /// A child's stderr, collected by a thread until the pipe closes.
 #[derive(Clone)]
 struct Stderr {
-    text: Arc<Mutex<String>>,
+    /// What arrived so far, and a signal for each arrival.
+    text: Arc<(Mutex<String>, Condvar)>,
     /// Receives once the pipe closed (the process exited).
     closed: Arc<Mutex<mpsc::Receiver<()>>>,
 }
@@ -39,7 +40,7 @@ struct Stderr {
 impl Stderr {
     /// Collects `pipe` on a thread.
     fn collect(mut pipe: impl Read + Send + 'static) -> Stderr {
-        let text = Arc::new(Mutex::new(String::new()));
+        let text = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let (closed, on_close) = mpsc::channel();
         let into = Arc::clone(&text);
         std::thread::spawn(move || {
@@ -48,9 +49,11 @@ impl Stderr {
                 if n == 0 {
                     break;
                 }
-                into.lock()
+                into.0
+                    .lock()
                     .unwrap()
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
+                into.1.notify_all();
             }
             let _ = closed.send(());
         });
@@ -62,7 +65,18 @@ impl Stderr {
 
     /// Everything so far.
     fn now(&self) -> String {
-        self.text.lock().unwrap().clone()
+        self.text.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` has arrived `times` times, at most `bound`; true if it did.
+    fn wait_for(&self, needle: &str, times: usize, bound: Duration) -> bool {
+        let (text, arrived) = &*self.text;
+        let (_text, waited) = arrived
+            .wait_timeout_while(text.lock().unwrap(), bound, |text| {
+                text.matches(needle).count() < times
+            })
+            .unwrap();
+        !waited.timed_out()
     }
 
     /// Everything, once the pipe closed (the process has exited, so that is at once; the
@@ -191,6 +205,12 @@ impl Binary {
     /// What the server wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.now()
+    }
+
+    /// Waits until the server has logged `needle` `times` times (start it with a
+    /// `RUST_LOG` filter that lets the line through), at most `bound`; true if it did.
+    pub fn wait_for_log(&self, needle: &str, times: usize, bound: Duration) -> bool {
+        self.stderr.wait_for(needle, times, bound)
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reaps the process; returns its

@@ -547,3 +547,94 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_timeout() {
         server.kill();
     }
 }
+
+/// SIGTERM while an edit runs that would take minutes in a test build (a patch of 10,000
+/// removes at a stale base of a 10,000-element list): the server still exits, cleanly,
+/// within its shutdown timeout, and the document after a restart holds all of that write
+/// or none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_edit_exits_within_the_timeout() {
+    const SHUTDOWN_TIMEOUT_SECS: u64 = 2;
+    // Started at once, so well within this if the timeout holds; the edit alone takes
+    // longer.
+    const EXIT_BOUND: Duration = Duration::from_secs(SHUTDOWN_TIMEOUT_SECS + 30);
+    const STARTED: &str = "started processing request";
+    let data = tempfile::tempdir().expect("a data folder");
+    let server = Binary::start_logging(
+        data.path(),
+        &[
+            "--shutdown-timeout-secs",
+            &SHUTDOWN_TIMEOUT_SECS.to_string(),
+        ],
+        "concord_server=warn,tower_http=debug",
+    );
+    let client = client();
+    let items: Vec<u32> = (0..10_000).collect();
+    let created: Value = client
+        .post(server.url("/v1/docs"))
+        .json(&json!({"value": {"items": items}}))
+        .send()
+        .await
+        .expect("created")
+        .error_for_status()
+        .expect("created")
+        .json()
+        .await
+        .expect("JSON");
+    let (id, v1) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["version"].as_str().unwrap().to_owned(),
+    );
+    let doc = server.url(&format!("/v1/docs/{id}"));
+    // Someone writes after v1, so that a patch as of v1 is stale.
+    client
+        .patch(&doc)
+        .header("content-type", "application/json-patch+json")
+        .body(json!([{"op": "add", "path": "/items/-", "value": -1}]).to_string())
+        .send()
+        .await
+        .expect("answered")
+        .error_for_status()
+        .expect("applied");
+    let removes: Vec<Value> = (0..10_000)
+        .map(|_| json!({"op": "remove", "path": "/items/0"}))
+        .collect();
+    let long = tokio::spawn({
+        let client = client.clone();
+        let doc = doc.clone();
+        async move {
+            // Its answer, if any, does not matter: the server is stopping.
+            let _ = client
+                .patch(&doc)
+                .header("content-type", "application/json-patch+json")
+                .header("if-match", format!("\"{v1}\""))
+                .body(Value::from(removes).to_string())
+                .send()
+                .await;
+        }
+    });
+    assert!(
+        server.wait_for_log(STARTED, 3, BOUND),
+        "the long patch never started"
+    );
+    let (status, stderr) = server
+        .terminate(EXIT_BOUND)
+        .await
+        .expect("exited within the shutdown timeout, though an edit was running");
+    assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    long.await.unwrap();
+
+    let server = Binary::start(data.path(), &[]);
+    let now: Value = client
+        .get(server.url(&format!("/v1/docs/{id}")))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    let len = now["value"]["items"].as_array().expect("a list").len();
+    assert!(len == 10_001 || len == 1, "all of the write or none: {len}");
+    server.kill();
+}

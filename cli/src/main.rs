@@ -122,9 +122,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().header_timeout.as_secs())]
     header_timeout_secs: u64,
     /// A request not answered within this many seconds gets 408 (its body was still
-    /// arriving) or 503. Live streams (WebSocket, SSE) are not cut by it.
+    /// arriving) or 503; an edit still running then stops and changes nothing. Live
+    /// streams (WebSocket, SSE) are not cut by it; each WebSocket message has this long.
     #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
+    /// How many edits, document loads and snapshots run at once, each on a thread of its
+    /// own so that other requests keep being answered; more wait their turn. Default: one
+    /// per core.
+    #[arg(long, default_value_t = Limits::default().cpu_at_once, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    cpu_at_once: usize,
     /// A connection whose client takes nothing written to it for this many seconds (it
     /// does not read) is dropped, whatever it carries: a response, an event stream, a
     /// WebSocket. 0: never.
@@ -149,18 +155,29 @@ struct ServeArgs {
     ws_ping_interval_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("concord: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // A failure is one line on stderr and a non-zero exit (issue 6): anyhow's default,
     // `Error:`, a `Caused by:` list repeating each cause and a backtrace, buries the reason
     // (a damaged data file, say) that an operator needs.
-    match run().await {
+    let code = match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("concord: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Work a timed-out shutdown abandoned (an edit still running on its own thread, which
+    // nobody will be answered for) must not keep the process alive past the timeout, as
+    // dropping the runtime would by waiting for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 /// An error and its causes on one line, skipping a cause its parent already quotes.
@@ -241,6 +258,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             write_timeout: Duration::from_secs(args.write_timeout_secs),
             stream_share: args.stream_share_percent,
+            cpu_at_once: args.cpu_at_once,
         },
         storage: args.storage,
         // The viewer's comparison endpoints, `/v1/compare*`.
@@ -333,6 +351,8 @@ mod tests {
             "6",
             "--stream-share-percent",
             "50",
+            "--cpu-at-once",
+            "3",
             "--ws-max-message",
             "500",
             "--ws-rate-burst",
@@ -354,6 +374,7 @@ mod tests {
                 request_timeout: Duration::from_secs(4),
                 write_timeout: Duration::from_secs(6),
                 stream_share: 50,
+                cpu_at_once: 3,
             }
         );
         assert_eq!(config.live.max_message, 500);
@@ -364,6 +385,8 @@ mod tests {
         assert!(config.insecure_no_auth);
         // A share is a percentage.
         assert!(Cli::try_parse_from(["concord", "--stream-share-percent", "101"]).is_err());
+        // Work needs at least one permit to run.
+        assert!(Cli::try_parse_from(["concord", "serve", "--cpu-at-once", "0"]).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum Error {
         /// [`crate::patch::MAX_PATCH_OPS`].
         max: usize,
     },
+    /// An edit ran past its deadline ([`crate::Document::set_deadline`]) and was rolled back.
+    #[error("the edit did not finish within the request's time limit and was rolled back; nothing was applied")]
+    DeadlineExceeded,
     /// A value cannot be stored: the root is not an object, a counter is not an integer, ...
     #[error("invalid value: {0}")]
     InvalidValue(String),

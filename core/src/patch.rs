@@ -174,6 +174,7 @@ pub(crate) fn apply_patch<T: Transactable>(
 ) -> Result<()> {
     let mut rest = ops;
     while let Some(op) = rest.first() {
+        cx.on_time()?;
         if let Some(run) = insert_run(rest).filter(|run| run.len > 1) {
             if splice_run(tx, cx, &run, &rest[..run.len])? {
                 rest = &rest[run.len..];

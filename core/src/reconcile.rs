@@ -20,6 +20,7 @@
 //! can tell afterwards whether it erased edits it had not seen ([`crate::lost`]).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use automerge::transaction::Transactable;
 use automerge::{hydrate, ObjId, ObjType, Prop, ScalarValue, TextEncoding, ROOT};
@@ -74,14 +75,30 @@ pub(crate) struct Ctx<'a> {
     pub(crate) schema: &'a CompiledSchema,
     present: &'a Present,
     pub(crate) report: Report,
+    /// When the edit must have finished ([`crate::Document::set_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(schema: &'a CompiledSchema, present: &'a Present) -> Self {
+    pub(crate) fn new(
+        schema: &'a CompiledSchema,
+        present: &'a Present,
+        deadline: Option<Instant>,
+    ) -> Self {
         Ctx {
             schema,
             present,
             report: Report::default(),
+            deadline,
+        }
+    }
+
+    /// Fails with [`Error::DeadlineExceeded`] once the deadline has passed: called for every
+    /// operation an edit makes, so that no edit outlives its request.
+    pub(crate) fn on_time(&self) -> Result<()> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Error::DeadlineExceeded),
+            _ => Ok(()),
         }
     }
 
@@ -121,6 +138,7 @@ impl<'a> Ctx<'a> {
         prop: Prop,
         obj_path: &[String],
     ) -> Result<()> {
+        self.on_time()?;
         let mut path = obj_path.to_vec();
         path.push(prop_token(&prop));
         self.deleting(tx, obj, prop.clone(), &path);
@@ -183,6 +201,7 @@ pub(crate) fn reconcile_prop<T: Transactable>(
     new: &Value,
     settle: Settle,
 ) -> Result<()> {
+    cx.on_time()?;
     let obj_path = path[..path.len().saturating_sub(1)].to_vec();
     let all = tx.get_all(obj, prop.clone())?;
     let counters = counter_sum(&all);
@@ -432,6 +451,7 @@ pub(crate) fn write_new<T: Transactable>(
     path: &mut Vec<String>,
     value: &Value,
 ) -> Result<()> {
+    cx.on_time()?;
     match to_hydrate(cx.schema, path, value)? {
         hydrate::Value::Scalar(s) => match (prop, insert) {
             (Prop::Seq(i), true) => tx.insert(obj, i, s)?,

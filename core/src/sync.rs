@@ -203,6 +203,7 @@ impl Document {
             lost: crate::lost::LostLog::default(),
             waiting_bytes: 0,
             mirror: crate::mirror::Mirror::new(serde_json::json!({})),
+            deadline: None,
         })
     }
 

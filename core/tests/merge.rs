@@ -853,3 +853,43 @@ fn patch_numbers_are_whole_however_written() {
         assert!(err.contains("whole number"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn an_edit_past_its_deadline_changes_nothing() {
+    let (mut doc, _) =
+        Document::create(&json!({"l": [1, 2]}), Schema::default(), &meta("s")).unwrap();
+    let v1 = doc.version();
+    let appends = parse_patch(&json!([
+        {"op": "add", "path": "/l/-", "value": 3},
+        {"op": "replace", "path": "/l/0", "value": 0}
+    ]))
+    .unwrap();
+    // A deadline that has passed (time only moves on): every kind of edit stops.
+    doc.set_deadline(Some(std::time::Instant::now()));
+    for stale in [None, Some(&v1)] {
+        let err = doc.patch(stale, &appends, &meta("w")).unwrap_err();
+        assert!(
+            matches!(err, concord_core::Error::DeadlineExceeded),
+            "{err}"
+        );
+        let err = doc.put(stale, &json!({"l": [9]}), &meta("w")).unwrap_err();
+        assert!(
+            matches!(err, concord_core::Error::DeadlineExceeded),
+            "{err}"
+        );
+        let err = doc
+            .merge_patch(stale, &json!({"x": 1}), &meta("w"))
+            .unwrap_err();
+        assert!(
+            matches!(err, concord_core::Error::DeadlineExceeded),
+            "{err}"
+        );
+    }
+    assert_eq!(doc.version(), v1);
+    assert_eq!(doc.read(None).unwrap(), json!({"l": [1, 2]}));
+    assert_eq!(&**doc.value(), &json!({"l": [1, 2]}));
+    // Without one, the same edit applies.
+    doc.set_deadline(None);
+    doc.patch(Some(&v1), &appends, &meta("w")).unwrap();
+    assert_eq!(doc.read(None).unwrap(), json!({"l": [0, 2, 3]}));
+}

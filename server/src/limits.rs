@@ -13,7 +13,8 @@
 //! | open connections | 512 | [`Limits::max_connections`] | `503` `too-many-connections`, closed at once |
 //! | live streams (WebSocket and Server-Sent Events) | 75 % of the connections (384) | [`Limits::stream_share`] | `503` `too-many-streams` |
 //! | request headers (and idle keep-alive) | 30 s | [`Limits::header_timeout`] | the connection is closed |
-//! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` |
+//! | handling a request, its body included | 90 s | [`Limits::request_timeout`] | `408` (body still arriving) or `503` `handling-timeout`; an edit still running stops and rolls back |
+//! | CPU-heavy work at once (edits, loads, snapshots), off the async workers | one per core | [`Limits::cpu_at_once`] | waits its turn |
 //! | a write the client does not read | 30 s without progress | [`Limits::write_timeout`] | the connection is dropped (reset) |
 //!
 //! Excess connections are *refused*, not queued: a client learns at once that the server is
@@ -88,7 +89,8 @@ pub struct Limits {
     /// after its previous response, is closed (slow or idle clients hold a connection slot).
     pub header_timeout: Duration,
     /// A request whose response is not ready this long after its headers arrived is
-    /// answered `408` if its body was still arriving, else `503`.
+    /// answered `408` if its body was still arriving, else `503`; an edit still running
+    /// then stops and rolls back (`503` `handling-timeout`, nothing applied).
     pub request_timeout: Duration,
     /// A connection whose write has waited this long without the client taking a byte (it
     /// does not read) is reset, whatever it carries: buffers full of unread events or
@@ -100,6 +102,10 @@ pub struct Limits {
     /// take every place and leave none for requests. At least one stream is allowed unless
     /// this is 0 (no streams); over 100 counts as 100.
     pub stream_share: u8,
+    /// How many pieces of CPU-heavy work (edits, document loads, snapshots) run at once,
+    /// each on a thread of its own so that the async workers keep answering; more wait
+    /// their turn. At least one.
+    pub cpu_at_once: usize,
 }
 
 impl Default for Limits {
@@ -112,6 +118,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             // A quarter of the places stays for requests.
             stream_share: 75,
+            cpu_at_once: crate::registry::default_cpu_at_once(),
         }
     }
 }
@@ -160,7 +167,13 @@ pub async fn deadline(State(timeout): State<Duration>, request: Request, next: N
             waiting: watched,
         })
     });
-    match tokio::time::timeout(timeout, next.run(request)).await {
+    // The registry stops an edit still running at the deadline (registry/budget.rs): the
+    // timeout below can only act between the awaits of a request, not inside an edit.
+    let handled = crate::registry::within(
+        std::time::Instant::now() + timeout,
+        tokio::time::timeout(timeout, next.run(request)),
+    );
+    match handled.await {
         Ok(response) => response,
         Err(_) if waiting.load(Ordering::Relaxed) => {
             let mut response = ApiError::new(

@@ -40,7 +40,8 @@ pub struct Problem<'a> {
     /// `unknown-version`, `weak-etag`; 413 `body-too-large`, `document-too-large`; 415
     /// `unsupported-media-type`; 422 `invalid-body`, `invalid-value`, `wrong-type`,
     /// `idempotency-key-reused`; 423 `locked`; 428 `if-match-required`, `lock-required`;
-    /// 503 `too-many-connections`, `storage-unavailable`, `writer-contended`.
+    /// `patch-too-large`; 503 `too-many-connections`, `storage-unavailable`,
+    /// `writer-contended`, `handling-timeout`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The status's reason phrase.
@@ -174,6 +175,10 @@ impl From<concord_core::Error> for ApiError {
             }
             E::InvalidChanges(_) => ApiError::bad_request("invalid-changes", detail),
             E::LostNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "lost-not-found", detail),
+            E::DeadlineExceeded => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handling-timeout", detail)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
             E::Load(_) | E::Automerge(_) => ApiError::internal(detail),
         }
     }

@@ -13,6 +13,7 @@
 
 use automerge::transaction::Transaction;
 use std::sync::Arc;
+use std::time::Instant;
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, Patch, PatchLog, ReadDoc};
 use serde_json::{json, Value};
@@ -83,6 +84,8 @@ pub struct Document {
     pub(crate) waiting_bytes: usize,
     /// The present value as JSON, moved forward by each change's patches.
     pub(crate) mirror: Mirror,
+    /// When edits must have finished ([`Document::set_deadline`]).
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Document {
@@ -113,6 +116,7 @@ impl Document {
             lost: LostLog::default(),
             waiting_bytes: 0,
             mirror: Mirror::new(json!({})),
+            deadline: None,
         };
         let mut outcome = doc.write(None, meta, &[], |tx, cx| reconcile_root(tx, cx, value))?;
         if outcome.changes.is_empty() {
@@ -166,6 +170,7 @@ impl Document {
                 change_count,
                 lost,
                 waiting_bytes: 0,
+                deadline: None,
                 mirror,
             },
             report,
@@ -208,6 +213,14 @@ impl Document {
             Some(missing) => Err(Error::UnknownVersion(missing.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Sets when the following edits (`put`, `patch`, `merge_patch`, …) must have finished:
+    /// an edit still running then stops, rolls back, and fails with
+    /// [`Error::DeadlineExceeded`], having changed nothing. `None` (the default) lets edits
+    /// run to the end.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// The present value, kept as JSON (no read of the document): shared, so that an answer
@@ -330,7 +343,7 @@ impl Document {
                 None => self.doc.transaction_log_patches(PatchLog::active()),
             }
             .expect("a new patch log belongs to any document");
-            let mut cx = Ctx::new(&self.compiled, &present);
+            let mut cx = Ctx::new(&self.compiled, &present, self.deadline);
             if let Err(e) = edit(&mut tx, &mut cx) {
                 tx.rollback();
                 return Err(e);
@@ -651,6 +664,7 @@ impl Document {
             lost: self.lost.clone(),
             waiting_bytes: self.waiting_bytes,
             mirror: self.mirror.clone(),
+            deadline: None,
         };
         let outcome = WriteOutcome {
             version: copy.version(),

@@ -86,19 +86,20 @@ impl Registry {
             if loaded.unsnapshotted < self.tuning.compact_after {
                 return false;
             }
-            let covered: Vec<[u8; 32]> = loaded
-                .doc
-                .automerge()
-                .get_changes_meta(&[])
-                .iter()
-                .map(|m| m.hash.0)
-                .collect();
-            (
-                loaded.doc.save(),
-                covered,
-                loaded.unsnapshotted,
-                loaded.synced,
-            )
+            let (snapshot, covered) = self
+                .cpu
+                .run(|| {
+                    let covered: Vec<[u8; 32]> = loaded
+                        .doc
+                        .automerge()
+                        .get_changes_meta(&[])
+                        .iter()
+                        .map(|m| m.hash.0)
+                        .collect();
+                    (loaded.doc.save(), covered)
+                })
+                .await;
+            (snapshot, covered, loaded.unsnapshotted, loaded.synced)
         };
         match self.store.compact_from(id, snapshot, covered, synced).await {
             Ok(done) => {

@@ -38,6 +38,7 @@
 //! answers and is published only once stored; a refused one is answered 412 or 409 and the
 //! document is reloaded from the store, so memory never keeps a change the store refused.
 
+mod budget;
 mod catchup;
 mod command;
 mod coordinator;
@@ -49,6 +50,7 @@ mod maintain;
 mod receipts;
 mod write;
 
+pub use budget::{default_cpu_at_once, within};
 pub use command::{Answer, Edit, WriteCommand};
 pub use error::Error;
 pub use events::{
@@ -60,6 +62,7 @@ pub use maintain::{Maintained, Tuning};
 pub use receipts::Receipts;
 pub use write::{IdempotencyDraft, Responder, Written};
 
+use budget::Cpu;
 use coordinator::Coordinator;
 use events::publish;
 use leases::lease_from;
@@ -228,6 +231,8 @@ pub struct Registry {
     coordinator: Box<dyn Coordinator>,
     /// limits.rs: the largest a document's value may be, as compact JSON, in bytes.
     max_document_bytes: usize,
+    /// The permits for CPU-heavy work: edits, loads, snapshots (budget.rs).
+    cpu: Cpu,
     // -- storage damage (issue 6) --
     /// What loading skipped (or why it failed), per document: reported by `/healthz` and
     /// by reads of the document.
@@ -273,8 +278,16 @@ impl Registry {
             closing: watch::channel(false).0,
             tuning,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            cpu: Cpu::new(default_cpu_at_once()),
             damage: Mutex::default(),
         }
+    }
+
+    /// Runs at most `at_once` edits, loads and snapshots at a time, each off the async
+    /// workers (see budget.rs); the default is [`default_cpu_at_once`].
+    pub fn with_cpu_limit(mut self, at_once: usize) -> Self {
+        self.cpu = Cpu::new(at_once);
+        self
     }
 
     /// limits.rs: refuses writes that would make a document's value more than `bytes` of
@@ -315,12 +328,17 @@ impl Registry {
             return Ok(Arc::clone(slot));
         }
         let stored = self.store.load(id).await?.ok_or(Error::NotFound(id))?;
-        let (doc, report) = Document::load(
-            stored.meta.schema.clone(),
-            stored.snapshot.as_deref(),
-            &stored.changes,
-        )
-        .map_err(|e| {
+        let loading = self
+            .cpu
+            .run(|| {
+                Document::load(
+                    stored.meta.schema.clone(),
+                    stored.snapshot.as_deref(),
+                    &stored.changes,
+                )
+            })
+            .await;
+        let (doc, report) = loading.map_err(|e| {
             let e = Error::Unloadable(e.to_string());
             self.note_damage(id, &[e.to_string()]);
             e

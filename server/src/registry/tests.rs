@@ -504,3 +504,47 @@ async fn creates_and_deletes_are_typed() {
     );
     assert_eq!(value(&limited, small).await, json!({}), "rewound in place");
 }
+
+/// A write whose request is out of time stops before it commits: nothing changes, nothing
+/// is stored or announced, and the document takes the next write as usual.
+#[tokio::test]
+async fn a_write_out_of_time_changes_nothing() {
+    let registry = registry();
+    let id = create(&registry, json!({"items": [1, 2]})).await;
+    let before = registry
+        .read::<_, Error>(id, |l| Ok(l.doc.version()))
+        .await
+        .unwrap();
+    let (_, mut events) = registry.subscribe(id, None).await.unwrap();
+    let write = meta("a");
+    let value = json!({"items": [1, 2, 3]});
+    // A deadline already past (time only moves on).
+    let late = within(
+        std::time::Instant::now(),
+        registry.execute(put(id, &write, Some(&IfMatch::Any), &value)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(late, Error::Document(concord_core::Error::DeadlineExceeded)),
+        "{late:?}"
+    );
+    let (now, stored) = registry
+        .read::<_, Error>(id, |l| Ok((l.doc.version(), l.doc.change_count())))
+        .await
+        .unwrap();
+    assert_eq!(now, before);
+    assert_eq!(stored, 1);
+    assert_eq!(self::value(&registry, id).await, json!({"items": [1, 2]}));
+    // With time to spare, the same write applies; it is the first event subscribers see.
+    let at = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    within(
+        at,
+        registry.execute(put(id, &write, Some(&IfMatch::Any), &value)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(self::value(&registry, id).await, value);
+    let event = events.recv().await.unwrap();
+    assert_eq!(event.previous, before.to_string());
+}

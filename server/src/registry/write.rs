@@ -239,8 +239,13 @@ impl Registry {
         let writer_lock = self.coordinator.prepare_write(self, id, &mut guard).await?;
         let before = guard.loaded().doc.version();
         // The document keeps its value as JSON, moved forward by the edit's own patches (a
-        // change that nests too deep fails the edit there); its size is kept too.
-        let edited = edit(guard.loaded()).and_then(|mut outcome| {
+        // change that nests too deep fails the edit there); its size is kept too. The edit
+        // is CPU work, bounded by the request's deadline (budget.rs).
+        let loaded = guard.loaded();
+        loaded.doc.set_deadline(budget::deadline());
+        let edited = self.cpu.run(|| edit(loaded)).await;
+        guard.loaded().doc.set_deadline(None);
+        let edited = edited.and_then(|mut outcome| {
             let patch = if outcome.changes.is_empty() {
                 None
             } else {

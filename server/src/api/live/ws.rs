@@ -61,7 +61,7 @@ use crate::api::{agent, doc_id, now_ms, parse_version, valid_agent};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
 use crate::problem::ApiError;
-use crate::registry::{Answer, Edit, WriteCommand};
+use crate::registry::{within, Answer, Edit, WriteCommand};
 use crate::{AppState, LiveConfig};
 
 /// Who connects, for a browser that cannot send headers.
@@ -472,24 +472,23 @@ impl Session {
             }
             Keyed::Record(in_flight, draft) => (in_flight, draft),
         };
-        let written = self
-            .state
-            .registry
-            .execute(WriteCommand {
-                doc: self.doc,
-                meta: &meta,
-                if_match: if_match.as_ref(),
-                lock,
-                edit: match &body {
-                    WriteBody::Put(value) => Edit::Put(value),
-                    WriteBody::Patch(_) => Edit::Patch(&ops),
-                },
-                idempotency: Some((draft, ack_record)),
-                // The acknowledgement carries the version; subscribers get the change.
-                answer: Answer::Minimal,
-            })
-            .await
-            .map_err(for_ws);
+        // Each message has the time an HTTP request has: an edit still running then
+        // stops and changes nothing.
+        let deadline = std::time::Instant::now() + self.state.config.limits.request_timeout;
+        let written = self.state.registry.execute(WriteCommand {
+            doc: self.doc,
+            meta: &meta,
+            if_match: if_match.as_ref(),
+            lock,
+            edit: match &body {
+                WriteBody::Put(value) => Edit::Put(value),
+                WriteBody::Patch(_) => Edit::Patch(&ops),
+            },
+            idempotency: Some((draft, ack_record)),
+            // The acknowledgement carries the version; subscribers get the change.
+            answer: Answer::Minimal,
+        });
+        let written = within(deadline, written).await.map_err(for_ws);
         drop(in_flight);
         Ok((written?.version.to_string(), false))
     }
