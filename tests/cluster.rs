@@ -763,6 +763,7 @@ async fn a_write_refused_by_the_database_leaves_nothing_behind() {
             id,
             &ours,
             None,
+            1,
             (None, concord_server::registry::Answer::Whole),
             |loaded| {
                 // The node's own check passes: it has not seen the rival's write yet.

@@ -58,7 +58,7 @@ mod textdiff;
 pub mod value;
 pub mod version;
 
-pub use doc::{Document, WriteMeta, WriteOutcome};
+pub use doc::{Deadline, Document, WriteMeta, WriteOutcome};
 pub use error::Error;
 pub use lost::LostEdit;
 pub use schema::Schema;

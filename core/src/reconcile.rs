@@ -20,12 +20,12 @@
 //! can tell afterwards whether it erased edits it had not seen ([`crate::lost`]).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use automerge::transaction::Transactable;
 use automerge::{hydrate, ObjId, ObjType, Prop, ScalarValue, TextEncoding, ROOT};
 use serde_json::{Map, Value};
 
+use crate::doc::Deadline;
 use crate::error::{Error, Result};
 use crate::listdiff::{pair, Slot};
 use crate::schema::CompiledSchema;
@@ -75,15 +75,15 @@ pub(crate) struct Ctx<'a> {
     pub(crate) schema: &'a CompiledSchema,
     present: &'a Present,
     pub(crate) report: Report,
-    /// When the edit must have finished ([`crate::Document::set_deadline`]).
-    deadline: Option<Instant>,
+    /// When the edit must stop ([`crate::Document::set_deadline`]).
+    deadline: Option<&'a Deadline>,
 }
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         schema: &'a CompiledSchema,
         present: &'a Present,
-        deadline: Option<Instant>,
+        deadline: Option<&'a Deadline>,
     ) -> Self {
         Ctx {
             schema,
@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
     /// operation an edit makes, so that no edit outlives its request.
     pub(crate) fn on_time(&self) -> Result<()> {
         match self.deadline {
-            Some(deadline) if Instant::now() >= deadline => Err(Error::DeadlineExceeded),
+            Some(deadline) if deadline.passed() => Err(Error::DeadlineExceeded),
             _ => Ok(()),
         }
     }

@@ -154,6 +154,11 @@ impl SyncMessage {
     pub fn has_changes(&self) -> bool {
         !self.0.changes.is_empty()
     }
+
+    /// The bytes of the changes the message carries.
+    pub fn change_bytes(&self) -> usize {
+        self.0.changes.iter().map(<[u8]>::len).sum()
+    }
 }
 
 /// The most probes per hash a peer's Bloom filter may ask for (Automerge uses 7).

@@ -5,7 +5,7 @@ mod common;
 
 use common::meta;
 use concord_core::patch::parse_patch;
-use concord_core::{Document, Schema, Version};
+use concord_core::{Deadline, Document, Schema, Version};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -864,8 +864,8 @@ fn an_edit_past_its_deadline_changes_nothing() {
         {"op": "replace", "path": "/l/0", "value": 0}
     ]))
     .unwrap();
-    // A deadline that has passed (time only moves on): every kind of edit stops.
-    doc.set_deadline(Some(std::time::Instant::now()));
+    // A deadline that has passed: every kind of edit stops.
+    doc.set_deadline(Some(Deadline::new(|| true)));
     for stale in [None, Some(&v1)] {
         let err = doc.patch(stale, &appends, &meta("w")).unwrap_err();
         assert!(
@@ -887,6 +887,29 @@ fn an_edit_past_its_deadline_changes_nothing() {
     }
     assert_eq!(doc.version(), v1);
     assert_eq!(doc.read(None).unwrap(), json!({"l": [1, 2]}));
+    assert_eq!(&**doc.value(), &json!({"l": [1, 2]}));
+    // One that passes halfway through a patch: what the patch did so far is rolled back.
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&asked);
+    doc.set_deadline(Some(Deadline::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 5
+    })));
+    let replaces: Vec<Value> = (0..20)
+        .map(|i| json!({"op": "replace", "path": format!("/l/{}", i % 2), "value": i}))
+        .collect();
+    let err = doc
+        .patch(
+            None,
+            &parse_patch(&Value::from(replaces)).unwrap(),
+            &meta("w"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, concord_core::Error::DeadlineExceeded),
+        "{err}"
+    );
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > 5);
+    assert_eq!(doc.version(), v1);
     assert_eq!(&**doc.value(), &json!({"l": [1, 2]}));
     // Without one, the same edit applies.
     doc.set_deadline(None);

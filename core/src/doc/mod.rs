@@ -13,7 +13,6 @@
 
 use automerge::transaction::Transaction;
 use std::sync::Arc;
-use std::time::Instant;
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, Patch, PatchLog, ReadDoc};
 use serde_json::{json, Value};
@@ -30,11 +29,13 @@ use crate::value::{conflicts, len, locate, read_pointer, root_to_json, Conflict,
 use crate::version::Version;
 
 mod chunks;
+mod deadline;
 mod note;
 
 pub use crate::note::decode_note;
 pub use chunks::parse_changes;
 pub(crate) use chunks::read_uleb;
+pub use deadline::Deadline;
 use note::{commit_options, Extra};
 pub use note::{HistoryEntry, WriteMeta};
 
@@ -85,7 +86,7 @@ pub struct Document {
     /// The present value as JSON, moved forward by each change's patches.
     pub(crate) mirror: Mirror,
     /// When edits must have finished ([`Document::set_deadline`]).
-    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline: Option<Deadline>,
 }
 
 impl std::fmt::Debug for Document {
@@ -215,11 +216,11 @@ impl Document {
         }
     }
 
-    /// Sets when the following edits (`put`, `patch`, `merge_patch`, …) must have finished:
-    /// an edit still running then stops, rolls back, and fails with
-    /// [`Error::DeadlineExceeded`], having changed nothing. `None` (the default) lets edits
-    /// run to the end.
-    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+    /// Sets when the following edits (`put`, `patch`, `merge_patch`, …) must stop: asked
+    /// between their operations, a deadline that has passed makes the edit roll back and
+    /// fail with [`Error::DeadlineExceeded`], having changed nothing. `None` (the default)
+    /// lets edits run to the end.
+    pub fn set_deadline(&mut self, deadline: Option<Deadline>) {
         self.deadline = deadline;
     }
 
@@ -343,7 +344,7 @@ impl Document {
                 None => self.doc.transaction_log_patches(PatchLog::active()),
             }
             .expect("a new patch log belongs to any document");
-            let mut cx = Ctx::new(&self.compiled, &present, self.deadline);
+            let mut cx = Ctx::new(&self.compiled, &present, self.deadline.as_ref());
             if let Err(e) = edit(&mut tx, &mut cx) {
                 tx.rollback();
                 return Err(e);

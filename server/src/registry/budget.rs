@@ -6,6 +6,12 @@
 //! once (the rest wait for a permit, asynchronously), each on a thread of its own, while the
 //! async workers go on answering.
 //!
+//! Most edits are small: a hand-off to another thread would cost more than they do, and on
+//! one hot document it costs throughput. So an edit runs in place unless it is *heavy*: its
+//! input weighs more than [`LIGHT_WEIGHT`] (operations, JSON values, change bytes / 16), or
+//! its document is large (its value over 256 KiB, or over 10,000 changes, which a stale
+//! base walks). Loads and snapshots always go through the permits.
+//!
 //! The time a request may take is its *deadline*, set by the transport for everything the
 //! request does ([`within`]: the HTTP handling timeout, the same timeout per WebSocket
 //! message). An edit still running at its deadline stops between two operations and rolls
@@ -15,6 +21,8 @@
 use std::future::Future;
 use std::time::Instant;
 
+use concord_core::Document;
+use serde_json::Value;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
@@ -60,6 +68,37 @@ impl Cpu {
             _ => work(),
         }
     }
+}
+
+/// Edits weighing at most this much on a small document run in place (see the module docs).
+pub(super) const LIGHT_WEIGHT: usize = 64;
+const LIGHT_DOC_BYTES: usize = 256 * 1024;
+const LIGHT_CHANGES: usize = 10_000;
+
+/// True if an edit of `weight` to `doc` is light enough to run in place.
+pub(super) fn light(weight: usize, doc: &Document) -> bool {
+    weight <= LIGHT_WEIGHT
+        && doc.json_bytes() <= LIGHT_DOC_BYTES
+        && doc.change_count() <= LIGHT_CHANGES
+}
+
+/// The number of JSON values in `value` (every scalar, array and object counts one),
+/// counted up to `cap`: what a write of it costs, in the unit of [`LIGHT_WEIGHT`].
+pub(super) fn json_weight(value: &Value, cap: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        count += 1;
+        if count >= cap {
+            return cap;
+        }
+        match value {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
 }
 
 /// How many pieces of CPU-heavy work run at once unless the server is told otherwise: one
@@ -111,6 +150,37 @@ mod tests {
         );
         // Once it is done, the next runs.
         assert_eq!(cpu.run(|| 7).await, 7);
+    }
+
+    #[test]
+    fn an_edit_is_light_only_when_small_on_a_small_document() {
+        let value = serde_json::json!({"a": [1, 2, {"b": null}], "c": "x"});
+        assert_eq!(json_weight(&value, 100), 7);
+        assert_eq!(json_weight(&value, 3), 3);
+        let (small, _) = Document::create(
+            &serde_json::json!({"n": 0}),
+            concord_core::Schema::default(),
+            &concord_core::WriteMeta {
+                agent: "a".into(),
+                time_ms: 0,
+                message: None,
+            },
+        )
+        .unwrap();
+        assert!(light(1, &small));
+        assert!(light(LIGHT_WEIGHT, &small));
+        assert!(!light(LIGHT_WEIGHT + 1, &small));
+        let (large, _) = Document::create(
+            &serde_json::json!({ "t": "x".repeat(LIGHT_DOC_BYTES) }),
+            concord_core::Schema::default(),
+            &concord_core::WriteMeta {
+                agent: "a".into(),
+                time_ms: 0,
+                message: None,
+            },
+        )
+        .unwrap();
+        assert!(!light(1, &large));
     }
 
     #[tokio::test]

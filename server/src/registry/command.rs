@@ -85,6 +85,33 @@ impl Edit<'_> {
         }
     }
 
+    /// What the edit's input weighs, in the unit of [`budget::LIGHT_WEIGHT`] (and counted
+    /// no further than one past it): whether it may run in place (registry/budget.rs).
+    fn weight(&self) -> usize {
+        let cap = budget::LIGHT_WEIGHT + 1;
+        let weight = match self {
+            Edit::Put(value) | Edit::MergePatch(value) => budget::json_weight(value, cap),
+            Edit::Patch(ops) => ops
+                .iter()
+                .take(cap)
+                .map(|op| match op {
+                    PatchOp::Add { value, .. }
+                    | PatchOp::Replace { value, .. }
+                    | PatchOp::Test { value, .. } => budget::json_weight(value, cap),
+                    PatchOp::Splice { insert, .. } => 1 + insert.len() / 64,
+                    // A subtree of any size moves or is copied.
+                    PatchOp::Move { .. } | PatchOp::Copy { .. } => cap,
+                    PatchOp::Remove { .. } | PatchOp::Increment { .. } => 1,
+                })
+                .sum(),
+            Edit::Changes(bytes) => bytes.len() / 16,
+            Edit::Sync { message, .. } => message.change_bytes() / 16,
+            Edit::Copy(_) | Edit::MergeFork { .. } => cap,
+            Edit::RestoreLost(_) | Edit::DismissLost(_) => 1,
+        };
+        weight.min(cap)
+    }
+
     /// Applies the edit to `doc` at `base` (`None`: the present).
     fn apply(
         self,
@@ -134,8 +161,9 @@ impl Registry {
             Edit::MergeFork { receipts, .. } => Some(*receipts),
             _ => None,
         };
+        let weight = edit.weight();
         let written = self
-            .write(doc, meta, inherited, (idempotency, answer), |loaded| {
+            .write(doc, meta, inherited, weight, (idempotency, answer), |loaded| {
                 let current = loaded.doc.version();
                 let strategy = loaded.meta.strategy;
                 let base = policy::admit(

@@ -161,7 +161,7 @@ async fn a_write_held_at_the_disk() -> (
         async move {
             let write = meta("a");
             registry
-                .write(id, &write, None, (None, Answer::Whole), |loaded| {
+                .write(id, &write, None, 1, (None, Answer::Whole), |loaded| {
                     Ok::<_, Error>(loaded.doc.put(None, &json!({"n": 1}), &write)?)
                 })
                 .await
@@ -181,7 +181,7 @@ async fn a_failed_edit_does_not_forget_a_write_still_on_its_way_to_disk() {
     // An edit that changes the document and then fails (as raw changes refused halfway do).
     let write = meta("b");
     let failed = registry
-        .write(id, &write, None, (None, Answer::Whole), |loaded| {
+        .write(id, &write, None, 1, (None, Answer::Whole), |loaded| {
             loaded
                 .doc
                 .put(None, &json!({"n": 1, "half": true}), &write)?;

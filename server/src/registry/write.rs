@@ -223,6 +223,8 @@ impl Registry {
     }
 
     /// Applies `edit` to the document and stores what it changed; returns once durable.
+    /// `weight` is what the edit's input weighs (registry/budget.rs): a heavy edit waits
+    /// for a CPU permit and runs off the async workers.
     /// The primitive under [`Registry::execute`], which every transport uses: it admits
     /// nothing by itself (the strategy's policy is the caller's). Each new change is
     /// recorded as received from `write.agent` now, unless it is copied from a document
@@ -232,6 +234,7 @@ impl Registry {
         id: Uuid,
         write: &WriteMeta,
         inherited: Option<&Receipts>,
+        weight: usize,
         reply: Reply,
         edit: impl FnOnce(&mut Loaded) -> Result<WriteOutcome, E>,
     ) -> Result<Written, E> {
@@ -242,8 +245,15 @@ impl Registry {
         // change that nests too deep fails the edit there); its size is kept too. The edit
         // is CPU work, bounded by the request's deadline (budget.rs).
         let loaded = guard.loaded();
-        loaded.doc.set_deadline(budget::deadline());
-        let edited = self.cpu.run(|| edit(loaded)).await;
+        loaded.doc.set_deadline(
+            budget::deadline()
+                .map(|at| concord_core::Deadline::new(move || std::time::Instant::now() >= at)),
+        );
+        let edited = if budget::light(weight, &loaded.doc) {
+            edit(loaded)
+        } else {
+            self.cpu.run(|| edit(loaded)).await
+        };
         guard.loaded().doc.set_deadline(None);
         let edited = edited.and_then(|mut outcome| {
             let patch = if outcome.changes.is_empty() {
