@@ -28,6 +28,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod answer;
+pub mod busy;
 pub mod cluster;
 pub mod fanout;
 pub mod growth;
@@ -70,8 +71,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, textput, http, stale, answer, growth,
-    /// fanout, scale, peer, cluster.
+    /// Sections to run (all when empty): trace, textput, http, stale, busy, answer,
+    /// growth, fanout, scale, peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -80,8 +81,9 @@ pub struct BenchOptions {
 }
 
 /// Every section, by the name [`BenchOptions::only`] gives it.
-pub const SECTIONS: [&str; 10] = [
-    "trace", "textput", "http", "stale", "answer", "growth", "fanout", "scale", "peer", "cluster",
+pub const SECTIONS: [&str; 11] = [
+    "trace", "textput", "http", "stale", "busy", "answer", "growth", "fanout", "scale", "peer",
+    "cluster",
 ];
 
 impl BenchOptions {
@@ -103,6 +105,8 @@ pub struct BenchReport {
     pub http: Vec<http::HttpRow>,
     /// Stale-base merges.
     pub stale: Vec<stale::StaleRow>,
+    /// Answers while heavy edits run.
+    pub busy: Option<busy::BusyReport>,
     /// Whole against minimal write answers.
     pub answer: Vec<answer::AnswerRow>,
     /// Small writes as documents grow.
@@ -287,7 +291,7 @@ pub async fn run(
         },
         ..Tuning::default()
     };
-    let needs_local = ["http", "stale", "answer", "growth", "fanout"]
+    let needs_local = ["http", "stale", "busy", "answer", "growth", "fanout"]
         .iter()
         .any(|s| options.wants(s))
         || (options.wants("scale") && options.exe.is_none());
@@ -305,6 +309,15 @@ pub async fn run(
             progress("stale: merging from old bases");
             let writes = if options.smoke { 5 } else { 200 };
             report.stale = stale::run(&concord, &[1, 10, 100], writes).await?;
+        }
+        if options.wants("busy") {
+            progress("busy: /healthz and reads while two long stale patches run");
+            let (list, ops) = if options.smoke {
+                (200, 200)
+            } else {
+                (10_000, 10_000)
+            };
+            report.busy = Some(busy::run(&concord, list, ops).await?);
         }
         if options.wants("answer") {
             progress("answer: small writes answered whole and minimal");

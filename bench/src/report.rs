@@ -131,6 +131,46 @@ pub fn table(report: &BenchReport) -> String {
             );
         }
     }
+    if let Some(busy) = &report.busy {
+        let _ = writeln!(
+            out,
+            "\nLarge patches alone ({} ops on a {}-element list)",
+            busy.ops, busy.list
+        );
+        for r in &busy.solo {
+            let present = busy
+                .solo
+                .iter()
+                .find(|p| p.kind == r.kind && p.base == "present")
+                .map_or(String::new(), |p| {
+                    format!(", {:.2}x of the present", r.secs / p.secs.max(1e-9))
+                });
+            let _ = writeln!(
+                out,
+                "  {:<11} at a {:<7} base: {:.3} s{present}",
+                r.kind, r.base, r.secs
+            );
+        }
+        let secs: Vec<String> = busy
+            .heavy_secs
+            .iter()
+            .map(|s| format!("{s:.1} s"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nAnswering while busy (two patches of {} inserts at a stale base of a {}-element list, at once: {})",
+            busy.ops,
+            busy.list,
+            secs.join(", ")
+        );
+        for r in &busy.rows {
+            let _ = writeln!(
+                out,
+                "  {:<7} {:<4}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",
+                r.probe, r.load, r.p50_ms, r.p99_ms, r.max_ms, r.probes
+            );
+        }
+    }
     if !report.answer.is_empty() {
         let _ = writeln!(
             out,
