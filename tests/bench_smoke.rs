@@ -45,6 +45,18 @@ async fn every_section_runs_and_reports() {
         report.stale.iter().map(|r| r.age).collect::<Vec<_>>(),
         [1, 10, 100]
     );
+    // Busy: each large patch alone at both bases, then the probes idle and busy.
+    let busy = report.busy.as_ref().expect("busy section");
+    assert_eq!(busy.solo.len(), 4);
+    assert!(busy.solo.iter().all(|r| r.secs > 0.0), "{busy:?}");
+    assert_eq!(busy.heavy_secs.len(), 2);
+    assert_eq!(busy.rows.len(), 4);
+    assert!(
+        busy.rows
+            .iter()
+            .all(|r| r.probes >= 1 && r.p99_ms >= r.p50_ms),
+        "{busy:?}"
+    );
     // Whole and minimal answers for each size; a minimal answer is small whatever the size.
     assert_eq!(report.answer.len(), 4);
     for r in &report.answer {
