@@ -34,6 +34,11 @@ async fn every_section_runs_and_reports() {
             assert!(report.skipped.iter().any(|s| s.starts_with("trace:")));
         }
     }
+    // The trace over HTTP (when the trace is there) gives the in-process replay's text.
+    match &report.tracehttp {
+        Some(t) => assert!(t.matches && t.edits == 500 && t.per_sec > 0.0, "{t:?}"),
+        None => assert!(report.skipped.iter().any(|s| s.starts_with("tracehttp:"))),
+    }
     assert_eq!(report.http.len(), 2 * 5, "two agent counts, five targets");
     assert!(report.http.iter().all(|r| r.writes > 0));
     assert!(report
@@ -47,7 +52,7 @@ async fn every_section_runs_and_reports() {
     );
     // Busy: each large patch alone at both bases, then the probes idle and busy.
     let busy = report.busy.as_ref().expect("busy section");
-    assert_eq!(busy.solo.len(), 4);
+    assert_eq!(busy.solo.len(), 8);
     assert!(busy.solo.iter().all(|r| r.secs > 0.0), "{busy:?}");
     assert_eq!(busy.heavy_secs.len(), 2);
     assert_eq!(busy.rows.len(), 4);

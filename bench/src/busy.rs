@@ -1,7 +1,8 @@
 //! Large JSON Patches, and answering while they run. First each kind of large patch alone
-//! (appends, inserts at the front), at the present and at a stale base: the stale one
-//! against the same patch at the present, in the same run. Then two patches of inserts at a
-//! stale base (each seconds of CPU, on a document of its own) run at once, and meanwhile
+//! (appends, inserts at the front, removes at the front, and inserts between every two
+//! elements), at the present and at a stale base: the stale one against the same patch at
+//! the present, in the same run. Then two patches of inserts between every two elements at
+//! a stale base (each seconds of CPU, on a document of its own) run at once, and meanwhile
 //! `/healthz` and reads of a third document are timed one after another; the same probes
 //! against the idle server are the baseline.
 
@@ -18,7 +19,8 @@ const MAX_PROBES: usize = 200_000;
 /// One large patch alone.
 #[derive(Debug, Clone, Serialize)]
 pub struct SoloRow {
-    /// `append` (`/items/-`) or `insert at 0` (`/items/0`).
+    /// `append` (`/items/-`), `insert at 0` or `remove at 0` (`/items/0`), or `interleave`
+    /// (`/items/0`, `/items/2`, `/items/4`, …: a new element before each old one).
     pub kind: &'static str,
     /// `present` or `stale` (made as of the version before one other write).
     pub base: &'static str,
@@ -69,8 +71,12 @@ pub async fn run(
     let listed = json!({ "items": items });
 
     let mut solo = Vec::new();
-    for (kind, path) in [("append", "/items/-"), ("insert at 0", "/items/0")] {
-        let body = inserts(ops, path);
+    for (kind, body) in [
+        ("append", inserts(ops, "/items/-")),
+        ("insert at 0", inserts(ops, "/items/0")),
+        ("remove at 0", removes(ops)),
+        ("interleave", interleave(ops)),
+    ] {
         for stale in [false, true] {
             let url = concord
                 .create_docs(&client, 1, "crdt", listed.clone())
@@ -101,7 +107,7 @@ pub async fn run(
     for url in &heavy {
         stale.push(moved_on(&client, url).await?);
     }
-    let body = inserts(ops, "/items/0");
+    let body = interleave(ops);
     let running: Vec<_> = heavy
         .iter()
         .zip(&stale)
@@ -175,6 +181,23 @@ fn ms(d: Duration) -> f64 {
 fn inserts(ops: usize, path: &str) -> String {
     let ops: Value = (0..ops)
         .map(|i| json!({"op": "add", "path": path, "value": format!("new {i}")}))
+        .collect();
+    ops.to_string()
+}
+
+/// `ops` JSON Patch `add`s, each before the next element that was there (`/items/0`,
+/// `/items/2`, …): no two side by side, so each is its own insert.
+fn interleave(ops: usize) -> String {
+    let ops: Value = (0..ops)
+        .map(|i| json!({"op": "add", "path": format!("/items/{}", 2 * i), "value": format!("new {i}")}))
+        .collect();
+    ops.to_string()
+}
+
+/// `ops` JSON Patch `remove`s of the first element.
+fn removes(ops: usize) -> String {
+    let ops: Value = (0..ops)
+        .map(|_| json!({"op": "remove", "path": "/items/0"}))
         .collect();
     ops.to_string()
 }

@@ -39,6 +39,7 @@ pub mod scale;
 pub mod stale;
 pub mod textput;
 pub mod trace;
+pub mod tracehttp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,8 +72,8 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
-    /// Sections to run (all when empty): trace, textput, http, stale, busy, answer,
-    /// growth, fanout, scale, peer, cluster.
+    /// Sections to run (all when empty): trace, tracehttp, textput, http, stale, busy,
+    /// answer, growth, fanout, scale, peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -81,8 +82,18 @@ pub struct BenchOptions {
 }
 
 /// Every section, by the name [`BenchOptions::only`] gives it.
-pub const SECTIONS: [&str; 11] = [
-    "trace", "textput", "http", "stale", "busy", "answer", "growth", "fanout", "scale", "peer",
+pub const SECTIONS: [&str; 12] = [
+    "trace",
+    "tracehttp",
+    "textput",
+    "http",
+    "stale",
+    "busy",
+    "answer",
+    "growth",
+    "fanout",
+    "scale",
+    "peer",
     "cluster",
 ];
 
@@ -99,6 +110,8 @@ pub struct BenchReport {
     pub machine: Value,
     /// Editing trace.
     pub trace: Option<trace::TraceReport>,
+    /// Editing trace over HTTP.
+    pub tracehttp: Option<tracehttp::TraceHttpReport>,
     /// Whole-text PUTs.
     pub textput: Vec<textput::TextPutRow>,
     /// HTTP writes.
@@ -291,12 +304,34 @@ pub async fn run(
         },
         ..Tuning::default()
     };
-    let needs_local = ["http", "stale", "busy", "answer", "growth", "fanout"]
-        .iter()
-        .any(|s| options.wants(s))
+    let needs_local = [
+        "tracehttp",
+        "http",
+        "stale",
+        "busy",
+        "answer",
+        "growth",
+        "fanout",
+    ]
+    .iter()
+    .any(|s| options.wants(s))
         || (options.wants("scale") && options.exe.is_none());
     if needs_local {
         let concord = LocalConcord::start(tuning).await?;
+        if options.wants("tracehttp") {
+            progress("tracehttp: the editing trace, one PATCH per edit");
+            match trace::load(&options.trace) {
+                Ok(mut edits) => {
+                    if options.smoke {
+                        edits.truncate(500);
+                    }
+                    report.tracehttp =
+                        Some(tracehttp::run(&concord, &edits, &mut progress, 20_000).await?);
+                }
+                Err(BenchError::Missing(why)) => report.skipped.push(format!("tracehttp: {why}")),
+                Err(e) => return Err(e),
+            }
+        }
         if options.wants("http") {
             let (agents, per_run, spread): (&[usize], usize, usize) = if options.smoke {
                 (&[1, 4], 40, 10)

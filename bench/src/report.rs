@@ -64,6 +64,25 @@ pub fn table(report: &BenchReport) -> String {
             ms(t.cold_load)
         );
     }
+    if let Some(t) = &report.tracehttp {
+        let _ = writeln!(
+            out,
+            "\nEditing trace over HTTP (one PATCH splice per edit, one agent, keep-alive, each durable)"
+        );
+        let _ = writeln!(
+            out,
+            "  {} edits in {:.1} s: {:.0} edits/s, p50 {:.2} ms, p99 {:.2} ms",
+            t.edits, t.secs, t.per_sec, t.p50_ms, t.p99_ms
+        );
+        let _ = writeln!(
+            out,
+            "  in-process text path {:.1} s: HTTP takes {:.1}x; final text {} the in-process replay's (sha256 {})",
+            t.in_process_secs,
+            t.secs / t.in_process_secs.max(1e-9),
+            if t.matches { "is" } else { "DIFFERS from" },
+            &t.sha256[..16.min(t.sha256.len())]
+        );
+    }
     if !report.http.is_empty() {
         let _ = writeln!(out, "\nHTTP writes on loopback (small PATCH each)");
         let _ = writeln!(
@@ -158,7 +177,7 @@ pub fn table(report: &BenchReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "\nAnswering while busy (two patches of {} inserts at a stale base of a {}-element list, at once: {})",
+            "\nAnswering while busy (two patches of {} interleaved inserts at a stale base of a {}-element list, at once: {})",
             busy.ops,
             busy.list,
             secs.join(", ")

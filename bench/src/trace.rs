@@ -163,7 +163,7 @@ pub async fn run(
 
 /// Concord's text path: one `PATCH`-style splice per edit, each change taken out for
 /// storage as the server does.
-fn time_concord(edits: &[Edit]) -> Result<(Duration, Document), BenchError> {
+pub(crate) fn time_concord(edits: &[Edit]) -> Result<(Duration, Document), BenchError> {
     let meta = WriteMeta {
         agent: "trace".into(),
         time_ms: 0,

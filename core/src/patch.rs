@@ -163,8 +163,12 @@ pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
 
 /// Applies every operation in order; the caller rolls back on error.
 ///
-/// A run of `add`s that insert side by side into one list (`/items/-` again and again, or
-/// `/items/4`, `/items/5`, …) is one Automerge splice: each insert on its own looks its
+/// So is a run of `remove`s that all name one index (`/items/0` again and again): the
+/// elements from there on, deleted with one splice.
+///
+/// A run of `add`s that insert side by side into one list (`/items/-` again and again,
+/// `/items/4`, `/items/5`, …, or `/items/0` again and again, each before the last) is one
+/// Automerge splice: each insert on its own looks its
 /// place up again, which in a transaction isolated at an old version walks the list, so a
 /// stale patch of many appends would cost the square of its length.
 pub(crate) fn apply_patch<T: Transactable>(
@@ -177,6 +181,12 @@ pub(crate) fn apply_patch<T: Transactable>(
         cx.on_time()?;
         if let Some(run) = insert_run(rest).filter(|run| run.len > 1) {
             if splice_run(tx, cx, &run, &rest[..run.len])? {
+                rest = &rest[run.len..];
+                continue;
+            }
+        }
+        if let Some(run) = remove_run(rest).filter(|run| run.len > 1) {
+            if splice_removes(tx, cx, &run)? {
                 rest = &rest[run.len..];
                 continue;
             }
@@ -195,6 +205,9 @@ struct InsertRun {
     first: Option<usize>,
     /// How many operations.
     len: usize,
+    /// True if every operation names the first index: each goes before the one before it,
+    /// so the run's values land in reverse order.
+    reversed: bool,
 }
 
 /// The longest run of side-by-side inserts that `ops` begins with, if it begins with an
@@ -213,14 +226,27 @@ fn insert_run(ops: &[PatchOp]) -> Option<InsertRun> {
         _ => None,
     };
     let (parent, first) = ops.first().and_then(place)?;
+    // Inserts at one index (`/items/0`, `/items/0`, …) rather than one after another.
+    let reversed = first.is_some()
+        && ops
+            .get(1)
+            .and_then(place)
+            .is_some_and(|(p, index)| p == parent && index == first);
+    let step = usize::from(!reversed);
     let len = 1 + ops[1..]
         .iter()
         .enumerate()
         .take_while(|(k, op)| {
-            place(op).is_some_and(|(p, index)| p == parent && index == first.map(|i| i + k + 1))
+            place(op)
+                .is_some_and(|(p, index)| p == parent && index == first.map(|i| i + step * (k + 1)))
         })
         .count();
-    Some(InsertRun { parent, first, len })
+    Some(InsertRun {
+        parent,
+        first,
+        len,
+        reversed,
+    })
 }
 
 /// Inserts a run's values with one splice. `Ok(false)` if the run is not one into a list at
@@ -249,12 +275,77 @@ fn splice_run<T: Transactable>(
         let PatchOp::Add { value, .. } = op else {
             unreachable!("a run holds only adds");
         };
-        path.push((index + k).to_string());
+        // The index the operation names, as its own insert would see it.
+        let at = if run.reversed { index } else { index + k };
+        path.push(at.to_string());
         let value = to_hydrate(cx.schema, &mut path, value);
         path.pop();
         values.push(value?);
     }
+    if run.reversed {
+        values.reverse();
+    }
     tx.splice(&list, index, 0, values)?;
+    Ok(true)
+}
+
+/// `remove`s at the front of a patch that all name one index of one parent.
+struct RemoveRun {
+    /// The parent, as the pointers name it.
+    parent: Pointer,
+    /// The index.
+    index: usize,
+    /// How many operations.
+    len: usize,
+}
+
+/// The longest run of removes at one index that `ops` begins with, if it begins with a
+/// `remove` that names a list index.
+fn remove_run(ops: &[PatchOp]) -> Option<RemoveRun> {
+    let place = |op: &PatchOp| match op {
+        PatchOp::Remove { path } => {
+            let pointer = Pointer::parse(path).ok()?;
+            let (parent, token) = pointer.split_last()?;
+            Some((parent, parse_index(token)?))
+        }
+        _ => None,
+    };
+    let (parent, index) = ops.first().and_then(place)?;
+    let len = 1 + ops[1..]
+        .iter()
+        .take_while(|op| place(op).is_some_and(|(p, i)| p == parent && i == index))
+        .count();
+    Some(RemoveRun { parent, index, len })
+}
+
+/// Deletes a run's elements with one splice, noting each deleted object as its own
+/// `remove` would. `Ok(false)` if the run is not one into a list that has those elements:
+/// then its operations are applied one by one, which says what is wrong.
+fn splice_removes<T: Transactable>(tx: &mut T, cx: &mut Ctx, run: &RemoveRun) -> Result<bool> {
+    let Ok(list) = crate::value::resolve_object(tx, &run.parent, None, &run.parent) else {
+        return Ok(false);
+    };
+    if tx.object_type(&list)? != ObjType::List || run.index + run.len > len(tx, &list, None) {
+        return Ok(false);
+    }
+    let parent_path = run.parent.tokens();
+    let mut path = parent_path.to_vec();
+    path.push(run.index.to_string());
+    let deleted: Vec<automerge::ObjId> = tx
+        .list_range(&list, run.index..run.index + run.len)
+        .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+        .map(|item| item.id())
+        .collect();
+    cx.report
+        .deleted
+        .extend(deleted.into_iter().map(|id| (id, path.clone())));
+    cx.touch(&list, parent_path);
+    tx.splice(
+        &list,
+        run.index,
+        run.len as isize,
+        std::iter::empty::<ScalarValue>(),
+    )?;
     Ok(true)
 }
 

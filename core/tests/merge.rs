@@ -517,7 +517,10 @@ fn runs_of_inserts_mean_what_their_operations_mean() {
     let at_one: Vec<Value> = (0..50)
         .map(|i| json!({"op": "add", "path": format!("/l/{}", 1 + i), "value": element(i)}))
         .collect();
-    for run in [appends, at_one] {
+    let repeated: Vec<Value> = (0..50)
+        .map(|i| json!({"op": "add", "path": "/l/1", "value": element(49 - i)}))
+        .collect();
+    for run in [appends, at_one, repeated] {
         // One patch against the same patch split into one-op patches, at the present.
         let (mut whole, _) = Document::create(&start, schema(), &meta("s")).unwrap();
         let (mut split, _) = Document::create(&start, schema(), &meta("s")).unwrap();
@@ -915,4 +918,78 @@ fn an_edit_past_its_deadline_changes_nothing() {
     doc.set_deadline(None);
     doc.patch(Some(&v1), &appends, &meta("w")).unwrap();
     assert_eq!(doc.read(None).unwrap(), json!({"l": [0, 2, 3]}));
+}
+
+/// Removes that all name one index are one splice; they must mean what the same removes
+/// mean one at a time: the same value, and the same lost-edit records when a concurrent
+/// writer edited an element they delete.
+#[test]
+fn runs_of_removes_mean_what_their_operations_mean() {
+    let start = json!({
+        "l": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}, {"name": "e"}],
+        "m": {}
+    });
+    let removes = |index: usize, n: usize, broken: bool| {
+        let mut ops = Vec::new();
+        for _ in 0..n {
+            ops.push(json!({"op": "remove", "path": format!("/l/{index}")}));
+            if broken {
+                // Changes nothing, and keeps the removes from forming a run.
+                ops.push(json!({"op": "test", "path": "/m", "value": {}}));
+            }
+        }
+        parse_patch(&Value::from(ops)).unwrap()
+    };
+    let mut outcomes = Vec::new();
+    for broken in [false, true] {
+        // At the present.
+        let (mut doc, _) = Document::create(&start, Schema::default(), &meta("s")).unwrap();
+        doc.patch(None, &removes(1, 3, broken), &meta("A")).unwrap();
+        let present = doc.read(None).unwrap();
+        assert_eq!(present["l"], json!([{"name": "a"}, {"name": "e"}]));
+        // At a stale base, while someone edited an element the run deletes and inserted
+        // one before it.
+        let (mut doc, _) = Document::create(&start, Schema::default(), &meta("s")).unwrap();
+        let v1 = doc.version();
+        let concurrent = json!([
+            {"op": "replace", "path": "/l/2/name", "value": "C edited"},
+            {"op": "add", "path": "/l/1", "value": {"name": "new"}}
+        ]);
+        doc.patch(None, &parse_patch(&concurrent).unwrap(), &meta("B"))
+            .unwrap();
+        let before = doc.read(None).unwrap();
+        let outcome = doc
+            .patch(Some(&v1), &removes(1, 3, broken), &meta("A"))
+            .unwrap();
+        let now = doc.read(None).unwrap();
+        assert_eq!(&**doc.value(), &now);
+        let ops: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch)).unwrap();
+        let mut replayed = before;
+        json_patch::patch(&mut replayed, &ops).unwrap();
+        assert_eq!(replayed, now);
+        let lost: Vec<(String, Vec<String>)> = doc
+            .lost()
+            .iter()
+            .map(|l| (l.path.clone(), l.edited_by.clone()))
+            .collect();
+        outcomes.push((now, lost));
+    }
+    assert_eq!(
+        outcomes[0], outcomes[1],
+        "one splice against one remove at a time"
+    );
+    let (now, lost) = &outcomes[0];
+    assert_eq!(
+        now["l"],
+        json!([{"name": "a"}, {"name": "new"}, {"name": "e"}])
+    );
+    assert_eq!(lost.len(), 1, "the edit to c is kept as lost: {lost:?}");
+
+    // Past the end, a run means what its operations mean: the second remove fails.
+    let (mut doc, _) = Document::create(&start, Schema::default(), &meta("s")).unwrap();
+    let err = doc
+        .patch(None, &removes(4, 2, false), &meta("A"))
+        .unwrap_err();
+    assert!(err.to_string().contains("/l/4"), "{err}");
+    assert_eq!(doc.read(None).unwrap(), start);
 }

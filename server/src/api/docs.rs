@@ -410,64 +410,65 @@ pub(super) async fn read_doc(
     pointer: Option<Pointer>,
     conflicts: bool,
 ) -> Result<(ReadAnswer, concord_core::Version), ApiError> {
-    state
-        .registry
-        .read(id, |loaded| {
-            let doc = &loaded.doc;
-            if let Some(at) = &at {
-                doc.check_version(at).map_err(|e| {
-                    ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
-                })?;
-            }
-            let version = at.clone().unwrap_or_else(|| doc.version());
-            let current = at.is_none() && loaded.value_version == version;
-            let value = match &pointer {
-                // The present is kept as JSON: no conversion from Automerge.
-                None if current => Value::clone(loaded.doc.value()),
-                Some(p) if current && loaded.doc.value().pointer(&p.to_string()).is_some() => {
-                    loaded
-                        .doc
-                        .value()
-                        .pointer(&p.to_string())
-                        .cloned()
-                        .unwrap_or_default()
-                }
-                None => doc.read(at.as_ref())?,
-                // Not in the cached value: the document says why (missing, or malformed).
-                Some(p) => doc.read_path(at.as_ref(), p)?.ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "path-not-found",
-                        format!("no value at {p}"),
-                    )
-                })?,
-            };
-            // Storage damage (issue 6): stored records that did not load are named here.
-            let skipped = state.registry.damage_of(id);
-            let body = ReadAnswer {
-                id,
-                version: version.to_string(),
-                strategy: loaded.meta.strategy,
-                value,
-                // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
-                url: concord_protocol::repo::automerge_url(id),
-                path: pointer.as_ref().map(ToString::to_string),
-                skipped: (!skipped.is_empty()).then(|| json!(skipped)),
-                // Each value's writer as the server received its change.
-                conflicts: conflicts
-                    .then(|| doc.conflicts(at.as_ref()))
-                    .transpose()?
-                    .map(|mut found| {
-                        loaded.receipts.attribute(&mut found);
-                        found
-                    }),
-                // Edits no longer visible because their object was deleted concurrently,
-                // until restored or dismissed (concord_core::lost). Only the present has them.
-                lost: (conflicts && at.is_none()).then(|| doc.lost().to_vec()),
-            };
-            Ok((body, version))
-        })
-        .await
+    // The present is kept as JSON; a past version is read from the CRDT (CPU work).
+    let read = |loaded: &crate::registry::Loaded| {
+        let doc = &loaded.doc;
+        if let Some(at) = &at {
+            doc.check_version(at).map_err(|e| {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
+            })?;
+        }
+        let version = at.clone().unwrap_or_else(|| doc.version());
+        let current = at.is_none() && loaded.value_version == version;
+        let value = match &pointer {
+            // The present is kept as JSON: no conversion from Automerge.
+            None if current => Value::clone(loaded.doc.value()),
+            Some(p) if current && loaded.doc.value().pointer(&p.to_string()).is_some() => loaded
+                .doc
+                .value()
+                .pointer(&p.to_string())
+                .cloned()
+                .unwrap_or_default(),
+            None => doc.read(at.as_ref())?,
+            // Not in the cached value: the document says why (missing, or malformed).
+            Some(p) => doc.read_path(at.as_ref(), p)?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "path-not-found",
+                    format!("no value at {p}"),
+                )
+            })?,
+        };
+        // Storage damage (issue 6): stored records that did not load are named here.
+        let skipped = state.registry.damage_of(id);
+        let body = ReadAnswer {
+            id,
+            version: version.to_string(),
+            strategy: loaded.meta.strategy,
+            value,
+            // The automerge-repo URL of the document, for `repo.find` (see `crate::repo`).
+            url: concord_protocol::repo::automerge_url(id),
+            path: pointer.as_ref().map(ToString::to_string),
+            skipped: (!skipped.is_empty()).then(|| json!(skipped)),
+            // Each value's writer as the server received its change.
+            conflicts: conflicts
+                .then(|| doc.conflicts(at.as_ref()))
+                .transpose()?
+                .map(|mut found| {
+                    loaded.receipts.attribute(&mut found);
+                    found
+                }),
+            // Edits no longer visible because their object was deleted concurrently,
+            // until restored or dismissed (concord_core::lost). Only the present has them.
+            lost: (conflicts && at.is_none()).then(|| doc.lost().to_vec()),
+        };
+        Ok((body, version))
+    };
+    if at.is_some() {
+        state.registry.read_heavy(id, read).await
+    } else {
+        state.registry.read(id, read).await
+    }
 }
 
 /// Writes a whole value as of the version read (`If-Match`): the server merges the
@@ -656,7 +657,7 @@ pub(super) async fn history(
 pub(super) async fn history_of(state: &AppState, id: Uuid) -> Result<History, ApiError> {
     state
         .registry
-        .read(id, |loaded| {
+        .read_heavy(id, |loaded| {
             Ok(History {
                 id,
                 version: loaded.doc.version().to_string(),
@@ -694,7 +695,7 @@ pub(super) async fn get_changes(
     let since = query.since.as_deref().map(parse_version).transpose()?;
     state
         .registry
-        .read(id, |loaded| {
+        .read_heavy(id, |loaded| {
             if let Some(since) = &since {
                 loaded.doc.check_version(since).map_err(|e| {
                     ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())

@@ -403,6 +403,26 @@ impl Registry {
         id: Uuid,
         f: impl FnOnce(&Loaded) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.read_weighed(id, false, f).await
+    }
+
+    /// [`Registry::read`] for a read that may be CPU-heavy (a past version, the history,
+    /// the raw changes): `f` waits for a CPU permit and runs off the async workers
+    /// (budget.rs), so that at most `--cpu-at-once` such reads hold their output at once.
+    pub async fn read_heavy<T, E: From<Error>>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&Loaded) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.read_weighed(id, true, f).await
+    }
+
+    async fn read_weighed<T, E: From<Error>>(
+        &self,
+        id: Uuid,
+        heavy: bool,
+        f: impl FnOnce(&Loaded) -> Result<T, E>,
+    ) -> Result<T, E> {
         loop {
             let slot = self.slot(id).await?;
             self.coordinator.refresh(self, id, &slot).await?;
@@ -413,6 +433,9 @@ impl Registry {
                 continue;
             }
             if let SlotState::Live(loaded) = &*state {
+                if heavy {
+                    return self.cpu.run(|| f(loaded)).await;
+                }
                 return f(loaded);
             }
         }
