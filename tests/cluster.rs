@@ -312,6 +312,49 @@ async fn the_store_decides_for_every_node() {
 /// Writes queued together share one transaction (group commit); a failing or refused one
 /// is rolled back alone. On a runtime of one thread the writer cannot start before every
 /// write below is queued, so the group is exactly these writes.
+/// PostgreSQL lists page by page: every document once, in creation order, whatever the
+/// page size; a listing under way goes on past a document deleted meanwhile (the one its
+/// place names) and reaches one created meanwhile, by another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lists_page_by_page() {
+    let Some(db) = Db::new() else { return };
+    let a = PostgresStore::open(&db.url()).await.unwrap();
+    let b = PostgresStore::open(&db.url()).await.unwrap();
+    assert!(a.list_page(None, 10).await.unwrap().docs.is_empty());
+    let ids: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        a.write(batch(*id, Some(Strategy::Crdt), &[1], "v1"))
+            .await
+            .unwrap();
+    }
+    async fn listed(store: &PostgresStore, mut after: Option<u64>, limit: usize) -> Vec<Uuid> {
+        let mut seen = Vec::new();
+        loop {
+            let page = store.list_page(after, limit).await.unwrap();
+            assert!(page.docs.len() <= limit.max(1));
+            seen.extend(page.docs.iter().map(|d| d.meta.id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return seen,
+            }
+        }
+    }
+    for limit in [0, 1, 3, 7, 8] {
+        assert_eq!(listed(&b, None, limit).await, ids, "pages of {limit}");
+    }
+    let first = b.list_page(None, 3).await.unwrap();
+    let after = first.next.expect("more than one page");
+    assert!(a.delete(ids[2]).await.unwrap());
+    let late = Uuid::new_v4();
+    a.write(batch(late, Some(Strategy::Crdt), &[1], "v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&b, Some(after), 2).await,
+        vec![ids[3], ids[4], ids[5], ids[6], late]
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn writes_queued_together_share_one_transaction() {
     let Some(db) = Db::new() else { return };
@@ -665,10 +708,12 @@ impl Store for Racing {
     ) -> Result<Option<concord_core::storage::Delta>, concord_core::storage::StoreError> {
         self.inner.changes_since(id, since).await
     }
-    async fn list(
+    async fn list_page(
         &self,
-    ) -> Result<Vec<concord_core::storage::DocSummary>, concord_core::storage::StoreError> {
-        self.inner.list().await
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<concord_core::storage::ListPage, concord_core::storage::StoreError> {
+        self.inner.list_page(after, limit).await
     }
     async fn delete(&self, id: Uuid) -> Result<bool, concord_core::storage::StoreError> {
         self.inner.delete(id).await

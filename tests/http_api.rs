@@ -463,6 +463,26 @@ async fn list_delete_and_health() {
     assert_eq!(list["docs"].as_array().unwrap().len(), 1);
 }
 
+/// The list streams from the store page by page (500 documents a page): more than a page
+/// lists every document once, in creation order, as one JSON body.
+#[tokio::test]
+async fn the_list_streams_every_document_once() {
+    let s = TestServer::start().await;
+    let mut created = Vec::new();
+    for _ in 0..1_101 {
+        created.push(s.create(json!({})).await.0);
+    }
+    let list = s.send(s.request(Method::GET, "/v1/docs")).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let listed: Vec<String> = list.json()["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, created);
+}
+
 #[tokio::test]
 async fn lock_strategy_fences_a_paused_holder() {
     let s = TestServer::start().await;

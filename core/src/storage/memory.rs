@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    Checked, Delta, DocMeta, DocState, DocSummary, Expect, IdempotencyRecord, LoadedDoc, Receipt,
-    Refusal, Store, StoreError, StoredChange, WriteBatch,
+    Checked, Delta, DocMeta, DocState, DocSummary, Expect, IdempotencyRecord, ListPage, LoadedDoc,
+    Receipt, Refusal, Store, StoreError, StoredChange, WriteBatch,
 };
 
 #[derive(Default)]
@@ -27,8 +27,10 @@ struct MemoryDoc {
 
 #[derive(Default)]
 struct MemoryDocs {
-    /// Creation order.
-    order: Vec<Uuid>,
+    /// Creation order: documents by creation number.
+    order: std::collections::BTreeMap<u64, Uuid>,
+    /// The last creation number given out.
+    created: u64,
     docs: HashMap<Uuid, MemoryDoc>,
     /// The last log position given out.
     seq: u64,
@@ -53,12 +55,18 @@ impl MemoryStore {
         expect: Expect,
     ) -> Result<Result<(), Refusal>, StoreError> {
         let mut guard = self.docs.lock().expect("memory store poisoned");
-        let MemoryDocs { order, docs, seq } = &mut *guard;
+        let MemoryDocs {
+            order,
+            created,
+            docs,
+            seq,
+        } = &mut *guard;
         if let Some(meta) = &batch.create {
             if docs.contains_key(&batch.doc) {
                 return Err(StoreError::AlreadyExists(batch.doc));
             }
-            order.push(batch.doc);
+            *created += 1;
+            order.insert(*created, batch.doc);
             docs.insert(
                 batch.doc,
                 MemoryDoc {
@@ -169,24 +177,29 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
+    async fn list_page(&self, after: Option<u64>, limit: usize) -> Result<ListPage, StoreError> {
         let guard = self.docs.lock().expect("memory store poisoned");
-        Ok(guard
-            .order
-            .iter()
-            .filter_map(|id| {
-                let doc = guard.docs.get(id)?;
-                Some(DocSummary {
-                    meta: doc.meta.clone()?,
-                    state: doc.state.clone()?,
-                })
-            })
-            .collect())
+        let start = after.map_or(0, |after| after.saturating_add(1));
+        let mut page = ListPage::default();
+        let mut last = None;
+        for (&n, id) in guard.order.range(start..) {
+            if page.docs.len() == limit.max(1) {
+                page.next = last;
+                break;
+            }
+            last = Some(n);
+            if let Some(doc) = guard.docs.get(id) {
+                if let (Some(meta), Some(state)) = (doc.meta.clone(), doc.state.clone()) {
+                    page.docs.push(DocSummary { meta, state });
+                }
+            }
+        }
+        Ok(page)
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {
         let mut guard = self.docs.lock().expect("memory store poisoned");
-        guard.order.retain(|d| *d != id);
+        guard.order.retain(|_, d| *d != id);
         Ok(guard.docs.remove(&id).is_some())
     }
 

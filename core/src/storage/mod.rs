@@ -62,6 +62,15 @@ pub struct DocSummary {
     pub state: DocState,
 }
 
+/// One page of the stored documents, oldest first ([`Store::list_page`]).
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// The documents.
+    pub docs: Vec<DocSummary>,
+    /// Where the next page starts (pass it as `after`), or `None` if this is the last.
+    pub next: Option<u64>,
+}
+
 /// One Automerge change as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChange {
@@ -301,8 +310,25 @@ pub trait Store: Send + Sync + 'static {
     /// document grow in the order its records became durable, so nothing stored at or
     /// before the returned [`Delta::seq`] is missed by the next call.
     async fn changes_since(&self, id: Uuid, since: u64) -> Result<Option<Delta>, StoreError>;
-    /// Lists every stored document, oldest first.
-    async fn list(&self) -> Result<Vec<DocSummary>, StoreError>;
+    /// At most `limit` stored documents (at least one), oldest first, from after the
+    /// place `after` names (from the start if `None`): a listing reads the store page by
+    /// page, so that its memory is one page whatever the number of documents. Documents
+    /// created or deleted meanwhile may or may not show; no other is missed or repeated.
+    async fn list_page(&self, after: Option<u64>, limit: usize) -> Result<ListPage, StoreError>;
+    /// Lists every stored document, oldest first (in memory at once: for tests and small
+    /// stores; a server lists page by page).
+    async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_page(after, 1000).await?;
+            all.extend(page.docs);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
     /// Deletes a document and all it stored; `false` if it was not there.
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError>;
     /// Replaces the stored changes listed in `covered` by one snapshot that contains them;

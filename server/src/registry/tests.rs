@@ -81,8 +81,12 @@ impl Store for GatedStore {
         self.inner.changes_since(id, since).await
     }
 
-    async fn list(&self) -> Result<Vec<concord_core::storage::DocSummary>, StoreError> {
-        self.inner.list().await
+    async fn list_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<concord_core::storage::ListPage, StoreError> {
+        self.inner.list_page(after, limit).await
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {

@@ -81,8 +81,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concord_core::storage::{
-    Checked, Delta, DocSummary, Expect, IdempotencyRecord, LeaseGrant, LoadedDoc, Notice,
-    NoticeSink, Store, StoreError, StoredLease, WriteBatch, WriterLock,
+    Checked, Delta, Expect, IdempotencyRecord, LeaseGrant, ListPage, LoadedDoc, Notice, NoticeSink,
+    Store, StoreError, StoredLease, WriteBatch, WriterLock,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::task::JoinHandle;
@@ -308,8 +308,8 @@ impl Store for PostgresStore {
         self.inner.changes_since(id, since).await
     }
 
-    async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
-        self.inner.list().await
+    async fn list_page(&self, after: Option<u64>, limit: usize) -> Result<ListPage, StoreError> {
+        self.inner.list_page(after, limit).await
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {

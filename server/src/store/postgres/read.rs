@@ -3,7 +3,8 @@
 
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, Receipt, StoreError,
+    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, ListPage, LoadedDoc, Receipt,
+    StoreError,
 };
 use concord_core::strategy::Strategy;
 use deadpool_postgres::Object;
@@ -104,13 +105,35 @@ impl Inner {
         log_after(&conn, id, since).await
     }
 
-    pub(super) async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
+    /// At most `limit` documents after `after` (their `seq`), oldest first.
+    pub(super) async fn list_page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit.max(1);
+        let after = after.map_or(0, |after| i64::try_from(after).unwrap_or(i64::MAX));
         let conn = self.read_conn().await?;
+        // One more than asked: whether there is a next page.
         let rows = conn
-            .query(&format!("SELECT {DOC_COLUMNS} FROM docs ORDER BY seq"), &[])
+            .query(
+                &format!(
+                    "SELECT {DOC_COLUMNS}, seq FROM docs WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ),
+                &[&after, &(limit as i64 + 1)],
+            )
             .await
             .map_err(|e| pg("list documents", e))?;
-        rows.iter().map(parse_doc).collect()
+        let more = rows.len() > limit;
+        let mut page = ListPage::default();
+        for row in rows.iter().take(limit) {
+            page.docs.push(parse_doc(row)?);
+            page.next = Some(to_u64(row.get(8), "document seq")?);
+        }
+        if !more {
+            page.next = None;
+        }
+        Ok(page)
     }
 
     pub(super) async fn idempotency(

@@ -57,13 +57,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concord_core::storage::{
-    Checked, Delta, DocSummary, Expect, IdempotencyRecord, LoadedDoc, Store, StoreError, WriteBatch,
+    Checked, Delta, Expect, IdempotencyRecord, ListPage, LoadedDoc, Store, StoreError, WriteBatch,
 };
 use rusqlite::{Connection, ErrorCode};
 use uuid::Uuid;
 
 use super::queue::{self, GroupCounters, Queue};
-use read::{changes_since, list_docs, load_doc, load_idempotency};
+use read::{changes_since, list_page, load_doc, load_idempotency};
 use schema::{configure_writer, migrate, open_connection};
 use write::SqliteWriter;
 
@@ -255,8 +255,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list(&self) -> Result<Vec<DocSummary>, StoreError> {
-        self.read("list", list_docs).await
+    async fn list_page(&self, after: Option<u64>, limit: usize) -> Result<ListPage, StoreError> {
+        self.read("list", move |conn| list_page(conn, after, limit))
+            .await
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, StoreError> {

@@ -3,7 +3,8 @@
 
 use concord_core::schema::Schema;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, LoadedDoc, Receipt, StoreError,
+    Delta, DocMeta, DocState, DocSummary, IdempotencyRecord, ListPage, LoadedDoc, Receipt,
+    StoreError,
 };
 use concord_core::strategy::Strategy;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -28,15 +29,20 @@ const DOC_COLUMNS: &str = "id, strategy, schema, created_at_ms, version, change_
 
 impl RawDoc {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawDoc> {
+        Self::from_row_at(row, 0)
+    }
+
+    /// The row's [`DOC_COLUMNS`], from column `at` on.
+    fn from_row_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
         Ok(RawDoc {
-            id: row.get(0)?,
-            strategy: row.get(1)?,
-            schema: row.get(2)?,
-            created_at_ms: row.get(3)?,
-            version: row.get(4)?,
-            change_count: row.get(5)?,
-            updated_at_ms: row.get(6)?,
-            last_agent: row.get(7)?,
+            id: row.get(at)?,
+            strategy: row.get(at + 1)?,
+            schema: row.get(at + 2)?,
+            created_at_ms: row.get(at + 3)?,
+            version: row.get(at + 4)?,
+            change_count: row.get(at + 5)?,
+            updated_at_ms: row.get(at + 6)?,
+            last_agent: row.get(at + 7)?,
         })
     }
 
@@ -194,15 +200,38 @@ pub(super) fn changes_since(
     }))
 }
 
-pub(super) fn list_docs(conn: &mut Connection) -> Result<Vec<DocSummary>, StoreError> {
-    let raws = conn
-        .prepare_cached(&format!("SELECT {DOC_COLUMNS} FROM docs ORDER BY seq"))
+/// At most `limit` documents after `after` (their `seq`), oldest first.
+pub(super) fn list_page(
+    conn: &mut Connection,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<ListPage, StoreError> {
+    let limit = limit.max(1);
+    let after = after.map_or(-1, |after| i64::try_from(after).unwrap_or(i64::MAX));
+    // One more than asked: whether there is a next page.
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT seq, {DOC_COLUMNS} FROM docs WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
         .and_then(|mut stmt| {
-            stmt.query_map([], RawDoc::from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map(params![after, limit as i64 + 1], |row| {
+                let seq: i64 = row.get(0)?;
+                Ok((seq, RawDoc::from_row_at(row, 1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql("list documents"))?;
-    raws.into_iter().map(RawDoc::parse).collect()
+    let more = rows.len() > limit;
+    let mut page = ListPage::default();
+    for (seq, raw) in rows.into_iter().take(limit) {
+        page.docs.push(raw.parse()?);
+        page.next =
+            Some(u64::try_from(seq).map_err(|_| corrupt(format_args!("document seq {seq}")))?);
+    }
+    if !more {
+        page.next = None;
+    }
+    Ok(page)
 }
 
 pub(super) fn load_idempotency(

@@ -3,7 +3,7 @@
 
 use super::*;
 use concord_core::schema::Schema;
-use concord_core::storage::{DocMeta, DocState, Receipt, Refusal, StoredChange};
+use concord_core::storage::{DocMeta, DocState, ListPage, Receipt, Refusal, StoredChange};
 use concord_core::strategy::Strategy;
 use rusqlite::params;
 
@@ -267,6 +267,57 @@ async fn list_is_in_creation_order_with_fields() {
         .map(|s| s.meta.id)
         .collect();
     assert_eq!(after, vec![ids[0], ids[1], ids[3], ids[4]]);
+}
+
+/// Listing page by page gives every document once, in creation order, whatever the page
+/// size; a listing under way goes on past a document deleted meanwhile (the one its place
+/// names included) and reaches one created meanwhile.
+async fn pages_list_each_document_once(store: &dyn Store) {
+    let ids: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        store.write(create_batch(*id, vec![])).await.unwrap();
+    }
+    let listed = |after, limit| async move {
+        let mut seen = Vec::new();
+        let mut after = after;
+        loop {
+            let page: ListPage = store.list_page(after, limit).await.unwrap();
+            assert!(!page.docs.is_empty() || seen.is_empty());
+            assert!(page.docs.len() <= limit.max(1));
+            seen.extend(page.docs.iter().map(|d| d.meta.id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return seen,
+            }
+        }
+    };
+    for limit in [0, 1, 2, 3, 6, 7, 8, 1000] {
+        assert_eq!(listed(None, limit).await, ids, "pages of {limit}");
+    }
+    let first = store.list_page(None, 3).await.unwrap();
+    assert_eq!(first.docs.len(), 3);
+    let after = first.next.expect("more than one page");
+    assert!(store.delete(ids[2]).await.unwrap());
+    assert!(store.delete(ids[4]).await.unwrap());
+    let late = Uuid::new_v4();
+    store.write(create_batch(late, vec![])).await.unwrap();
+    assert_eq!(
+        listed(Some(after), 2).await,
+        vec![ids[3], ids[5], ids[6], late]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_lists_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(store.list_page(None, 10).await.unwrap().docs.is_empty());
+    pages_list_each_document_once(&store).await;
+}
+
+#[tokio::test]
+async fn the_memory_store_lists_page_by_page() {
+    pages_list_each_document_once(&concord_core::storage::MemoryStore::new()).await;
 }
 
 #[tokio::test]
