@@ -153,6 +153,95 @@ async fn a_restarted_server_keeps_its_document_limit() {
     assert_eq!(s.get(&id).await, (json!({"notes": "small"}), version));
 }
 
+/// `len` characters no compressor shrinks much: hex of a simple generator's output.
+fn incompressible(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(&format!("{x:016x}"));
+    }
+    out.truncate(len);
+    out
+}
+
+/// A document whose history holds the budget takes no more writes: each write replaces a
+/// 4 KB value (the document stays small, its history grows), and once the history passes
+/// 40 KB the next write is `413` `history-too-large` and changes nothing, over HTTP and
+/// the WebSocket and after a restart; reads go on.
+#[tokio::test]
+async fn a_document_whose_history_holds_its_budget_takes_no_more_writes() {
+    const BUDGET: u64 = 40_000;
+    let mut s = TestServer::start_with(|c| c.limits.max_history_bytes = BUDGET).await;
+    let (id, _) = s.create(json!({"value": {"notes": ""}})).await;
+    let mut accepted = 0;
+    let refused = loop {
+        let value = incompressible(accepted, 4000);
+        let reply = s
+            .patch(
+                &id,
+                "a",
+                None,
+                &json!([{"op": "replace", "path": "/notes", "value": value}]),
+            )
+            .await;
+        if reply.status.as_u16() != 200 {
+            break reply;
+        }
+        accepted += 1;
+        assert!(
+            accepted <= 20,
+            "40 KB of history took {accepted} 4 KB writes"
+        );
+    };
+    assert_eq!(problem_kind(&refused, 413), "history-too-large");
+    // Each write stores about 4 KB: the budget holds some nine of them, plus the one that
+    // crossed it.
+    assert!((8..=11).contains(&accepted), "{accepted} writes accepted");
+    let (value, version) = s.get(&id).await;
+    assert_eq!(value["notes"], incompressible(accepted - 1, 4000));
+    let stored = s.raw(&id).await.len() as u64;
+    assert!(
+        (BUDGET..BUDGET + 5000).contains(&stored),
+        "{stored} bytes stored"
+    );
+    // Over the WebSocket too.
+    let mut socket = ws(&s, &id).await;
+    socket
+        .send(&ClientMessage::Put {
+            id: json!(1),
+            base: Some("*".into()),
+            value: json!({"notes": "short"}),
+            lock: None,
+        })
+        .await
+        .unwrap();
+    match recv(&mut socket).await {
+        ServerMessage::Error(problem) => {
+            assert_eq!((problem.status, problem.kind()), (413, "history-too-large"))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A restart measures the stored history again, and refuses the same.
+    s.restart().await;
+    let put = s.put(&id, "a", &version, &json!({"notes": "short"})).await;
+    assert_eq!(problem_kind(&put, 413), "history-too-large");
+    assert_eq!(s.get(&id).await, (value.clone(), version));
+    // Its value can start a new document, which takes writes.
+    let (copy, _) = s.create(json!({ "value": value })).await;
+    let reply = s
+        .patch(
+            &copy,
+            "a",
+            None,
+            &json!([{"op": "replace", "path": "/notes", "value": "short"}]),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200);
+}
+
 // --- JSON nesting -----------------------------------------------------------------------------
 
 /// `levels` objects nested in each other: `{"d":{"d":...1...}}`.

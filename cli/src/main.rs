@@ -108,6 +108,11 @@ struct ServeArgs {
     /// refused (413) and changes nothing.
     #[arg(long, default_value_t = Limits::default().max_document_bytes)]
     max_document_bytes: usize,
+    /// A document whose history, as stored (snapshot and change records), holds this many
+    /// bytes takes no more writes (413 history-too-large, nothing changed): what one
+    /// document's history may hold in memory.
+    #[arg(long, default_value_t = Limits::default().max_history_bytes)]
+    max_history_bytes: u64,
     /// Most connections open at once (WebSocket included); more are answered 503 and
     /// closed.
     #[arg(long, default_value_t = Limits::default().max_connections)]
@@ -253,6 +258,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
         allowed: concord_server::origins::Allowed::new(&args.allowed_hosts, &args.allowed_origins),
         limits: Limits {
             max_document_bytes: args.max_document_bytes,
+            max_history_bytes: args.max_history_bytes,
             max_connections: args.max_connections,
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
@@ -341,6 +347,8 @@ mod tests {
             "serve",
             "--max-document-bytes",
             "1000",
+            "--max-history-bytes",
+            "5000",
             "--max-connections",
             "7",
             "--header-timeout-secs",
@@ -369,6 +377,7 @@ mod tests {
             config.limits,
             Limits {
                 max_document_bytes: 1000,
+                max_history_bytes: 5000,
                 max_connections: 7,
                 header_timeout: Duration::from_secs(3),
                 request_timeout: Duration::from_secs(4),

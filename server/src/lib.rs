@@ -190,6 +190,7 @@ impl AppState {
         Arc::new(AppState {
             registry: Registry::with_tuning(store, config.tuning)
                 .with_document_limit(config.limits.max_document_bytes)
+                .with_history_limit(config.limits.max_history_bytes)
                 .with_cpu_limit(config.limits.cpu_at_once),
             idempotency: Idempotency::new(config.idempotency_ttl.as_millis() as i64),
             streams: limits::Streams::new(&config.limits),

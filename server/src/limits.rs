@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | request body | 8 MiB | `Config::body_limit` | `413` problem |
 //! | document size (compact JSON of its value) | 16 MiB | [`Limits::max_document_bytes`] | `413` `document-too-large`; the document is unchanged |
+//! | a document's history (snapshot and change records, as stored) | 256 MiB | [`Limits::max_history_bytes`] | `413` `history-too-large` before the write; unchanged |
 //! | operations in one JSON Patch | 10,000 | fixed (`concord_core::patch::MAX_PATCH_OPS`) | `413` `patch-too-large`; unchanged |
 //! | JSON nesting of a body or message | 127 levels | fixed (the JSON parser's limit) | `400` `invalid-json` (`error` over WebSocket) |
 //! | nesting of a document | 120 levels | fixed (`concord_core::value::MAX_DEPTH`) | `422` `invalid-value`; unchanged |
@@ -82,6 +83,11 @@ pub struct Limits {
     /// make it larger is refused and changes nothing: memory and every read of the document
     /// grow with it, and an agent should not be able to grow one without bound.
     pub max_document_bytes: usize,
+    /// A document whose history, as stored (its snapshot and change records), holds this
+    /// many bytes takes no more writes: `413` `history-too-large`, nothing applied. The
+    /// history of a document is in memory while the document is, so this bounds what one
+    /// document's writers can make the server hold.
+    pub max_history_bytes: u64,
     /// The most connections open at once; more are answered `503` and closed. Each costs a
     /// file descriptor and memory, and WebSocket connections stay open for long.
     pub max_connections: usize,
@@ -112,6 +118,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_document_bytes: crate::registry::DEFAULT_MAX_DOCUMENT_BYTES,
+            max_history_bytes: crate::registry::DEFAULT_MAX_HISTORY_BYTES,
             max_connections: 512,
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(90),

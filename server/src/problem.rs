@@ -37,7 +37,8 @@ pub struct Problem<'a> {
     /// `forbidden`; 404 `not-found`, `unknown-version`, `path-not-found`; 408
     /// `body-timeout`; 409 `already-exists`, `path-not-found`, `test-failed`, `fenced`,
     /// `strategy-refuses`, `idempotency-key-in-flight`; 412 `stale-version`,
-    /// `unknown-version`, `weak-etag`; 413 `body-too-large`, `document-too-large`; 415
+    /// `unknown-version`, `weak-etag`; 413 `body-too-large`, `document-too-large`,
+    /// `history-too-large`; 415
     /// `unsupported-media-type`; 422 `invalid-body`, `invalid-value`, `wrong-type`,
     /// `idempotency-key-reused`; 423 `locked`; 428 `if-match-required`, `lock-required`;
     /// `patch-too-large`; 503 `too-many-connections`, `storage-unavailable`,
@@ -233,6 +234,9 @@ impl From<crate::registry::Error> for ApiError {
             E::UnknownVersion(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown-version", detail),
             E::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, DOCUMENT_TOO_LARGE, detail)
+            }
+            E::HistoryFull { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "history-too-large", detail)
             }
             E::Store(e) => e.into(),
             E::Unloadable(_) | E::Internal(_) => ApiError::internal(detail),

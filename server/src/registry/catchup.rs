@@ -99,6 +99,10 @@ impl Registry {
         loaded.doc = doc;
         loaded.synced = stored.seq;
         loaded.unsnapshotted = stored.changes.len();
+        loaded.history_bytes = limit::stored_bytes(
+            stored.snapshot.as_deref(),
+            stored.changes.iter().map(Vec::as_slice),
+        );
         loaded.receipts = Receipts::from_stored(stored.receipts);
         if loaded.doc.version() != loaded.value_version {
             loaded.last_agent.clone_from(&stored.state.last_agent);
@@ -176,6 +180,10 @@ impl Registry {
         }
         records.extend(delta.changes.iter().map(Vec::as_slice));
         loaded.unsnapshotted += delta.changes.len();
+        loaded.history_bytes += limit::stored_bytes(
+            delta.snapshot.as_deref(),
+            delta.changes.iter().map(Vec::as_slice),
+        );
         // One event per record, as if each were written here; a long backlog (a node that
         // was away) becomes one event, so that catching up stays linear.
         let skipped: Vec<String> = if records.len() <= REPLAYED_ONE_BY_ONE {

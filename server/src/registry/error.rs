@@ -33,6 +33,14 @@ pub enum Error {
         /// The limit, in bytes of compact JSON.
         limit: usize,
     },
+    /// The document's history holds its budget: it takes no more writes.
+    #[error("this document's history holds {bytes} bytes as stored, the server's history budget is {limit}: it takes no more writes (nothing was changed); its value can start a new document")]
+    HistoryFull {
+        /// The history's bytes.
+        bytes: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// The store failed (or found its data damaged).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -1,10 +1,37 @@
 //! What a write may do to a document in memory: stay within the document limit (its value
-//! as compact JSON, in bytes), and be undone in place when it fails after changing it.
+//! as compact JSON, in bytes) and the history budget (its history as stored, in bytes), and
+//! be undone in place when it fails after changing it.
 
 use super::*;
 
 /// The document limit unless the server is told otherwise (`Limits::max_document_bytes`).
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The history budget unless the server is told otherwise (`Limits::max_history_bytes`).
+pub const DEFAULT_MAX_HISTORY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The bytes a document's history takes as stored: its snapshot and change records.
+pub(super) fn stored_bytes<'a>(
+    snapshot: Option<&[u8]>,
+    changes: impl IntoIterator<Item = &'a [u8]>,
+) -> u64 {
+    let changes: usize = changes.into_iter().map(<[u8]>::len).sum();
+    (snapshot.map_or(0, <[u8]>::len) + changes) as u64
+}
+
+/// `Ok` unless the document's history already holds `max` bytes or more: then
+/// [`Error::HistoryFull`], before anything is applied. The budget is checked before a write
+/// (a write's size is not known until it is made), so a history passes it by at most one
+/// write, which the body limit bounds.
+pub(super) fn check_history(loaded: &Loaded, max: u64) -> Result<(), Error> {
+    if loaded.history_bytes >= max {
+        return Err(Error::HistoryFull {
+            bytes: loaded.history_bytes,
+            limit: max,
+        });
+    }
+    Ok(())
+}
 
 /// `Ok` if `doc`'s value is at most `max` bytes of compact JSON; else [`Error::TooLarge`].
 /// The size is kept by the document as it changes ([`Document::json_bytes`]): nothing is

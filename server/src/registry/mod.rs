@@ -57,7 +57,7 @@ pub use events::{
     Catchup, ChangeEvent, FeedEvent, EVENT_BUFFER, FEED_BUFFER, RECENT_EVENTS, RECENT_EVENT_BYTES,
 };
 pub use leases::Lease;
-pub use limit::DEFAULT_MAX_DOCUMENT_BYTES;
+pub use limit::{DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_HISTORY_BYTES};
 pub use maintain::{Maintained, Tuning};
 pub use receipts::Receipts;
 pub use write::{IdempotencyDraft, Responder, Written};
@@ -117,6 +117,10 @@ pub struct Loaded {
     /// How far this copy has read the store's change log ([`Store::changes_since`]):
     /// catching up reads the records after it. Moves past the load only on a shared store.
     pub synced: u64,
+    /// The bytes of the document's history as stored (snapshot and change records, as
+    /// loaded, and every change stored since): what the history budget limits. A
+    /// compaction makes it smaller only at the next load, when the snapshot is measured.
+    pub history_bytes: u64,
 }
 
 impl Loaded {
@@ -137,6 +141,7 @@ impl Loaded {
             event_seq: 0,
             unsnapshotted: 0,
             synced: 0,
+            history_bytes: 0,
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct Registry {
     coordinator: Box<dyn Coordinator>,
     /// limits.rs: the largest a document's value may be, as compact JSON, in bytes.
     max_document_bytes: usize,
+    /// limits.rs: the bytes of history past which a document takes no more writes.
+    max_history_bytes: u64,
     /// The permits for CPU-heavy work: edits, loads, snapshots (budget.rs).
     cpu: Cpu,
     // -- storage damage (issue 6) --
@@ -278,9 +285,17 @@ impl Registry {
             closing: watch::channel(false).0,
             tuning,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            max_history_bytes: DEFAULT_MAX_HISTORY_BYTES,
             cpu: Cpu::new(default_cpu_at_once()),
             damage: Mutex::default(),
         }
+    }
+
+    /// limits.rs: refuses writes to a document whose history (as stored) holds `bytes` or
+    /// more.
+    pub fn with_history_limit(mut self, bytes: u64) -> Self {
+        self.max_history_bytes = bytes;
+        self
     }
 
     /// Runs at most `at_once` edits, loads and snapshots at a time, each off the async
@@ -354,6 +369,10 @@ impl Registry {
             stored.state.updated_at_ms,
         );
         loaded.unsnapshotted = stored.changes.len();
+        loaded.history_bytes = limit::stored_bytes(
+            stored.snapshot.as_deref(),
+            stored.changes.iter().map(Vec::as_slice),
+        );
         loaded.synced = stored.seq;
         loaded.receipts = Receipts::from_stored(stored.receipts);
         // Another request may have loaded it meanwhile: keep the first.

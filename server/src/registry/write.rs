@@ -74,6 +74,11 @@ pub(super) fn refused(
     }
 }
 
+/// The bytes `changes` take as stored.
+fn stored_size(changes: &[StoredChange]) -> u64 {
+    limit::stored_bytes(None, changes.iter().map(|c| c.bytes.as_slice()))
+}
+
 /// A write's outcome, with its new changes in storage form, each with its receipt.
 pub(super) struct Received {
     outcome: WriteOutcome,
@@ -240,6 +245,8 @@ impl Registry {
     ) -> Result<Written, E> {
         let mut guard = self.lock(id).await?;
         let writer_lock = self.coordinator.prepare_write(self, id, &mut guard).await?;
+        // limits.rs: a document whose history holds its budget takes no more writes.
+        limit::check_history(guard.loaded(), self.max_history_bytes)?;
         let before = guard.loaded().doc.version();
         // The document keeps its value as JSON, moved forward by the edit's own patches (a
         // change that nests too deep fails the edit there); its size is kept too. The edit
@@ -425,6 +432,7 @@ impl Registry {
                     .confirm(upto);
                 let loaded = guard.loaded();
                 loaded.unsnapshotted += new_changes;
+                loaded.history_bytes += stored_size(&changes);
                 loaded.last_agent = last_agent;
                 loaded.updated_at_ms = updated_at_ms;
                 loaded.receipts.record(&changes);
@@ -478,6 +486,7 @@ impl Registry {
         let new_changes = outcome.changes.len();
         let loaded = guard.loaded();
         loaded.unsnapshotted += new_changes;
+        loaded.history_bytes += stored_size(&changes);
         // Under the lock, with the change itself: history shows both at once.
         loaded.receipts.record(&changes);
         if new_changes > 0 || create.is_some() {
