@@ -504,6 +504,18 @@ fn patch_paths_mean_what_they_meant_at_the_base() {
     assert_eq!(doc.read(None).unwrap(), json!({"l": ["z", "a", "c"]}));
 }
 
+/// The value after a write, checked: the kept value is a fresh read, and the write's
+/// change event replayed on `before` gives it.
+fn kept_and_replayed(doc: &Document, before: Value, outcome: concord_core::WriteOutcome) -> Value {
+    let now = doc.read(None).unwrap();
+    assert_eq!(&**doc.value(), &now);
+    let ops: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch)).unwrap();
+    let mut replayed = before;
+    json_patch::patch(&mut replayed, &ops).unwrap();
+    assert_eq!(replayed, now);
+    now
+}
+
 /// Side-by-side inserts are applied as one splice; they must mean exactly what the same
 /// operations mean one at a time, at a stale base too, with schema types inside the run.
 #[test]
@@ -562,13 +574,8 @@ fn runs_of_inserts_mean_what_their_operations_mean() {
                 &meta("A"),
             )
             .unwrap();
-        let now = doc.read(None).unwrap();
         // The kept value and the change event follow the splice too.
-        assert_eq!(&**doc.value(), &now);
-        let ops: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch)).unwrap();
-        let mut replayed = before;
-        json_patch::patch(&mut replayed, &ops).unwrap();
-        assert_eq!(replayed, now);
+        let now = kept_and_replayed(&doc, before, outcome);
         let bodies: Vec<&str> = now["l"]
             .as_array()
             .unwrap()
@@ -961,12 +968,7 @@ fn runs_of_removes_mean_what_their_operations_mean() {
         let outcome = doc
             .patch(Some(&v1), &removes(1, 3, broken), &meta("A"))
             .unwrap();
-        let now = doc.read(None).unwrap();
-        assert_eq!(&**doc.value(), &now);
-        let ops: json_patch::Patch = serde_json::from_value(Value::Array(outcome.patch)).unwrap();
-        let mut replayed = before;
-        json_patch::patch(&mut replayed, &ops).unwrap();
-        assert_eq!(replayed, now);
+        let now = kept_and_replayed(&doc, before, outcome);
         let lost: Vec<(String, Vec<String>)> = doc
             .lost()
             .iter()

@@ -157,29 +157,21 @@ mod tests {
         let value = serde_json::json!({"a": [1, 2, {"b": null}], "c": "x"});
         assert_eq!(json_weight(&value, 100), 7);
         assert_eq!(json_weight(&value, 3), 3);
-        let (small, _) = Document::create(
-            &serde_json::json!({"n": 0}),
-            concord_core::Schema::default(),
-            &concord_core::WriteMeta {
+        let doc = |value: Value| {
+            let meta = concord_core::WriteMeta {
                 agent: "a".into(),
                 time_ms: 0,
                 message: None,
-            },
-        )
-        .unwrap();
+            };
+            Document::create(&value, concord_core::Schema::default(), &meta)
+                .unwrap()
+                .0
+        };
+        let small = doc(serde_json::json!({"n": 0}));
         assert!(light(1, &small));
         assert!(light(LIGHT_WEIGHT, &small));
         assert!(!light(LIGHT_WEIGHT + 1, &small));
-        let (large, _) = Document::create(
-            &serde_json::json!({ "t": "x".repeat(LIGHT_DOC_BYTES) }),
-            concord_core::Schema::default(),
-            &concord_core::WriteMeta {
-                agent: "a".into(),
-                time_ms: 0,
-                message: None,
-            },
-        )
-        .unwrap();
+        let large = doc(serde_json::json!({ "t": "x".repeat(LIGHT_DOC_BYTES) }));
         assert!(!light(1, &large));
     }
 
