@@ -86,6 +86,9 @@ async fn every_section_runs_and_reports() {
         .iter()
         .any(|r| r.axis == "history" && r.changes >= 100));
     assert_eq!(report.fanout.len(), 1);
+    // Memory needs the binary as a child process, which the smoke run does not give.
+    assert!(report.memory.is_none());
+    assert!(report.skipped.iter().any(|s| s.starts_with("memory:")));
     let scale = report.scale.as_ref().expect("scale section");
     assert!(scale.in_process && scale.rows[0].docs == 50);
     let peer = report.peer.as_ref().expect("peer section");

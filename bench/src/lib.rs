@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod fanout;
 pub mod growth;
 pub mod http;
+pub mod memory;
 pub mod peer;
 pub mod report;
 pub mod scale;
@@ -73,7 +74,7 @@ pub struct BenchOptions {
     /// Tiny sizes everywhere: checks the harness, measures nothing meaningful.
     pub smoke: bool,
     /// Sections to run (all when empty): trace, tracehttp, textput, http, stale, busy,
-    /// answer, growth, fanout, scale, peer, cluster.
+    /// answer, growth, fanout, scale, memory, peer, cluster.
     pub only: Vec<String>,
     /// The editing trace file.
     pub trace: PathBuf,
@@ -82,7 +83,7 @@ pub struct BenchOptions {
 }
 
 /// Every section, by the name [`BenchOptions::only`] gives it.
-pub const SECTIONS: [&str; 12] = [
+pub const SECTIONS: [&str; 13] = [
     "trace",
     "tracehttp",
     "textput",
@@ -93,6 +94,7 @@ pub const SECTIONS: [&str; 12] = [
     "growth",
     "fanout",
     "scale",
+    "memory",
     "peer",
     "cluster",
 ];
@@ -128,6 +130,8 @@ pub struct BenchReport {
     pub fanout: Vec<fanout::FanoutRow>,
     /// Scale of documents.
     pub scale: Option<scale::ScaleReport>,
+    /// Memory of one document's large rewrites against the history budget.
+    pub memory: Option<memory::MemoryReport>,
     /// The automerge-repo sync server against Concord.
     pub peer: Option<peer::PeerReport>,
     /// One node against two on PostgreSQL.
@@ -416,6 +420,26 @@ pub async fn run(
                 )
                 .await?,
             );
+        }
+    }
+    if options.wants("memory") {
+        match &options.exe {
+            Some(exe) => {
+                progress("memory: large rewrites of one document against the history budget");
+                let (puts, value, budget) = if options.smoke {
+                    (12, 64 * 1024, 256 * 1024)
+                } else {
+                    (
+                        150,
+                        4 * 1024 * 1024,
+                        concord_server::registry::DEFAULT_MAX_HISTORY_BYTES,
+                    )
+                };
+                report.memory = Some(memory::run(exe, work.path(), puts, value, budget).await?);
+            }
+            None => report
+                .skipped
+                .push("memory: needs the concord binary to run as a child process".into()),
         }
     }
     if options.wants("cluster") {

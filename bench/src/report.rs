@@ -190,6 +190,25 @@ pub fn table(report: &BenchReport) -> String {
             );
         }
     }
+    if let Some(m) = &report.memory {
+        let _ = writeln!(
+            out,
+            "\nMemory of one document rewritten ({} PUTs of a {} KB value, history budget {} MiB)",
+            m.puts,
+            m.value_bytes / 1024,
+            m.budget_bytes / (1024 * 1024)
+        );
+        let _ = writeln!(
+            out,
+            "  {} accepted, {} refused history-too-large; resident {:.0} MB at start, {:.0} MB at the end, {:.0} MB at the peak ({:.0} MB over the budget)",
+            m.accepted,
+            m.refused,
+            m.start_rss_mb,
+            m.end_rss_mb,
+            m.peak_rss_mb,
+            m.peak_rss_mb - m.budget_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     if !report.answer.is_empty() {
         let _ = writeln!(
             out,

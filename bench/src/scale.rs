@@ -44,16 +44,22 @@ pub struct ScaleReport {
 }
 
 /// A `concord serve` child process.
-struct Child {
+pub(crate) struct Child {
     process: tokio::process::Child,
-    addr: String,
+    /// Where it listens: `127.0.0.1:PORT`.
+    pub(crate) addr: String,
 }
 
 impl Child {
-    async fn start(exe: &Path, data: &Path, idle_secs: u64) -> Result<Child, BenchError> {
+    /// Starts `exe serve` over `data` with `flags`, on a free port.
+    pub(crate) async fn start(
+        exe: &Path,
+        data: &Path,
+        flags: &[&str],
+    ) -> Result<Child, BenchError> {
         let mut process = tokio::process::Command::new(exe)
-            .args(["serve", "--addr", "127.0.0.1:0", "--idle-evict-secs"])
-            .arg(idle_secs.to_string())
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(flags)
             .arg("--data")
             .arg(data)
             .stdout(Stdio::piped())
@@ -80,13 +86,15 @@ impl Child {
         Ok(Child { process, addr })
     }
 
-    fn rss_mb(&self) -> f64 {
+    /// Its resident memory now, MB.
+    pub(crate) fn rss_mb(&self) -> f64 {
         self.process.id().map_or(0.0, |pid| {
             status_kb(&format!("/proc/{pid}/status"), "VmRSS:") / 1024.0
         })
     }
 
-    fn peak_mb(&self) -> f64 {
+    /// Its highest resident memory so far, MB.
+    pub(crate) fn peak_mb(&self) -> f64 {
         self.process.id().map_or(0.0, |pid| {
             status_kb(&format!("/proc/{pid}/status"), "VmHWM:") / 1024.0
         })
@@ -166,7 +174,7 @@ pub async fn run(
     let mut per_open_doc_kb = 0.0;
     for (i, &n) in counts.iter().enumerate() {
         let data: PathBuf = work.join(format!("scale-{n}"));
-        let child = Child::start(exe, &data, 1).await?;
+        let child = Child::start(exe, &data, &["--idle-evict-secs", "1"]).await?;
         let (ids, creates_per_sec) = create_many(&client, &child.addr, n).await?;
         // Let every document go idle and the maintenance pass (every 5 s) drop it.
         tokio::time::sleep(Duration::from_secs(7)).await;
@@ -182,7 +190,7 @@ pub async fn run(
             }
             drop(child);
             // Memory per open document: a server that keeps everything loaded.
-            let child = Child::start(exe, &data, 3600).await?;
+            let child = Child::start(exe, &data, &["--idle-evict-secs", "3600"]).await?;
             let before = child.rss_mb();
             for id in ids.iter().take(open_docs) {
                 get_ms(&client, &child.addr, id).await?;

@@ -11,7 +11,7 @@ pub struct BenchArgs {
     /// Tiny sizes: checks the harness works in seconds; the figures mean nothing.
     #[arg(long)]
     pub smoke: bool,
-    /// Sections to run, comma-separated: trace, tracehttp, textput, http, stale, busy, answer, growth, fanout, scale, peer, cluster
+    /// Sections to run, comma-separated: trace, tracehttp, textput, http, stale, busy, answer, growth, fanout, scale, memory, peer, cluster
     /// (default: all; cluster needs CONCORD_BENCH_POSTGRES or CONCORD_TEST_POSTGRES).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
