@@ -11,6 +11,9 @@
 //! value already: that is how a conflict of concurrent values is settled. `move` carries the
 //! value the moved object holds now, edits made since the base included, and does not bring
 //! back an object deleted since the base.
+//!
+//! Operations are parsed and applied here, one by one; `runs.rs` applies a run of them side
+//! by side in one list as one splice.
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, Prop, ReadDoc, ScalarValue};
@@ -20,9 +23,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::pointer::Pointer;
 use crate::reconcile::{
-    json_equal, merge3, reconcile_prop, reconcile_root, to_hydrate, write_new, Ctx, Settle,
+    json_equal, merge3, reconcile_prop, reconcile_root, write_new, Ctx, Settle,
 };
 use crate::value::{counter_sum, get, len, locate, parse_index, prop_for, read_pointer, Place};
+
+mod runs;
 
 /// One JSON Patch operation.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -161,16 +166,8 @@ pub fn parse_patch(doc: &Value) -> Result<Vec<PatchOp>> {
         .collect()
 }
 
-/// Applies every operation in order; the caller rolls back on error.
-///
-/// So is a run of `remove`s that all name one index (`/items/0` again and again): the
-/// elements from there on, deleted with one splice.
-///
-/// A run of `add`s that insert side by side into one list (`/items/-` again and again,
-/// `/items/4`, `/items/5`, …, or `/items/0` again and again, each before the last) is one
-/// Automerge splice: each insert on its own looks its
-/// place up again, which in a transaction isolated at an old version walks the list, so a
-/// stale patch of many appends would cost the square of its length.
+/// Applies every operation in order; the caller rolls back on error. A run of operations
+/// side by side in one list is one splice (`runs.rs`).
 pub(crate) fn apply_patch<T: Transactable>(
     tx: &mut T,
     cx: &mut Ctx,
@@ -179,174 +176,16 @@ pub(crate) fn apply_patch<T: Transactable>(
     let mut rest = ops;
     while let Some(op) = rest.first() {
         cx.on_time()?;
-        if let Some(run) = insert_run(rest).filter(|run| run.len > 1) {
-            if splice_run(tx, cx, &run, &rest[..run.len])? {
-                rest = &rest[run.len..];
-                continue;
+        let taken = match runs::apply_run(tx, cx, rest)? {
+            0 => {
+                apply_op(tx, cx, op)?;
+                1
             }
-        }
-        if let Some(run) = remove_run(rest).filter(|run| run.len > 1) {
-            if splice_removes(tx, cx, &run)? {
-                rest = &rest[run.len..];
-                continue;
-            }
-        }
-        apply_op(tx, cx, op)?;
-        rest = &rest[1..];
+            taken => taken,
+        };
+        rest = &rest[taken..];
     }
     Ok(())
-}
-
-/// `add`s at the front of a patch that insert side by side into one parent.
-struct InsertRun {
-    /// The parent, as the pointers name it.
-    parent: Pointer,
-    /// The first index, or `None` for appends (`-`).
-    first: Option<usize>,
-    /// How many operations.
-    len: usize,
-    /// True if every operation names the first index: each goes before the one before it,
-    /// so the run's values land in reverse order.
-    reversed: bool,
-}
-
-/// The longest run of side-by-side inserts that `ops` begins with, if it begins with an
-/// `add` that names a list position.
-fn insert_run(ops: &[PatchOp]) -> Option<InsertRun> {
-    let place = |op: &PatchOp| match op {
-        PatchOp::Add { path, .. } => {
-            let pointer = Pointer::parse(path).ok()?;
-            let (parent, token) = pointer.split_last()?;
-            let index = match token {
-                "-" => None,
-                token => Some(parse_index(token)?),
-            };
-            Some((parent, index))
-        }
-        _ => None,
-    };
-    let (parent, first) = ops.first().and_then(place)?;
-    // Inserts at one index (`/items/0`, `/items/0`, …) rather than one after another.
-    let reversed = first.is_some()
-        && ops
-            .get(1)
-            .and_then(place)
-            .is_some_and(|(p, index)| p == parent && index == first);
-    let step = usize::from(!reversed);
-    let len = 1 + ops[1..]
-        .iter()
-        .enumerate()
-        .take_while(|(k, op)| {
-            place(op)
-                .is_some_and(|(p, index)| p == parent && index == first.map(|i| i + step * (k + 1)))
-        })
-        .count();
-    Some(InsertRun {
-        parent,
-        first,
-        len,
-        reversed,
-    })
-}
-
-/// Inserts a run's values with one splice. `Ok(false)` if the run is not one into a list at
-/// a position it has: then its operations are applied one by one, which says what is wrong.
-fn splice_run<T: Transactable>(
-    tx: &mut T,
-    cx: &mut Ctx,
-    run: &InsertRun,
-    ops: &[PatchOp],
-) -> Result<bool> {
-    let Ok(list) = crate::value::resolve_object(tx, &run.parent, None, &run.parent) else {
-        return Ok(false);
-    };
-    if tx.object_type(&list)? != ObjType::List {
-        return Ok(false);
-    }
-    let length = len(tx, &list, None);
-    let index = match run.first {
-        None => length,
-        Some(i) if i <= length => i,
-        Some(_) => return Ok(false),
-    };
-    let mut path = run.parent.tokens().to_vec();
-    let mut values = Vec::with_capacity(ops.len());
-    for (k, op) in ops.iter().enumerate() {
-        let PatchOp::Add { value, .. } = op else {
-            unreachable!("a run holds only adds");
-        };
-        // The index the operation names, as its own insert would see it.
-        let at = if run.reversed { index } else { index + k };
-        path.push(at.to_string());
-        let value = to_hydrate(cx.schema, &mut path, value);
-        path.pop();
-        values.push(value?);
-    }
-    if run.reversed {
-        values.reverse();
-    }
-    tx.splice(&list, index, 0, values)?;
-    Ok(true)
-}
-
-/// `remove`s at the front of a patch that all name one index of one parent.
-struct RemoveRun {
-    /// The parent, as the pointers name it.
-    parent: Pointer,
-    /// The index.
-    index: usize,
-    /// How many operations.
-    len: usize,
-}
-
-/// The longest run of removes at one index that `ops` begins with, if it begins with a
-/// `remove` that names a list index.
-fn remove_run(ops: &[PatchOp]) -> Option<RemoveRun> {
-    let place = |op: &PatchOp| match op {
-        PatchOp::Remove { path } => {
-            let pointer = Pointer::parse(path).ok()?;
-            let (parent, token) = pointer.split_last()?;
-            Some((parent, parse_index(token)?))
-        }
-        _ => None,
-    };
-    let (parent, index) = ops.first().and_then(place)?;
-    let len = 1 + ops[1..]
-        .iter()
-        .take_while(|op| place(op).is_some_and(|(p, i)| p == parent && i == index))
-        .count();
-    Some(RemoveRun { parent, index, len })
-}
-
-/// Deletes a run's elements with one splice, noting each deleted object as its own
-/// `remove` would. `Ok(false)` if the run is not one into a list that has those elements:
-/// then its operations are applied one by one, which says what is wrong.
-fn splice_removes<T: Transactable>(tx: &mut T, cx: &mut Ctx, run: &RemoveRun) -> Result<bool> {
-    let Ok(list) = crate::value::resolve_object(tx, &run.parent, None, &run.parent) else {
-        return Ok(false);
-    };
-    if tx.object_type(&list)? != ObjType::List || run.index + run.len > len(tx, &list, None) {
-        return Ok(false);
-    }
-    let parent_path = run.parent.tokens();
-    let mut path = parent_path.to_vec();
-    path.push(run.index.to_string());
-    let deleted: Vec<automerge::ObjId> = tx
-        .list_range(&list, run.index..run.index + run.len)
-        .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
-        .map(|item| item.id())
-        .collect();
-    cx.report
-        .deleted
-        .extend(deleted.into_iter().map(|id| (id, path.clone())));
-    cx.touch(&list, parent_path);
-    tx.splice(
-        &list,
-        run.index,
-        run.len as isize,
-        std::iter::empty::<ScalarValue>(),
-    )?;
-    Ok(true)
 }
 
 fn apply_op<T: Transactable>(tx: &mut T, cx: &mut Ctx, op: &PatchOp) -> Result<()> {
