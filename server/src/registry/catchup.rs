@@ -77,11 +77,7 @@ impl Registry {
                 });
             }
         };
-        let loaded_doc = Document::load(
-            stored.meta.schema.clone(),
-            stored.snapshot.as_deref(),
-            &stored.changes,
-        );
+        let loaded_doc = self.load_document(&stored).await;
         let doc = match loaded_doc.map_err(|e| Error::Unloadable(e.to_string())) {
             Ok((doc, _)) => doc,
             Err(e) => {
@@ -97,12 +93,7 @@ impl Registry {
         let patch = (loaded.value_version != doc.version())
             .then(|| published_to(&loaded.doc, &loaded.value_version, &doc));
         loaded.doc = doc;
-        loaded.synced = stored.seq;
-        loaded.unsnapshotted = stored.changes.len();
-        loaded.history_bytes = limit::stored_bytes(
-            stored.snapshot.as_deref(),
-            stored.changes.iter().map(Vec::as_slice),
-        );
+        loaded.count_stored(&stored);
         loaded.receipts = Receipts::from_stored(stored.receipts);
         if loaded.doc.version() != loaded.value_version {
             loaded.last_agent.clone_from(&stored.state.last_agent);

@@ -74,8 +74,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use concord_core::policy::Refusal;
 use concord_core::storage::{
-    Delta, DocMeta, DocState, Expect, IdempotencyRecord, LeaseGrant, Refusal as StoreRefusal,
-    Store, StoredChange, StoredLease, WriteBatch, WriterLock,
+    Delta, DocMeta, DocState, Expect, IdempotencyRecord, LeaseGrant, LoadedDoc,
+    Refusal as StoreRefusal, Store, StoredChange, StoredLease, WriteBatch, WriterLock,
 };
 use concord_core::{Document, Strategy, Version, WriteMeta, WriteOutcome};
 use serde::Serialize;
@@ -143,6 +143,23 @@ impl Loaded {
             synced: 0,
             history_bytes: 0,
         }
+    }
+
+    /// Counts what the store holds of the document, just loaded from `stored`: its change
+    /// records, their bytes and its snapshot's, and how far the log was read.
+    fn count_stored(&mut self, stored: &LoadedDoc) {
+        self.unsnapshotted = stored.changes.len();
+        self.history_bytes = limit::stored_bytes(
+            stored.snapshot.as_deref(),
+            stored.changes.iter().map(Vec::as_slice),
+        );
+        self.synced = stored.seq;
+    }
+
+    /// Counts `changes`, just stored.
+    fn count_new(&mut self, changes: &[StoredChange]) {
+        self.unsnapshotted += changes.len();
+        self.history_bytes += limit::stored_bytes(None, changes.iter().map(|c| c.bytes.as_slice()));
     }
 }
 
@@ -343,17 +360,7 @@ impl Registry {
             return Ok(Arc::clone(slot));
         }
         let stored = self.store.load(id).await?.ok_or(Error::NotFound(id))?;
-        let loading = self
-            .cpu
-            .run(|| {
-                Document::load(
-                    stored.meta.schema.clone(),
-                    stored.snapshot.as_deref(),
-                    &stored.changes,
-                )
-            })
-            .await;
-        let (doc, report) = loading.map_err(|e| {
+        let (doc, report) = self.load_document(&stored).await.map_err(|e| {
             let e = Error::Unloadable(e.to_string());
             self.note_damage(id, &[e.to_string()]);
             e
@@ -363,22 +370,33 @@ impl Registry {
         }
         self.note_damage(id, &report.skipped);
         let mut loaded = Loaded::new(
-            stored.meta,
+            stored.meta.clone(),
             doc,
-            stored.state.last_agent,
+            stored.state.last_agent.clone(),
             stored.state.updated_at_ms,
         );
-        loaded.unsnapshotted = stored.changes.len();
-        loaded.history_bytes = limit::stored_bytes(
-            stored.snapshot.as_deref(),
-            stored.changes.iter().map(Vec::as_slice),
-        );
-        loaded.synced = stored.seq;
+        loaded.count_stored(&stored);
         loaded.receipts = Receipts::from_stored(stored.receipts);
         // Another request may have loaded it meanwhile: keep the first.
         Ok(Arc::clone(
             self.slots().entry(id).or_insert_with(|| Slot::new(loaded)),
         ))
+    }
+
+    /// The document `stored` holds, loaded on a CPU permit (budget.rs).
+    async fn load_document(
+        &self,
+        stored: &LoadedDoc,
+    ) -> Result<(Document, concord_core::doc::LoadReport), concord_core::Error> {
+        self.cpu
+            .run(|| {
+                Document::load(
+                    stored.meta.schema.clone(),
+                    stored.snapshot.as_deref(),
+                    &stored.changes,
+                )
+            })
+            .await
     }
 
     /// Remembers what loading `id` skipped (nothing: forgets it).

@@ -74,11 +74,6 @@ pub(super) fn refused(
     }
 }
 
-/// The bytes `changes` take as stored.
-fn stored_size(changes: &[StoredChange]) -> u64 {
-    limit::stored_bytes(None, changes.iter().map(|c| c.bytes.as_slice()))
-}
-
 /// A write's outcome, with its new changes in storage form, each with its receipt.
 pub(super) struct Received {
     outcome: WriteOutcome,
@@ -431,8 +426,7 @@ impl Registry {
                     .unwrap_or_else(PoisonError::into_inner)
                     .confirm(upto);
                 let loaded = guard.loaded();
-                loaded.unsnapshotted += new_changes;
-                loaded.history_bytes += stored_size(&changes);
+                loaded.count_new(&changes);
                 loaded.last_agent = last_agent;
                 loaded.updated_at_ms = updated_at_ms;
                 loaded.receipts.record(&changes);
@@ -485,8 +479,7 @@ impl Registry {
         let slot = Arc::clone(&guard.slot);
         let new_changes = outcome.changes.len();
         let loaded = guard.loaded();
-        loaded.unsnapshotted += new_changes;
-        loaded.history_bytes += stored_size(&changes);
+        loaded.count_new(&changes);
         // Under the lock, with the change itself: history shows both at once.
         loaded.receipts.record(&changes);
         if new_changes > 0 || create.is_some() {
