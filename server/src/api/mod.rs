@@ -3,6 +3,7 @@
 mod answer;
 mod branches;
 mod docs;
+mod list;
 pub(crate) mod live;
 mod mcp;
 mod media;
@@ -45,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(healthz))
         .routes(routes!(openapi_json))
         .routes(routes!(crate::metrics::scrape))
-        .routes(routes!(docs::list, docs::create))
+        .routes(routes!(list::list, docs::create))
         .routes(routes!(docs::read, docs::put, docs::patch, docs::delete))
         .routes(routes!(docs::history))
         .routes(routes!(docs::dismiss_lost))

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use super::super::answer::{written_body, DOC_RESPONSE};
 use super::super::branches::{acquire_lease, default_ttl, fork_doc, read_fork, LockBody};
-use super::super::docs::{history_of, list_docs, read_doc, CreateBody, NewDocument};
+use super::super::docs::{history_of, read_doc, CreateBody, NewDocument};
+use super::super::list::list_docs;
 use super::super::{agent, doc_id, now_ms, parse_version};
 use crate::auth::Caller;
 use crate::idempotency::Keyed;
