@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use concord_bench::memory::incompressible;
 use concord_client::{ClientMessage, ServerMessage, Socket};
 use concord_core::{Document, Schema, WriteMeta};
 use concord_tests::ws::recv;
@@ -151,20 +152,6 @@ async fn a_restarted_server_keeps_its_document_limit() {
         .await;
     assert_eq!(problem_kind(&put, 413), "document-too-large");
     assert_eq!(s.get(&id).await, (json!({"notes": "small"}), version));
-}
-
-/// `len` characters no compressor shrinks much: hex of a simple generator's output.
-fn incompressible(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = String::with_capacity(len + 16);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push_str(&format!("{x:016x}"));
-    }
-    out.truncate(len);
-    out
 }
 
 /// A document whose history holds the budget takes no more writes: each write replaces a

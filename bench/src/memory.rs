@@ -93,8 +93,9 @@ pub async fn run(
     })
 }
 
-/// `len` characters no compressor shrinks much: hex of a xorshift generator.
-fn incompressible(seed: u64, len: usize) -> String {
+/// `len` characters no compressor shrinks much: hex of a xorshift generator seeded with
+/// `seed` (the same seed, the same text).
+pub fn incompressible(seed: u64, len: usize) -> String {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = String::with_capacity(len + 16);
     while out.len() < len {
