@@ -4,7 +4,7 @@
 mod common;
 
 use common::meta;
-use concord_core::patch::parse_patch;
+use concord_core::patch::{parse_patch, PatchOp};
 use concord_core::{Deadline, Document, Schema, Version};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -687,6 +687,82 @@ fn raw_changes_are_idempotent_and_garbage_is_refused() {
     torn.extend_from_slice(b"garbage tail");
     assert!(b.apply_changes(&torn).is_err());
     assert_eq!(b.version(), before);
+}
+
+#[test]
+fn raw_changes_read_in_batches_are_the_changes_read_at_once() {
+    let (mut a, _) =
+        Document::create(&json!({"items": []}), Schema::default(), &meta("s")).unwrap();
+    let (mut b, _) = a.fork();
+    for i in 0..150 {
+        let op = PatchOp::Add {
+            path: "/items/-".into(),
+            value: json!({"n": i, "pad": "x".repeat(i % 40)}),
+        };
+        a.patch(None, std::slice::from_ref(&op), &meta("a")).unwrap();
+        b.patch(None, &[op], &meta("b")).unwrap();
+    }
+    a.merge_from(&b).unwrap();
+    let middle = a.version();
+    for i in 0..50 {
+        a.put(None, &json!({"items": [i]}), &meta("a")).unwrap();
+    }
+    let batches = |doc: &Document, since: Option<&Version>, max_bytes: usize| {
+        let mut cursor = doc.changes_since_cursor(since).unwrap();
+        let total = cursor.remaining();
+        let (mut out, mut count) = (Vec::new(), 0);
+        while let Some(batch) = cursor.next_batch(doc, max_bytes).unwrap() {
+            assert!(!batch.is_empty());
+            out.extend(batch);
+            count += 1;
+        }
+        assert_eq!(cursor.remaining(), 0);
+        (out, total, count)
+    };
+    for since in [None, Some(&middle)] {
+        let whole = a.changes_since(since).unwrap();
+        let (one_each, total, count) = batches(&a, since, 1);
+        assert_eq!(one_each, whole, "one change a batch");
+        assert_eq!(
+            count, total,
+            "a batch holds one change when each passes the limit"
+        );
+        let (few_each, _, fewer) = batches(&a, since, 4096);
+        assert_eq!(few_each, whole, "batches of 4 KiB");
+        assert!(
+            fewer > 1 && fewer < total,
+            "{fewer} batches of {total} changes"
+        );
+    }
+    assert_eq!(
+        batches(&a, None, 1).1,
+        351,
+        "creation, 300 patches and 50 puts"
+    );
+
+    // The cursor stays valid while the document takes more, and reads what it was made for;
+    // what it reads, on top of what came before, is the document.
+    let expected = a.changes_since(Some(&middle)).unwrap();
+    let mut cursor = a.changes_since_cursor(Some(&middle)).unwrap();
+    let mut read = cursor.next_batch(&a, 1).unwrap().unwrap();
+    a.put(None, &json!({"items": ["later"]}), &meta("a"))
+        .unwrap();
+    while let Some(batch) = cursor.next_batch(&a, 1 << 20).unwrap() {
+        read.extend(batch);
+    }
+    assert_eq!(read, expected);
+    let (c, _) = Document::create(&json!({}), Schema::default(), &meta("c")).unwrap();
+    assert!(
+        c.changes_since_cursor(Some(&middle)).is_err(),
+        "a version the document lacks"
+    );
+    assert!(
+        a.changes_since_cursor(Some(&middle))
+            .unwrap()
+            .next_batch(&c, 1)
+            .is_err(),
+        "a cursor read against a document that lacks its changes"
+    );
 }
 
 #[test]

@@ -8,8 +8,9 @@
 //! `write`: creating and loading, reads, the write forms, lost edits, raw changes, forks,
 //! and `follow`, which moves the kept JSON value by each change's patches (the patch
 //! arithmetic itself is `mirror.rs`).
-//! What a change records is in `note.rs`, the strict chunk decoder in `chunks.rs`; the merge
-//! logic lives in `reconcile`, `listdiff`, `textdiff` and `lost`.
+//! What a change records is in `note.rs`, the strict chunk decoder in `chunks.rs`, the raw
+//! changes after a version in `since.rs`; the merge logic lives in `reconcile`, `listdiff`,
+//! `textdiff` and `lost`.
 
 use automerge::transaction::Transaction;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::version::Version;
 mod chunks;
 mod deadline;
 mod note;
+mod since;
 
 pub use crate::note::decode_note;
 pub use chunks::parse_changes;
@@ -38,6 +40,7 @@ pub(crate) use chunks::read_uleb;
 pub use deadline::Deadline;
 use note::{commit_options, Extra};
 pub use note::{HistoryEntry, WriteMeta};
+pub use since::ChangesSince;
 
 /// What a write did.
 #[derive(Debug, Clone)]
@@ -699,24 +702,6 @@ impl Document {
     /// Hashes of changes that arrived but wait for dependencies this document lacks.
     pub fn missing_deps(&self) -> Vec<ChangeHash> {
         self.doc.get_missing_deps(&[])
-    }
-
-    /// Raw changes after `since` (all of them if `None`), concatenated: loadable with
-    /// `Automerge::load_incremental` or [`Document::apply_changes`].
-    pub fn changes_since(&self, since: Option<&Version>) -> Result<Vec<u8>> {
-        let have = match since {
-            Some(v) => {
-                self.check_version(v)?;
-                v.heads().to_vec()
-            }
-            None => Vec::new(),
-        };
-        Ok(self
-            .doc
-            .get_changes(&have)
-            .iter()
-            .flat_map(|c| c.raw_bytes().to_vec())
-            .collect())
     }
 
     /// The change graph in causal order, as the changes themselves claim it (no receipts:
