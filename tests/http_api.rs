@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use concord_core::{Document, Schema};
 use concord_server::registry::Tuning;
 use concord_tests::sync::Replica;
 use concord_tests::ws::connect_with;
@@ -315,6 +316,60 @@ async fn reads_at_versions_and_paths() {
     assert!(!since.bytes.is_empty());
     let all = s.raw(&id).await;
     assert!(all.len() > since.bytes.len());
+}
+
+/// `GET …/changes` sends a long history a batch at a time: what arrives is every change,
+/// loadable as the document, and a write made while it streams is not in it.
+#[tokio::test]
+async fn the_changes_stream_whole_in_batches() {
+    let s = TestServer::start().await;
+    let (id, _) = s.create(json!({"value": {"notes": ""}})).await;
+    let mut versions = Vec::new();
+    for seed in 0..6 {
+        let (_, base) = s.get(&id).await;
+        let notes = concord_bench::memory::incompressible(seed, 400_000);
+        let reply = s.put(&id, "w", &base, &json!({"notes": notes})).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        versions.push(reply.etag());
+    }
+    let all = s.raw(&id).await;
+    assert!(
+        all.len() > 2 << 20,
+        "{} bytes: more than two batches",
+        all.len()
+    );
+    let (doc, _) = Document::load(Schema::default(), None, std::slice::from_ref(&all)).unwrap();
+    assert_eq!(doc.read(None).unwrap(), s.get(&id).await.0);
+    assert_eq!(doc.version().to_string(), versions[5]);
+
+    // Since a version: the changes after it, the tail of the whole (one writer, one order).
+    let since = s
+        .send(s.request(
+            Method::GET,
+            &format!("/v1/docs/{id}/changes?since={}", versions[2]),
+        ))
+        .await;
+    assert_eq!(since.etag(), versions[5]);
+    assert!(!since.bytes.is_empty() && all.ends_with(&since.bytes));
+    assert!(since.bytes.len() < all.len());
+
+    // A write while the answer streams: the answer is the changes as the request found them.
+    let mut streaming = s
+        .request(Method::GET, &format!("/v1/docs/{id}/changes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let reply = s
+        .put(&id, "w", &versions[5], &json!({"notes": "later"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(chunk) = streaming.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(body, all);
+    assert!(s.raw(&id).await.len() > all.len());
 }
 
 #[tokio::test]

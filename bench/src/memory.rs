@@ -1,7 +1,8 @@
 //! What one document's writers can make the server hold: a `concord serve` child process,
 //! one document, and PUTs that each replace one large value (the document stays that size,
 //! its history grows by it each time) until the history budget refuses them. Resident
-//! memory at the start, the end and the peak, against the budget.
+//! memory at the start, the end and the peak, against the budget; then the peak while
+//! readers fetch the whole history at once (`GET …/changes`, streamed a batch at a time).
 
 use std::path::Path;
 
@@ -30,7 +31,16 @@ pub struct MemoryReport {
     pub end_rss_mb: f64,
     /// The highest it was, MB.
     pub peak_rss_mb: f64,
+    /// Readers that then fetched every change at once.
+    pub readers: usize,
+    /// Bytes of changes each received.
+    pub changes_bytes: usize,
+    /// The highest resident memory after they had, MB.
+    pub peak_after_reads_mb: f64,
 }
+
+/// Readers of the whole history at once.
+const READERS: usize = 3;
 
 /// Runs `puts` PUTs of `value_bytes`-byte values against a child `exe` with `budget`.
 pub async fn run(
@@ -81,6 +91,9 @@ pub async fn run(
             }
         }
     }
+    let (end_rss_mb, peak_rss_mb) = (child.rss_mb(), child.peak_mb());
+    let reads = (0..READERS).map(|_| read_all(&client, format!("{url}/changes")));
+    let sizes = futures_util::future::try_join_all(reads).await?;
     Ok(MemoryReport {
         puts,
         value_bytes,
@@ -88,9 +101,29 @@ pub async fn run(
         accepted,
         refused,
         start_rss_mb,
-        end_rss_mb: child.rss_mb(),
-        peak_rss_mb: child.peak_mb(),
+        end_rss_mb,
+        peak_rss_mb,
+        readers: READERS,
+        changes_bytes: sizes.into_iter().max().unwrap_or(0),
+        peak_after_reads_mb: child.peak_mb(),
     })
+}
+
+/// Reads a body to its end without keeping it; its length.
+async fn read_all(client: &reqwest::Client, url: String) -> Result<usize, BenchError> {
+    let io = |e: reqwest::Error| BenchError::Io(e.to_string());
+    let mut response = client.get(&url).send().await.map_err(io)?;
+    if !response.status().is_success() {
+        return Err(BenchError::Invalid(format!(
+            "GET {url}: {}",
+            response.status()
+        )));
+    }
+    let mut bytes = 0;
+    while let Some(chunk) = response.chunk().await.map_err(io)? {
+        bytes += chunk.len();
+    }
+    Ok(bytes)
 }
 
 /// `len` characters no compressor shrinks much: hex of a xorshift generator seeded with

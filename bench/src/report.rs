@@ -208,6 +208,13 @@ pub fn table(report: &BenchReport) -> String {
             m.peak_rss_mb,
             m.peak_rss_mb - m.budget_bytes as f64 / (1024.0 * 1024.0)
         );
+        let _ = writeln!(
+            out,
+            "  then {} readers of every change at once ({:.0} MB each): peak {:.0} MB",
+            m.readers,
+            m.changes_bytes as f64 / 1e6,
+            m.peak_after_reads_mb
+        );
     }
     if !report.answer.is_empty() {
         let _ = writeln!(

@@ -628,12 +628,13 @@ pub(super) struct ChangesQuery {
 }
 
 /// The document's raw Automerge changes, concatenated (all of them, or those since a
-/// version): load them with any Automerge implementation.
+/// version): load them with any Automerge implementation. Streamed a batch at a time, so
+/// that sending a long history holds one batch of it (and the changes' hashes).
 #[utoipa::path(get, path = "/v1/docs/{id}/changes", tag = "documents",
     params(DocPath, ChangesQuery),
     responses(
         (status = 200, description = "The changes.", body = [u8], content_type = "application/octet-stream",
-            headers(("ETag" = String, description = "The current version, quoted"))),
+            headers(("ETag" = String, description = "The version the changes lead to, quoted"))),
         (status = 404, description = "No such document or version."),
     ))]
 pub(super) async fn get_changes(
@@ -643,23 +644,67 @@ pub(super) async fn get_changes(
 ) -> Result<Response<Body>, ApiError> {
     let id = doc_id(&id)?;
     let since = query.since.as_deref().map(parse_version).transpose()?;
+    // The first batch before the answer's head: what fails here is a problem.
+    let (version, mut cursor) = state
+        .registry
+        .read_heavy(id, |loaded| {
+            let cursor = loaded
+                .doc
+                .changes_since_cursor(since.as_ref())
+                .map_err(|e| match e {
+                    concord_core::Error::UnknownVersion(_) => {
+                        ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
+                    }
+                    e => e.into(),
+                })?;
+            Ok::<_, ApiError>((loaded.doc.version(), cursor))
+        })
+        .await?;
+    let first = next_changes(&state, id, &mut cursor).await?;
+    let batches = futures_util::stream::unfold(
+        (Ok(first), cursor, state),
+        move |(batch, mut cursor, state)| async move {
+            match batch {
+                Ok(Some(batch)) => {
+                    let next = next_changes(&state, id, &mut cursor).await;
+                    Some((Ok(Bytes::from(batch)), (next, cursor, state)))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    // The head is sent: the body is cut, so no client takes it whole.
+                    tracing::warn!(doc = %id, error = ?e, "sending the changes failed midway");
+                    let cut = std::io::Error::other("the changes could not be read");
+                    Some((Err(cut), (Ok(None), cursor, state)))
+                }
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(batches));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ETAG, etag(&version));
+    Ok(response)
+}
+
+/// Bytes of raw changes sent at a time by `GET …/changes`.
+const CHANGES_BATCH_BYTES: usize = 1 << 20;
+
+/// The next batch of `cursor`'s changes, read on a CPU permit (`None`: all are sent).
+async fn next_changes(
+    state: &AppState,
+    id: Uuid,
+    cursor: &mut concord_core::doc::ChangesSince,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if cursor.remaining() == 0 {
+        return Ok(None);
+    }
     state
         .registry
         .read_heavy(id, |loaded| {
-            if let Some(since) = &since {
-                loaded.doc.check_version(since).map_err(|e| {
-                    ApiError::new(StatusCode::NOT_FOUND, "unknown-version", e.to_string())
-                })?;
-            }
-            let bytes = loaded.doc.changes_since(since.as_ref())?;
-            let mut response = Response::new(Body::from(bytes));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            headers.insert(header::ETAG, etag(&loaded.doc.version()));
-            Ok(response)
+            Ok(cursor.next_batch(&loaded.doc, CHANGES_BATCH_BYTES)?)
         })
         .await
 }
