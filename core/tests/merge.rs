@@ -689,6 +689,109 @@ fn raw_changes_are_idempotent_and_garbage_is_refused() {
     assert_eq!(b.version(), before);
 }
 
+/// An append finds the end of a list from Automerge's index of visible elements (the
+/// vendored patch 3), which must count what a walk of the list counts: after concurrent
+/// inserts and deletes, conflicting values of one element, and a rolled-back transaction.
+#[test]
+fn appends_land_at_the_end_whatever_the_list_went_through() {
+    use automerge::ReadDoc;
+    let length_of = |doc: &Document| {
+        let am = doc.automerge();
+        let (_, list) = am.get(automerge::ROOT, "l").unwrap().unwrap();
+        let indexed = am.length(&list);
+        assert_eq!(
+            indexed,
+            am.length_at(&list, &am.get_heads()),
+            "index and walk"
+        );
+        assert_eq!(
+            indexed,
+            doc.read(None).unwrap()["l"].as_array().unwrap().len()
+        );
+        indexed
+    };
+    let add = |path: &str, value: Value| PatchOp::Add {
+        path: path.into(),
+        value,
+    };
+    let (mut a, _) =
+        Document::create(&json!({"l": [0, 1, 2, 3]}), Schema::default(), &meta("s")).unwrap();
+    let (mut b, _) = a.fork();
+    a.patch(
+        None,
+        &[add("/l/1", json!("a1")), add("/l/-", json!("a-end"))],
+        &meta("a"),
+    )
+    .unwrap();
+    a.patch(
+        None,
+        &[PatchOp::Remove {
+            path: "/l/0".into(),
+        }],
+        &meta("a"),
+    )
+    .unwrap();
+    b.patch(
+        None,
+        &[PatchOp::Replace {
+            path: "/l/2".into(),
+            value: json!("b2"),
+        }],
+        &meta("b"),
+    )
+    .unwrap();
+    b.patch(
+        None,
+        &[PatchOp::Remove {
+            path: "/l/3".into(),
+        }],
+        &meta("b"),
+    )
+    .unwrap();
+    a.merge_from(&b).unwrap();
+    let merged = a.read(None).unwrap();
+    let length = length_of(&a);
+    assert_eq!(length, 4, "{merged}");
+    // A patch that appends and then fails its test rolls back: the next append still lands
+    // at the end.
+    assert!(a
+        .patch(
+            None,
+            &[
+                add("/l/-", json!("gone")),
+                PatchOp::Test {
+                    path: "/l/0".into(),
+                    value: json!("no")
+                }
+            ],
+            &meta("a"),
+        )
+        .is_err());
+    a.patch(
+        None,
+        &[add("/l/-", json!("x")), add("/l/-", json!("y"))],
+        &meta("a"),
+    )
+    .unwrap();
+    let after = a.read(None).unwrap();
+    let list = after["l"].as_array().unwrap();
+    assert_eq!(list.len(), length + 2);
+    assert_eq!(&list[..length], merged["l"].as_array().unwrap().as_slice());
+    assert_eq!(&list[length..], &[json!("x"), json!("y")]);
+    // A stale append (its base before the merge) lands at the end of the list it saw, and
+    // the present keeps every element.
+    let (mut c, _) =
+        Document::load(Schema::default(), None, &[b.changes_since(None).unwrap()]).unwrap();
+    let stale = c.version();
+    c.apply_changes(&a.changes_since(None).unwrap()).unwrap();
+    c.patch(Some(&stale), &[add("/l/-", json!("stale"))], &meta("c"))
+        .unwrap();
+    let value = c.read(None).unwrap();
+    let list = value["l"].as_array().unwrap();
+    assert_eq!(length_of(&c), length + 3);
+    assert!(list.contains(&json!("stale")));
+}
+
 #[test]
 fn raw_changes_read_in_batches_are_the_changes_read_at_once() {
     let (mut a, _) =
@@ -699,7 +802,8 @@ fn raw_changes_read_in_batches_are_the_changes_read_at_once() {
             path: "/items/-".into(),
             value: json!({"n": i, "pad": "x".repeat(i % 40)}),
         };
-        a.patch(None, std::slice::from_ref(&op), &meta("a")).unwrap();
+        a.patch(None, std::slice::from_ref(&op), &meta("a"))
+            .unwrap();
         b.patch(None, &[op], &meta("b")).unwrap();
     }
     a.merge_from(&b).unwrap();
